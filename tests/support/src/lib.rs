@@ -1,1 +1,43 @@
+//! Test support for vipd: real parts only.
+//!
+//! - [`apiserver`]: one real kube-apiserver + etcd per test binary (built by
+//!   `scripts/harness.sh` from Kubernetes' own Go modules), a namespace per
+//!   test, admin and ServiceAccount clients.
+//! - [`netns`]: network namespaces as hosts, removed by `Drop`; a tokio
+//!   runtime whose threads live inside a namespace.
+//! - [`lab`]: hosts on one bridge (documentation ranges only), links up and
+//!   down, processes that die with the test.
+//! - [`probe`]: what a test measures: TCP responders and probes, who holds an
+//!   address, announcements captured on the wire.
 
+pub mod apiserver;
+pub mod lab;
+pub mod netns;
+pub mod probe;
+pub mod process;
+
+use std::path::PathBuf;
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root exists")
+}
+
+/// A directory for this test process's files (logs, kubeconfigs, state),
+/// under `target/test-runs/<pid>`; kept after the run for post-mortems.
+pub fn run_dir() -> PathBuf {
+    let dir = workspace_root()
+        .join("target/test-runs")
+        .join(std::process::id().to_string());
+    std::fs::create_dir_all(&dir).expect("create run dir");
+    dir
+}
+
+/// Prefix of every namespace, bridge and data directory this process makes,
+/// so a later run can tell a leftover (dead owner) from a live neighbour.
+pub fn run_prefix() -> String {
+    format!("vt{}", std::process::id())
+}

@@ -1,0 +1,230 @@
+//! One real kube-apiserver (with its etcd) per test binary.
+//!
+//! [`env`] starts it on first use, inside a lab: a switch namespace with a
+//! bridge, an `api` host at 192.0.2.2 running the server, and a `client` host
+//! at 192.0.2.3 whose tokio runtime runs the tests' futures. Node hosts a
+//! test adds to [`Env::lab`] reach the server at `https://192.0.2.2:6443`.
+//! Everything is torn down when the test binary exits.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+
+use crate::lab::{Host, Lab};
+use crate::netns::{block_on_in, kill_all_in, reap_leftovers};
+use crate::{run_dir, run_prefix, workspace_root};
+
+/// Host numbers on the lab segment for the shared hosts.
+pub const API_HOST: u8 = 2;
+pub const CLIENT_HOST: u8 = 3;
+pub const API_PORT: u16 = 6443;
+
+/// The per-binary test environment.
+pub struct Env {
+    pub lab: Lab,
+    pub api_host: Host,
+    pub client: Host,
+    rt: tokio::runtime::Runtime,
+    server: String,
+    admin_kubeconfig: PathBuf,
+    data_dir: PathBuf,
+    lab_lock: Mutex<()>,
+    counter: AtomicU32,
+}
+
+static ENV: OnceLock<Env> = OnceLock::new();
+
+/// The environment of this test binary, started on first use.
+pub fn env() -> &'static Env {
+    ENV.get_or_init(|| {
+        let env = Env::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+        // Statics are never dropped: tear down at process exit instead.
+        extern "C" fn teardown() {
+            if let Some(env) = ENV.get() {
+                env.teardown();
+            }
+        }
+        // SAFETY: registering a plain extern "C" function.
+        unsafe { libc::atexit(teardown) };
+        env
+    })
+}
+
+/// The directory holding `kube-harness` and `kubectl`, built if stale.
+pub fn harness_bin_dir() -> Result<PathBuf> {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(d) = DIR.get() {
+        return Ok(d.clone());
+    }
+    let script = workspace_root().join("scripts/harness.sh");
+    let out = Command::new(&script).arg("build").output().context("run scripts/harness.sh")?;
+    if !out.status.success() {
+        bail!("scripts/harness.sh build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dir = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    Ok(DIR.get_or_init(|| dir).clone())
+}
+
+impl Env {
+    fn start() -> Result<Env> {
+        reap_leftovers();
+        let bin = harness_bin_dir()?;
+        let lab = Lab::new(&run_prefix())?;
+        let api_host = lab.add_host("api", API_HOST)?;
+        let client = lab.add_host("client", CLIENT_HOST)?;
+        let data_dir = run_dir().join("apiserver");
+        let admin_kubeconfig = run_dir().join("admin.kubeconfig");
+        let listen = format!("{}:{API_PORT}", api_host.v4);
+        let out = api_host
+            .ns
+            .command(bin.join("kube-harness").to_str().expect("utf-8"))
+            .args(["start", "--dir", data_dir.to_str().expect("utf-8"), "--listen", &listen])
+            .args(["--kubeconfig", admin_kubeconfig.to_str().expect("utf-8")])
+            .output()?;
+        if !out.status.success() {
+            bail!("kube-harness start: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let server = String::from_utf8(out.stdout)?.trim().to_string();
+        let rt = client.ns.runtime(2)?;
+        Ok(Env {
+            lab,
+            api_host,
+            client,
+            rt,
+            server,
+            admin_kubeconfig,
+            data_dir,
+            lab_lock: Mutex::new(()),
+            counter: AtomicU32::new(0),
+        })
+    }
+
+    fn teardown(&self) {
+        let bin = harness_bin_dir().map(|d| d.join("kube-harness"));
+        if let Ok(bin) = bin {
+            let _ = Command::new(bin)
+                .args(["stop", "--dir", self.data_dir.to_str().unwrap_or("")])
+                .output();
+        }
+        for ns in [self.client.ns.name(), self.api_host.ns.name()] {
+            kill_all_in(ns);
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &format!("{}sw", self.lab.prefix())]).output();
+    }
+
+    /// Runs a test body on the client host's runtime and waits for it.
+    pub fn run<T: Send + 'static>(&self, fut: impl std::future::Future<Output = T> + Send + 'static) -> T {
+        block_on_in(&self.rt, fut)
+    }
+
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
+    /// Lab tests that add hosts take this lock: they share one segment and
+    /// its addresses, and their timings should not compete for CPU.
+    pub fn lab_lock(&self) -> MutexGuard<'_, ()> {
+        self.lab_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `https://192.0.2.2:6443`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    pub fn api_address(&self) -> IpAddr {
+        IpAddr::V4(self.api_host.v4)
+    }
+
+    pub fn admin_kubeconfig(&self) -> &Path {
+        &self.admin_kubeconfig
+    }
+
+    /// A unique name for this process, e.g. for a test's namespace.
+    pub fn unique(&self, tag: &str) -> String {
+        format!("{tag}-{}", self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// An admin client (`system:masters`).
+    pub async fn admin(&self) -> Client {
+        client_from_kubeconfig(&self.admin_kubeconfig).await.expect("admin client")
+    }
+
+    /// Creates a fresh Kubernetes namespace for one test and returns its name.
+    pub async fn namespace(&self, tag: &str) -> String {
+        let name = self.unique(&format!("t-{tag}"));
+        let api: Api<Namespace> = Api::all(self.admin().await);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name }
+        }))
+        .expect("namespace object");
+        api.create(&PostParams::default(), &ns).await.expect("create namespace");
+        name
+    }
+
+    /// Writes a kubeconfig that authenticates as ServiceAccount `ns/sa`
+    /// (created if missing) with a token from the TokenRequest API, and
+    /// returns its path. RBAC for the account is the caller's business.
+    pub async fn service_account_kubeconfig(&self, ns: &str, sa: &str) -> Result<PathBuf> {
+        let admin = self.admin().await;
+        let sas: Api<ServiceAccount> = Api::namespaced(admin, ns);
+        if sas.get_opt(sa).await?.is_none() {
+            let obj: ServiceAccount =
+                serde_json::from_value(serde_json::json!({ "metadata": { "name": sa } }))?;
+            sas.create(&PostParams::default(), &obj).await?;
+        }
+        let req = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(24 * 3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let tr = sas.create_token_request(sa, &PostParams::default(), &req).await?;
+        let token = tr
+            .status
+            .and_then(|s| s.token)
+            .context("TokenRequest answered without a token")?;
+        let path = run_dir().join(format!("sa-{ns}-{sa}.kubeconfig"));
+        write_token_kubeconfig(&self.admin_kubeconfig, &path, &token)?;
+        Ok(path)
+    }
+
+    /// A client for ServiceAccount `ns/sa` (see [`Env::service_account_kubeconfig`]).
+    pub async fn service_account(&self, ns: &str, sa: &str) -> Result<Client> {
+        client_from_kubeconfig(&self.service_account_kubeconfig(ns, sa).await?).await
+    }
+}
+
+/// Builds a client from a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
+    let kc = Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Copies `admin`'s kubeconfig to `out` with another bearer token.
+pub fn write_token_kubeconfig(admin: &Path, out: &Path, token: &str) -> Result<()> {
+    let text = std::fs::read_to_string(admin)?;
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
+    doc["users"][0]["name"] = "token".into();
+    doc["users"][0]["user"] = serde_yaml::to_value(serde_json::json!({ "token": token }))?;
+    doc["contexts"][0]["context"]["user"] = "token".into();
+    std::fs::write(out, serde_yaml::to_string(&doc)?)?;
+    Ok(())
+}
+
+/// The lab's client address, for tests that need to name it.
+pub fn client_v4() -> Ipv4Addr {
+    crate::lab::host_v4(CLIENT_HOST)
+}

@@ -1,0 +1,132 @@
+//! A lab: hosts (network namespaces) on one Ethernet segment.
+//!
+//! The segment is a Linux bridge inside a namespace of its own (the
+//! "switch"), so nothing of the lab touches the machine's own network
+//! namespace. Each host has `eth0`, a veth whose other end is a bridge port in
+//! the switch; pulling the cable is setting that port down. Addresses come from
+//! documentation ranges only: host `k` is `192.0.2.k/24` and `2001:db8::k/64`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::netns::{ip, output, Netns};
+use crate::process::Proc;
+
+pub const LAB_V4_PREFIX: u8 = 24;
+pub const LAB_V6_PREFIX: u8 = 64;
+
+/// The address of host number `k` on the lab segment.
+pub fn host_v4(k: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, k)
+}
+
+pub fn host_v6(k: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, k as u16)
+}
+
+pub struct Lab {
+    prefix: String,
+    switch: Netns,
+}
+
+impl Lab {
+    /// A new segment; `prefix` makes its namespace names unique (it should
+    /// start with [`crate::run_prefix`] so leftovers can be reaped).
+    pub fn new(prefix: &str) -> Result<Lab> {
+        let switch = Netns::create(&format!("{prefix}sw"))?;
+        let sw = switch.name().to_string();
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge", "stp_state", "0", "mcast_snooping", "0"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        Ok(Lab { prefix: prefix.to_string(), switch })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Adds host `name` as number `k` (its addresses are `192.0.2.k` and
+    /// `2001:db8::k`).
+    pub fn add_host(&self, name: &str, k: u8) -> Result<Host> {
+        let ns = Netns::create(&format!("{}{}", self.prefix, name))?;
+        let port = format!("p{name}");
+        let port = &port[..port.len().min(15)];
+        let sw = self.switch.name();
+        ip(&["-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+        ip(&["-n", sw, "link", "set", port, "master", "br0", "up"])?;
+        let (v4, v6) = (host_v4(k), host_v6(k));
+        ip(&["-n", ns.name(), "addr", "add", &format!("{v4}/{LAB_V4_PREFIX}"), "dev", "eth0"])?;
+        ip(&["-n", ns.name(), "addr", "add", &format!("{v6}/{LAB_V6_PREFIX}"), "dev", "eth0", "nodad"])?;
+        ip(&["-n", ns.name(), "link", "set", "eth0", "up"])?;
+        Ok(Host {
+            name: name.to_string(),
+            ns,
+            v4,
+            v6,
+            port: port.to_string(),
+            switch: sw.to_string(),
+        })
+    }
+}
+
+/// One host of a lab.
+pub struct Host {
+    pub name: String,
+    pub ns: Netns,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    port: String,
+    switch: String,
+}
+
+impl Host {
+    /// Pulls the cable: the bridge port goes down, `eth0` loses carrier.
+    pub fn link_down(&self) -> Result<()> {
+        ip(&["-n", &self.switch, "link", "set", &self.port, "down"])
+    }
+
+    /// Plugs the cable back in.
+    pub fn link_up(&self) -> Result<()> {
+        ip(&["-n", &self.switch, "link", "set", &self.port, "up"])
+    }
+
+    /// Starts `program` inside this host with `env` set; output to `log`.
+    pub fn spawn(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> Result<Proc> {
+        let mut cmd = self.ns.command(program.to_str().expect("utf-8 path"));
+        cmd.args(args);
+        cmd.env_clear();
+        cmd.env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Proc::spawn(name, cmd, log)
+    }
+
+    /// Every address on `eth0`, as `ip` shows it.
+    pub fn addresses(&self) -> Result<Vec<IpAddr>> {
+        let json = output("ip", &["-n", self.ns.name(), "-j", "addr", "show", "dev", "eth0"])?;
+        let v: serde_json::Value = serde_json::from_str(&json)?;
+        let mut out = Vec::new();
+        for link in v.as_array().into_iter().flatten() {
+            for a in link["addr_info"].as_array().into_iter().flatten() {
+                if let Some(ip) = a["local"].as_str().and_then(|s| s.parse().ok()) {
+                    out.push(ip);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes `addr` from `eth0` by hand, as an operator might.
+    pub fn remove_address(&self, addr: IpAddr, prefix: u8) -> Result<()> {
+        ip(&["-n", self.ns.name(), "addr", "del", &format!("{addr}/{prefix}"), "dev", "eth0"])
+    }
+}

@@ -1,0 +1,316 @@
+//! What lab tests measure.
+//!
+//! - [`Responder`]: a TCP server on a host that answers every connection with
+//!   the host's name, so a client learns which node holds a virtual IP.
+//! - [`Prober`]: a client that connects to an address every few milliseconds
+//!   and records who answered; [`Samples::longest_outage`] is the failover time.
+//! - [`HolderSampler`]: reads every node's addresses from its kernel (netlink)
+//!   every few milliseconds and records who holds an address, so a test can
+//!   assert that two nodes never hold it at once.
+//! - [`AnnouncementCapture`]: gratuitous ARPs and unsolicited NAs seen on a
+//!   host's `eth0`, with the time each arrived.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::AddressAttribute;
+use vipd_arp::Announcement;
+
+use crate::lab::Host;
+
+// ---------------------------------------------------------------- responder
+
+/// Answers each TCP connection on `[::]:port` (IPv4 too) with its name.
+pub struct Responder {
+    stop: Arc<AtomicBool>,
+    fd: i32,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Responder {
+    pub fn start(host: &Host, port: u16) -> Responder {
+        let listener = host.ns.run(|| {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+                .expect("socket");
+            s.set_only_v6(false).expect("dual-stack");
+            s.set_reuse_address(true).expect("reuseaddr");
+            let addr: SocketAddr = format!("[::]:{port}").parse().unwrap();
+            s.bind(&addr.into()).expect("bind responder");
+            s.listen(128).expect("listen");
+            TcpListener::from(s)
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let fd = listener.as_raw_fd();
+        let name = host.name.clone();
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(mut c) = conn {
+                    let _ = c.write_all(format!("{name}\n").as_bytes());
+                }
+            }
+        });
+        Responder { stop, fd, thread: Some(thread) }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // SAFETY: shutting down our own listening socket wakes accept().
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- prober
+
+/// One probe: when it started and who answered (None: no answer in time).
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub at: Instant,
+    pub wall: SystemTime,
+    pub answer: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Samples(pub Vec<Sample>);
+
+impl Samples {
+    /// The longest time between two answered probes with only failures in
+    /// between, and the failures' window (from the last answer before to the
+    /// first after). Zero when no probe failed.
+    pub fn longest_outage(&self) -> Duration {
+        let mut worst = Duration::ZERO;
+        let mut last_ok: Option<Instant> = None;
+        let mut failed = false;
+        for s in &self.0 {
+            match (&s.answer, last_ok) {
+                (Some(_), Some(ok)) if failed => {
+                    worst = worst.max(s.at - ok);
+                    failed = false;
+                    last_ok = Some(s.at);
+                }
+                (Some(_), _) => last_ok = Some(s.at),
+                (None, _) => failed = true,
+            }
+        }
+        worst
+    }
+
+    /// The first answer after `t`, and who gave it.
+    pub fn first_answer_after(&self, t: Instant) -> Option<(Instant, String)> {
+        self.0.iter().find(|s| s.at >= t && s.answer.is_some()).map(|s| (s.at, s.answer.clone().unwrap()))
+    }
+
+    /// The first answer after `t` from someone other than `who`.
+    pub fn first_answer_from_other_after(&self, t: Instant, who: &str) -> Option<(Instant, String)> {
+        self.0
+            .iter()
+            .find(|s| s.at >= t && s.answer.as_deref().is_some_and(|a| a != who))
+            .map(|s| (s.at, s.answer.clone().unwrap()))
+    }
+
+    /// True when the last probe was answered.
+    pub fn ends_answered(&self) -> bool {
+        self.0.last().is_some_and(|s| s.answer.is_some())
+    }
+}
+
+/// Connects to `target` every `every` from a host; see [`Samples`].
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// One connection attempt: who answered, if anyone did within `timeout`.
+pub fn ask(target: SocketAddr, timeout: Duration) -> Option<String> {
+    let mut c = TcpStream::connect_timeout(&target, timeout).ok()?;
+    c.set_read_timeout(Some(timeout)).ok()?;
+    let mut s = String::new();
+    c.read_to_string(&mut s).ok()?;
+    let s = s.trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+impl Prober {
+    pub fn start(from: &Host, target: SocketAddr, every: Duration) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, samples2) = (stop.clone(), samples.clone());
+        let ns = std::fs::File::open(from.ns.path()).expect("netns file");
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsFd;
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let timeout = every.max(Duration::from_millis(50));
+            while !stop2.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                let wall = SystemTime::now();
+                let answer = ask(target, timeout);
+                samples2.lock().unwrap().push(Sample { at, wall, answer });
+                if let Some(rest) = every.checked_sub(at.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+        });
+        Prober { stop, samples, thread: Some(thread) }
+    }
+
+    /// A copy of what was recorded so far.
+    pub fn samples(&self) -> Samples {
+        Samples(self.samples.lock().unwrap().clone())
+    }
+
+    /// Stops probing and returns every sample.
+    pub fn finish(mut self) -> Samples {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.samples()
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- holders
+
+/// A netlink connection into one host's kernel.
+pub struct NodeKernel {
+    pub name: String,
+    handle: rtnetlink::Handle,
+}
+
+impl NodeKernel {
+    /// Opens a netlink socket inside `host` (call from within a runtime).
+    pub fn open(host: &Host) -> NodeKernel {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle, _) = host.ns.run(|| {
+            let _guard = rt.enter();
+            rtnetlink::new_connection().expect("netlink socket")
+        });
+        tokio::spawn(conn);
+        NodeKernel { name: host.name.clone(), handle }
+    }
+
+    /// Whether `ip` is on any interface of the host.
+    pub async fn holds(&self, ip: IpAddr) -> bool {
+        let mut stream = self.handle.address().get().execute();
+        while let Ok(Some(msg)) = stream.try_next().await {
+            if msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(x) if *x == ip)) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Who held an address at one instant.
+#[derive(Debug, Clone)]
+pub struct HolderSample {
+    pub at: Instant,
+    pub holders: Vec<String>,
+}
+
+/// Samples which nodes hold `ip`, every `every`, until finished.
+pub struct HolderSampler {
+    stop: Arc<AtomicBool>,
+    task: Option<tokio::task::JoinHandle<Vec<HolderSample>>>,
+}
+
+impl HolderSampler {
+    /// Starts sampling; call from within a runtime.
+    pub fn start(nodes: &[&Host], ip: IpAddr, every: Duration) -> HolderSampler {
+        let kernels: Vec<NodeKernel> = nodes.iter().map(|h| NodeKernel::open(h)).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut tick = tokio::time::interval(every);
+            while !stop2.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let at = Instant::now();
+                let mut holders = Vec::new();
+                for k in &kernels {
+                    if k.holds(ip).await {
+                        holders.push(k.name.clone());
+                    }
+                }
+                out.push(HolderSample { at, holders });
+            }
+            out
+        });
+        HolderSampler { stop, task: Some(task) }
+    }
+
+    pub async fn finish(mut self) -> Vec<HolderSample> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.take().expect("running").await.expect("sampler task")
+    }
+}
+
+/// The most nodes seen holding the address in one sample.
+pub fn max_holders(samples: &[HolderSample]) -> usize {
+    samples.iter().map(|s| s.holders.len()).max().unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- capture
+
+/// Announcements arriving on a host's `eth0`.
+pub struct AnnouncementCapture {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(SystemTime, Announcement)>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AnnouncementCapture {
+    pub fn start(host: &Host) -> AnnouncementCapture {
+        let cap = host.ns.run(|| {
+            let idx = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+            vipd_arp::Capture::open(idx, Duration::from_millis(50)).expect("capture socket")
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok(Some(a)) = cap.next() {
+                    seen2.lock().unwrap().push(a);
+                }
+            }
+        });
+        AnnouncementCapture { stop, seen, thread: Some(thread) }
+    }
+
+    pub fn seen(&self) -> Vec<(SystemTime, Announcement)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for AnnouncementCapture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
