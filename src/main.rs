@@ -1,1 +1,133 @@
-fn main(){}
+//! `vipd`: the agent (`vipd manager`) and its manifests (`vipd manifest`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use vipd::config::settings::SETTINGS;
+use vipd::config::{Config, Layers, LogFormat};
+use vipd::manifest::{self, Distro, ManifestOptions};
+
+fn setting_args() -> Vec<Arg> {
+    SETTINGS
+        .iter()
+        .map(|s| {
+            let mut a = Arg::new(s.env).long(s.flag).help(s.help).action(ArgAction::Set);
+            if s.switch {
+                a = a.num_args(0..=1).require_equals(true).default_missing_value("true");
+            } else {
+                a = a.value_name("VALUE");
+            }
+            if s.env == "k8s_config_file" {
+                a = a.alias("kubeconfig");
+            }
+            a
+        })
+        .collect()
+}
+
+fn cli() -> Command {
+    Command::new("vipd")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Virtual IPs for Kubernetes: the control-plane VIP and LoadBalancer Services")
+        .subcommand_required(true)
+        .subcommand(
+            Command::new("manager")
+                .about("Run the agent (environment variables win over flags, flags over --config)")
+                .arg(Arg::new("config").long("config").value_name("FILE").help("YAML file of settings by environment name"))
+                .args(setting_args()),
+        )
+        .subcommand(
+            Command::new("manifest")
+                .about("Print deployment YAML; settings given as flags become the container environment")
+                .arg(Arg::new("kind").required(true).value_parser(["pod", "daemonset", "rbac"]))
+                .arg(Arg::new("image").long("image").default_value(concat!("ghcr.io/vipd/vipd:v", env!("CARGO_PKG_VERSION"))))
+                .arg(
+                    Arg::new("distro")
+                        .long("distro")
+                        .value_parser(clap::builder::EnumValueParser::<Distro>::new())
+                        .default_value("kubeadm")
+                        .help("where the static pod runs (kubeconfig path)"),
+                )
+                .args(setting_args()),
+        )
+}
+
+/// The layers of configuration from the command line and the environment.
+fn layers(m: &ArgMatches, with_env: bool) -> Result<Layers, String> {
+    let mut l = Layers::default();
+    if let Some(path) = m.get_one::<String>("config") {
+        l.add_file(&PathBuf::from(path)).map_err(|e| e.to_string())?;
+    }
+    let flags: Vec<(&str, String)> = SETTINGS
+        .iter()
+        .filter_map(|s| m.get_one::<String>(s.env).map(|v| (s.env, v.clone())))
+        .collect();
+    l.add_flags(flags);
+    if with_env {
+        l.add_env(|k| std::env::var(k).ok());
+    }
+    Ok(l)
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIPD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},kube=warn,tower=warn,hyper=warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_timer(tracing_subscriber::fmt::time::UtcTime::rfc_3339());
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let m = cli().get_matches();
+    match m.subcommand() {
+        Some(("manager", sub)) => {
+            let layers = match layers(sub, true) {
+                Ok(l) => l,
+                Err(e) => return fail(&e),
+            };
+            let hostname = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+            let config = match Config::from_layers(&layers, &hostname) {
+                Ok(c) => c,
+                Err(e) => return fail(&e.to_string()),
+            };
+            init_logging(&config.log_level, config.log_format);
+            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+            };
+            match rt.block_on(vipd::manager::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&format!("{e:#}")),
+            }
+        }
+        Some(("manifest", sub)) => {
+            // Only flags: the manifest must not pick up this shell's variables.
+            let layers = match layers(sub, false) {
+                Ok(l) => l,
+                Err(e) => return fail(&e),
+            };
+            let opts = ManifestOptions {
+                image: sub.get_one::<String>("image").expect("defaulted").clone(),
+                distro: *sub.get_one::<Distro>("distro").expect("defaulted"),
+            };
+            let docs = match sub.get_one::<String>("kind").map(String::as_str) {
+                Some("pod") => vec![manifest::pod(&layers, &opts)],
+                Some("daemonset") => vec![manifest::daemonset(&layers, &opts)],
+                _ => manifest::rbac(),
+            };
+            print!("{}", manifest::to_yaml(&docs));
+            ExitCode::SUCCESS
+        }
+        _ => unreachable!("subcommand_required"),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("vipd: {msg}");
+    ExitCode::from(2)
+}

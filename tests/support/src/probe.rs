@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::AddressAttribute;
 use vipd_arp::Announcement;
 
 use crate::lab::Host;

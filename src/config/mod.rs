@@ -1,0 +1,519 @@
+//! vipd's configuration: kube-vip's names, checked once at start-up.
+//!
+//! [`Layers`] gathers what was given (config file < flags < environment);
+//! [`Config::from_layers`] turns it into typed settings or one
+//! [`ConfigError`] that names the variable to fix. Nothing here touches the
+//! network or the API server: checks that need the host (does the interface
+//! exist?) happen in `manager` and name the variable the same way.
+
+pub mod layers;
+pub mod settings;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use layers::{Given, Layers, Origin};
+
+/// A configuration error: the setting, where its value came from, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { setting: setting.into(), message: message.into() }
+    }
+
+    fn file(path: &Path, message: String) -> Self {
+        ConfigError::new(format!("config file {}", path.display()), message)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.setting, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How addresses are made known to the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// Gratuitous ARP / unsolicited NA on the interface (L2).
+    Arp,
+    /// BGP routes (L3).
+    Bgp,
+}
+
+/// How the control-plane VIP's holder is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Election {
+    /// A `coordination.k8s.io` Lease.
+    Lease(LeaseConfig),
+    /// No election: this node always holds the VIP (single-node use).
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    pub timing: LeaseTiming,
+}
+
+/// Lease timing. Invariant: `retry_period < renew_deadline < lease_duration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl LeaseTiming {
+    /// vipd's defaults: fail over in about 4 s, with 1.5 s between the
+    /// leader's give-up and the earliest takeover.
+    pub const DEFAULT: LeaseTiming = LeaseTiming {
+        lease_duration: Duration::from_secs(4),
+        renew_deadline: Duration::from_millis(2500),
+        retry_period: Duration::from_millis(500),
+    };
+}
+
+/// The control-plane VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlane {
+    /// IP addresses or DNS names as given (`address`).
+    pub addresses: Vec<AddressSpec>,
+    pub port: u16,
+    pub election: Election,
+}
+
+/// A VIP as configured: a literal address or a DNS name resolved at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressSpec {
+    Ip(IpAddr),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnets {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+impl Subnets {
+    pub fn for_ip(&self, ip: IpAddr) -> u8 {
+        if ip.is_ipv4() {
+            self.v4
+        } else {
+            self.v6
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The whole typed configuration of `vipd manager`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub node_name: String,
+    pub announce: Announce,
+    pub control_plane: Option<ControlPlane>,
+    pub services_enabled: bool,
+    /// Interface for the VIP; `None`: the default route's.
+    pub interface: Option<String>,
+    pub services_interface: Option<String>,
+    pub subnets: Subnets,
+    pub arp_rate: Duration,
+    /// Kernel lifetime of held addresses (`None`: permanent).
+    pub addr_lifetime: Option<Duration>,
+    pub kubeconfig: Option<PathBuf>,
+    pub status_addr: Option<SocketAddr>,
+    pub health_port: Option<u16>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+// ------------------------------------------------------------------ parsing
+
+/// Reads one setting with a parser, naming it in the error.
+struct Reader<'a> {
+    layers: &'a Layers,
+}
+
+impl Reader<'_> {
+    fn raw(&self, env: &str) -> Option<&Given> {
+        self.layers.get(env).filter(|g| !g.value.trim().is_empty())
+    }
+
+    fn err(&self, env: &str, msg: impl fmt::Display) -> ConfigError {
+        let g = self.layers.get(env);
+        let flag = settings::by_env(env).map(|s| s.flag).unwrap_or(env);
+        match g {
+            Some(g) => ConfigError::new(
+                format!("{env}={:?} (from {}; flag --{flag})", g.value, g.origin),
+                msg.to_string(),
+            ),
+            None => ConfigError::new(format!("{env} (flag --{flag})"), msg.to_string()),
+        }
+    }
+
+    fn string(&self, env: &str) -> Option<String> {
+        self.raw(env).map(|g| g.value.trim().to_string())
+    }
+
+    fn bool(&self, env: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(env) {
+            None => Ok(default),
+            Some(g) => parse_bool(&g.value).ok_or_else(|| self.err(env, "expected true or false")),
+        }
+    }
+
+    fn duration(&self, env: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.raw(env) {
+            None => Ok(default),
+            Some(g) => parse_duration(&g.value).map_err(|m| self.err(env, m)),
+        }
+    }
+
+    fn number<T: std::str::FromStr>(&self, env: &str, default: T, what: &str) -> Result<T, ConfigError> {
+        match self.raw(env) {
+            None => Ok(default),
+            Some(g) => g.value.trim().parse().map_err(|_| self.err(env, format!("expected {what}"))),
+        }
+    }
+}
+
+/// `true`/`false` as kube-vip (Go's strconv.ParseBool) accepts them.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim() {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whole seconds (kube-vip's form) or a number with a unit: `500ms`, `1.5s`, `2m`.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| "expected seconds, or a number with a unit (ms, s, m), e.g. 500ms".to_string())?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        other => return Err(format!("unknown unit {other:?}: use ms, s or m")),
+    };
+    let secs = n * scale;
+    if !secs.is_finite() || secs > 86_400.0 {
+        return Err("duration out of range".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_address_list(v: &str) -> Result<Vec<AddressSpec>, String> {
+    let mut out = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Ok(ip) = part.parse::<IpAddr>() {
+            if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+                return Err(format!("{ip} cannot be a virtual IP"));
+            }
+            out.push(AddressSpec::Ip(ip));
+        } else if is_dns_name(part) {
+            out.push(AddressSpec::Name(part.to_string()));
+        } else {
+            return Err(format!("{part:?} is neither an IP address nor a DNS name"));
+        }
+    }
+    if out.is_empty() {
+        return Err("no address given".into());
+    }
+    let v4 = out.iter().filter(|a| matches!(a, AddressSpec::Ip(IpAddr::V4(_)))).count();
+    let v6 = out.iter().filter(|a| matches!(a, AddressSpec::Ip(IpAddr::V6(_)))).count();
+    if v4 > 1 || v6 > 1 {
+        return Err("at most one IPv4 and one IPv6 address (dual-stack)".into());
+    }
+    Ok(out)
+}
+
+fn is_dns_name(s: &str) -> bool {
+    // Names must contain a letter: "192.0.2" is a typo of an IP, not a name.
+    s.len() <= 253
+        && s.chars().any(|c| c.is_ascii_alphabetic())
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+fn parse_subnets(v: &str) -> Result<Subnets, String> {
+    let parts: Vec<&str> = v.split(',').map(|p| p.trim().trim_start_matches('/')).collect();
+    let num = |p: &str| p.parse::<u8>().map_err(|_| format!("{p:?} is not a prefix length"));
+    let (v4, v6) = match parts.as_slice() {
+        [one] => {
+            let n = num(one)?;
+            if n <= 32 {
+                (n, 128)
+            } else {
+                (32, n)
+            }
+        }
+        [a, b] => (num(a)?, num(b)?),
+        _ => return Err("expected 32, 128 or 32,128".into()),
+    };
+    if v4 > 32 || v6 > 128 || v4 == 0 || v6 == 0 {
+        return Err("IPv4 prefix must be 1-32 and IPv6 prefix 1-128".into());
+    }
+    Ok(Subnets { v4, v6 })
+}
+
+fn is_interface_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 15 && !s.contains(['/', ' ', ':']) && s != "." && s != ".."
+}
+
+/// A DNS-1123 subdomain (names of Leases, namespaces).
+fn is_k8s_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+impl Config {
+    /// Checks and types everything given. `hostname` is the fallback node name.
+    pub fn from_layers(layers: &Layers, hostname: &str) -> Result<Config, ConfigError> {
+        let r = Reader { layers };
+
+        let arp = r.bool("vip_arp", false)?;
+        let bgp = r.bool("bgp_enable", false)?;
+        let announce = match (arp, bgp) {
+            (true, true) => {
+                return Err(ConfigError::new(
+                    "vip_arp and bgp_enable",
+                    "both are true: choose one announcement mode",
+                ))
+            }
+            (true, false) => Announce::Arp,
+            (false, true) => Announce::Bgp,
+            (false, false) => {
+                return Err(ConfigError::new(
+                    "vip_arp / bgp_enable",
+                    "no announcement mode: set vip_arp=true (layer 2) or bgp_enable=true",
+                ))
+            }
+        };
+        if announce == Announce::Bgp {
+            return Err(r.err("bgp_enable", "BGP mode is not in this build yet; use vip_arp=true"));
+        }
+
+        let cp_enable = r.bool("cp_enable", false)?;
+        let services_enabled = r.bool("svc_enable", false)?;
+        if !cp_enable && !services_enabled {
+            return Err(ConfigError::new(
+                "cp_enable / svc_enable",
+                "no feature enabled: set cp_enable=true (control-plane VIP) and/or svc_enable=true (Services)",
+            ));
+        }
+        if services_enabled {
+            return Err(r.err("svc_enable", "LoadBalancer Services are not in this build yet"));
+        }
+
+        let node_name = r.string("vip_nodename").unwrap_or_else(|| hostname.to_string());
+        if node_name.is_empty() || node_name.len() > 253 || node_name.contains(char::is_whitespace) {
+            return Err(r.err("vip_nodename", "must be a non-empty name without spaces"));
+        }
+
+        let interface = r.string("vip_interface");
+        if let Some(i) = &interface {
+            if !is_interface_name(i) {
+                return Err(r.err("vip_interface", "not an interface name (at most 15 characters, no '/', ':' or spaces)"));
+            }
+        }
+        let services_interface = r.string("vip_servicesinterface");
+        if let Some(i) = &services_interface {
+            if !is_interface_name(i) {
+                return Err(r.err("vip_servicesinterface", "not an interface name"));
+            }
+        }
+        let subnets = match r.string("vip_subnet") {
+            None => Subnets { v4: 32, v6: 128 },
+            Some(v) => parse_subnets(&v).map_err(|m| r.err("vip_subnet", m))?,
+        };
+
+        let control_plane = if cp_enable {
+            let (key, value) = match (r.string("address"), r.string("vip_address")) {
+                (Some(a), _) => ("address", a),
+                (None, Some(a)) => ("vip_address", a),
+                (None, None) => {
+                    return Err(r.err("address", "cp_enable=true needs the VIP in `address`"))
+                }
+            };
+            let addresses = parse_address_list(&value).map_err(|m| r.err(key, m))?;
+            let port = r.number("port", 6443u16, "a port number 1-65535")?;
+            if port == 0 {
+                return Err(r.err("port", "expected a port number 1-65535"));
+            }
+            let election = if r.bool("vip_leaderelection", false)? {
+                Election::Lease(lease_config(&r)?)
+            } else {
+                Election::None
+            };
+            Some(ControlPlane { addresses, port, election })
+        } else {
+            None
+        };
+
+        let arp_ms = r.number("vip_arpRate", 3000u64, "milliseconds")?;
+        // kube-vip resets rates under 500 ms to 3000 ms; so do we.
+        let arp_rate = Duration::from_millis(if arp_ms < 500 { 3000 } else { arp_ms });
+
+        let lease_duration = match control_plane.as_ref().map(|c| &c.election) {
+            Some(Election::Lease(l)) => l.timing.lease_duration,
+            _ => LeaseTiming::DEFAULT.lease_duration,
+        };
+        let default_lifetime =
+            lease_duration.saturating_sub(Duration::from_secs(2)).max(Duration::from_secs(1));
+        let lifetime = r.duration("vip_addr_lifetime", default_lifetime)?;
+        if lifetime > Duration::ZERO && lifetime < Duration::from_secs(1) {
+            return Err(r.err("vip_addr_lifetime", "the kernel counts lifetimes in whole seconds: use 0 or at least 1s"));
+        }
+        if lifetime > Duration::ZERO && lifetime + Duration::from_secs(1) >= lease_duration {
+            return Err(r.err(
+                "vip_addr_lifetime",
+                format!(
+                    "must be at least 1s shorter than the lease duration ({}s), or 0: a dead leader's address must expire before another node takes over",
+                    lease_duration.as_secs_f64()
+                ),
+            ));
+        }
+        let addr_lifetime = (lifetime > Duration::ZERO).then_some(lifetime);
+
+        let status_addr = match layers.get("prometheus_server") {
+            None => Some(SocketAddr::from(([0, 0, 0, 0], 2112))),
+            Some(g) if g.value.trim().is_empty() => None,
+            Some(g) => Some(parse_listen(&g.value).map_err(|m| r.err("prometheus_server", m))?),
+        };
+        let health_port = match r.number("health_check_port", 0u16, "a port number")? {
+            0 => None,
+            p => Some(p),
+        };
+        let log_level = match r.string("vip_loglevel") {
+            None => "info".to_string(),
+            Some(v) => parse_log_level(&v).ok_or_else(|| {
+                r.err("vip_loglevel", "expected error, warn, info, debug, trace or a number 0-5")
+            })?,
+        };
+        let log_format = match r.string("vip_logformat").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(r.err("vip_logformat", "expected text or json")),
+        };
+
+        Ok(Config {
+            node_name,
+            announce,
+            control_plane,
+            services_enabled,
+            interface,
+            services_interface,
+            subnets,
+            arp_rate,
+            addr_lifetime,
+            kubeconfig: r.string("k8s_config_file").map(PathBuf::from),
+            status_addr,
+            health_port,
+            log_level,
+            log_format,
+        })
+    }
+}
+
+fn lease_config(r: &Reader) -> Result<LeaseConfig, ConfigError> {
+    let mut namespace = r.string("cp_namespace").unwrap_or_else(|| "kube-system".into());
+    if !is_k8s_name(&namespace) {
+        return Err(r.err("cp_namespace", "not a valid namespace name"));
+    }
+    let mut name = r.string("vip_leasename").unwrap_or_else(|| "plndr-cp-lock".into());
+    if let Some((ns, n)) = name.split_once('/') {
+        namespace = ns.to_string();
+        name = n.to_string();
+        if !is_k8s_name(&namespace) {
+            return Err(r.err("vip_leasename", "namespace part is not a valid name"));
+        }
+    }
+    if !is_k8s_name(&name) {
+        return Err(r.err("vip_leasename", "not a valid Lease name (lower-case letters, digits, '-', '.')"));
+    }
+    let d = LeaseTiming::DEFAULT;
+    let timing = LeaseTiming {
+        lease_duration: r.duration("vip_leaseduration", d.lease_duration)?,
+        renew_deadline: r.duration("vip_renewdeadline", d.renew_deadline)?,
+        retry_period: r.duration("vip_retryperiod", d.retry_period)?,
+    };
+    if timing.lease_duration < Duration::from_secs(2) {
+        return Err(r.err("vip_leaseduration", "must be at least 2s"));
+    }
+    if timing.lease_duration.subsec_nanos() != 0 {
+        return Err(r.err("vip_leaseduration", "Leases count whole seconds: use a whole number of seconds"));
+    }
+    if timing.renew_deadline >= timing.lease_duration {
+        return Err(r.err(
+            "vip_renewdeadline",
+            format!(
+                "must be shorter than vip_leaseduration ({}s): the leader must give the VIP up before its Lease can expire",
+                timing.lease_duration.as_secs_f64()
+            ),
+        ));
+    }
+    if timing.retry_period.is_zero() || timing.retry_period * 6 / 5 >= timing.renew_deadline {
+        return Err(r.err(
+            "vip_retryperiod",
+            "must be above 0 and well under vip_renewdeadline (1.2 x retry < renew deadline)",
+        ));
+    }
+    Ok(LeaseConfig { namespace, name, timing })
+}
+
+fn parse_listen(v: &str) -> Result<SocketAddr, String> {
+    let v = v.trim();
+    // kube-vip's ":2112" means every address.
+    let full = if v.starts_with(':') { format!("0.0.0.0{v}") } else { v.to_string() };
+    full.parse().map_err(|_| "expected HOST:PORT or :PORT".to_string())
+}
+
+fn parse_log_level(v: &str) -> Option<String> {
+    let l = v.trim().to_ascii_lowercase();
+    let named = match l.as_str() {
+        "error" | "warn" | "info" | "debug" | "trace" => l.clone(),
+        // kube-vip passes a number: slog levels (-4 debug, 0 info, 4 warn, 8
+        // error) or logrus-style 0-5; map both to the nearest name.
+        "-4" | "5" => "debug".into(),
+        "0" | "4" => "info".into(),
+        "8" | "1" | "2" => "error".into(),
+        "3" => "warn".into(),
+        _ => return None,
+    };
+    Some(named)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,82 @@
+//! Every setting vipd accepts, once: its kube-vip environment variable, its
+//! command-line flag, its help. The flags, the environment lookup, the
+//! config-file keys and `vipd manifest` are all derived from this table, so
+//! the names can never drift apart.
+
+/// One setting.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// kube-vip's environment variable; also the config-file key.
+    pub env: &'static str,
+    /// The long flag (kube-vip's spelling where it has one).
+    pub flag: &'static str,
+    /// A yes/no switch (`--arp` alone means true).
+    pub switch: bool,
+    /// Shown in `--help`, with the default.
+    pub help: &'static str,
+}
+
+const fn s(env: &'static str, flag: &'static str, help: &'static str) -> Setting {
+    Setting { env, flag, switch: false, help }
+}
+
+const fn b(env: &'static str, flag: &'static str, help: &'static str) -> Setting {
+    Setting { env, flag, switch: true, help }
+}
+
+pub const SETTINGS: &[Setting] = &[
+    // Modes and features.
+    b("vip_arp", "arp", "announce addresses by gratuitous ARP / unsolicited NA (default false)"),
+    b("bgp_enable", "bgp", "announce addresses by BGP through gobgpd (default false)"),
+    b("cp_enable", "controlplane", "hold the control-plane VIP (default false)"),
+    s("cp_namespace", "namespace", "namespace of the control-plane Lease (default kube-system)"),
+    b("svc_enable", "services", "serve LoadBalancer Services (default false)"),
+    b("svc_election", "servicesElection", "one Lease per Service address, spread over nodes (default false)"),
+    s("svc_namespace", "serviceNamespace", "serve Services of this namespace only (default: all)"),
+    s("svc_leasename", "servicesLeaseName", "Lease of the Services leader (default plndr-svcs-lock)"),
+    b("lb_class_only", "lbClassOnly", "serve only Services whose loadBalancerClass is lb_class_name (default false)"),
+    s("lb_class_name", "lbClassName", "loadBalancerClass vipd serves (default kube-vip.io/kube-vip-class)"),
+    b("lb_class_legacy_handling", "lbClassNameLegacyHandling", "also serve Services with no class (default true)"),
+    // Address.
+    s("address", "address", "control-plane VIP: an IP or DNS name; a comma list for dual-stack"),
+    s("vip_address", "vip", "older name of `address`"),
+    s("port", "port", "API server port behind the VIP (default 6443)"),
+    s("vip_interface", "interface", "interface for the VIP (default: that of the default route)"),
+    s("vip_servicesinterface", "serviceInterface", "interface for Service addresses (default vip_interface)"),
+    s("vip_subnet", "vipSubnet", "prefix length of added addresses: 32, 128 or 32,128 (default)"),
+    s("vip_nodename", "nodeName", "this node's identity in elections (default: the host name)"),
+    // Lease election.
+    b("vip_leaderelection", "leaderElection", "elect the VIP holder with a Kubernetes Lease (default false)"),
+    s("vip_leasename", "leaseName", "control-plane Lease, NAME or NAMESPACE/NAME (default plndr-cp-lock)"),
+    s("vip_leaseduration", "leaseDuration", "Lease duration, seconds or with unit (vipd default 4s)"),
+    s("vip_renewdeadline", "leaseRenewDuration", "leader gives up the VIP if it cannot renew for this long (vipd default 2500ms)"),
+    s("vip_retryperiod", "leaseRetry", "renew / retry period (vipd default 500ms)"),
+    // ARP.
+    s("vip_arpRate", "arpRate", "milliseconds between refresh announcements (default 3000; below 500 means 3000)"),
+    s("vip_addr_lifetime", "addressLifetime", "kernel lifetime of held addresses, refreshed while leading; 0 = permanent (vipd default: lease duration - 2s, at least 1s)"),
+    // Kubernetes client, observability.
+    s("k8s_config_file", "k8sConfigPath", "kubeconfig (default: in-cluster, else ~/.kube/config)"),
+    s("prometheus_server", "prometheusHTTPServer", "address of /metrics, /healthz, /readyz, /status (default :2112; empty = off)"),
+    s("health_check_port", "healthCheckPort", "extra port serving /healthz only (default 0 = off)"),
+    s("vip_loglevel", "log", "log level: error, warn, info, debug, trace or kube-vip's number (default info)"),
+    s("vip_logformat", "logFormat", "text or json (default text)"),
+];
+
+/// The setting with environment name `env`.
+pub fn by_env(env: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.env == env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_are_unique() {
+        let envs: HashSet<_> = SETTINGS.iter().map(|s| s.env).collect();
+        let flags: HashSet<_> = SETTINGS.iter().map(|s| s.flag.to_lowercase()).collect();
+        assert_eq!(envs.len(), SETTINGS.len());
+        assert_eq!(flags.len(), SETTINGS.len());
+    }
+}

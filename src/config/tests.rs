@@ -1,0 +1,165 @@
+use super::*;
+
+fn layers(pairs: &[(&str, &str)]) -> Layers {
+    let mut l = Layers::default();
+    let owned: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    l.add_env(|k| owned.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()));
+    l
+}
+
+fn cp_arp(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut pairs = vec![("vip_arp", "true"), ("cp_enable", "true"), ("address", "192.0.2.100")];
+    pairs.extend_from_slice(extra);
+    // Later pairs replace earlier ones with the same key.
+    let mut dedup: Vec<(&str, &str)> = Vec::new();
+    for (k, v) in pairs {
+        dedup.retain(|(n, _)| *n != k);
+        dedup.push((k, v));
+    }
+    Config::from_layers(&layers(&dedup), "host-a")
+}
+
+fn err(extra: &[(&str, &str)]) -> String {
+    cp_arp(extra).unwrap_err().to_string()
+}
+
+#[test]
+fn a_kube_vip_static_pod_environment_is_accepted() {
+    let c = cp_arp(&[
+        ("vip_interface", "eth0"),
+        ("vip_leaderelection", "true"),
+        ("vip_leasename", "plndr-cp-lock"),
+        ("vip_leaseduration", "5"),
+        ("vip_renewdeadline", "3"),
+        ("vip_retryperiod", "1"),
+        ("port", "6443"),
+        ("vip_subnet", "32"),
+        ("prometheus_server", ":2112"),
+        ("vip_nodename", "cp-1"),
+    ])
+    .unwrap();
+    assert_eq!(c.node_name, "cp-1");
+    assert_eq!(c.announce, Announce::Arp);
+    let cp = c.control_plane.unwrap();
+    assert_eq!(cp.addresses, vec![AddressSpec::Ip("192.0.2.100".parse().unwrap())]);
+    match cp.election {
+        Election::Lease(l) => {
+            assert_eq!(l.namespace, "kube-system");
+            assert_eq!(l.timing.lease_duration, Duration::from_secs(5));
+            assert_eq!(l.timing.renew_deadline, Duration::from_secs(3));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.status_addr, Some("0.0.0.0:2112".parse().unwrap()));
+    // Lifetime follows the lease: 5 s - 2 s.
+    assert_eq!(c.addr_lifetime, Some(Duration::from_secs(3)));
+}
+
+#[test]
+fn defaults() {
+    let c = cp_arp(&[("vip_leaderelection", "true")]).unwrap();
+    assert_eq!(c.node_name, "host-a");
+    assert_eq!(c.arp_rate, Duration::from_millis(3000));
+    assert_eq!(c.subnets, Subnets { v4: 32, v6: 128 });
+    let Election::Lease(l) = c.control_plane.unwrap().election else { panic!() };
+    assert_eq!(l.timing, LeaseTiming::DEFAULT);
+    assert_eq!(l.name, "plndr-cp-lock");
+    assert_eq!(c.addr_lifetime, Some(Duration::from_secs(2)));
+}
+
+#[test]
+fn durations_take_seconds_or_units() {
+    assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert!(parse_duration("abc").is_err());
+    assert!(parse_duration("5h").is_err());
+    assert!(parse_duration("-1").is_err());
+}
+
+#[test]
+fn every_bad_value_names_its_variable() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("address", "192.0.2.300")], "address=\"192.0.2.300\""),
+        (&[("address", "")], "address"),
+        (&[("address", "0.0.0.0")], "cannot be a virtual IP"),
+        (&[("address", "192.0.2.1,192.0.2.2")], "at most one IPv4"),
+        (&[("vip_arp", "yes")], "vip_arp=\"yes\""),
+        (&[("bgp_enable", "true")], "both are true"),
+        (&[("vip_arp", "false")], "no announcement mode"),
+        (&[("cp_enable", "false")], "no feature enabled"),
+        (&[("port", "70000")], "port=\"70000\""),
+        (&[("port", "0")], "port=\"0\""),
+        (&[("vip_interface", "eth0/1")], "vip_interface"),
+        (&[("vip_interface", "averyveryverylongname")], "vip_interface"),
+        (&[("vip_subnet", "33,129")], "vip_subnet"),
+        (&[("vip_arpRate", "fast")], "vip_arpRate"),
+        (&[("vip_leaderelection", "true"), ("vip_leaseduration", "x")], "vip_leaseduration=\"x\""),
+        (
+            &[("vip_leaderelection", "true"), ("vip_leaseduration", "5"), ("vip_renewdeadline", "5")],
+            "vip_renewdeadline=\"5\"",
+        ),
+        (
+            &[("vip_leaderelection", "true"), ("vip_leaseduration", "5"), ("vip_renewdeadline", "6")],
+            "must be shorter than vip_leaseduration",
+        ),
+        (&[("vip_leaderelection", "true"), ("vip_retryperiod", "3")], "vip_retryperiod"),
+        (&[("vip_leaderelection", "true"), ("vip_leaseduration", "4500ms")], "whole number of seconds"),
+        (&[("vip_leaderelection", "true"), ("vip_leasename", "Bad_Name")], "vip_leasename"),
+        (&[("vip_addr_lifetime", "10")], "vip_addr_lifetime"),
+        (&[("vip_addr_lifetime", "500ms")], "whole seconds"),
+        (&[("prometheus_server", "nope")], "prometheus_server"),
+        (&[("vip_loglevel", "loud")], "vip_loglevel"),
+        (&[("vip_nodename", "a b")], "vip_nodename"),
+    ];
+    for (extra, needle) in cases {
+        let e = err(extra);
+        assert!(e.contains(needle), "{extra:?}: {e:?} lacks {needle:?}");
+        assert!(e.starts_with("invalid configuration: "), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+}
+
+#[test]
+fn error_names_the_flag_and_origin() {
+    let mut l = Layers::default();
+    l.add_flags([
+        ("vip_arp", "true".to_string()),
+        ("cp_enable", "true".to_string()),
+        ("address", "nope!".to_string()),
+    ]);
+    let e = Config::from_layers(&l, "h").unwrap_err().to_string();
+    assert!(e.contains("from flag; flag --address"), "{e}");
+}
+
+#[test]
+fn dual_stack_and_names() {
+    let c = cp_arp(&[("address", "192.0.2.100,2001:db8::100"), ("vip_subnet", "32,128")]).unwrap();
+    assert_eq!(c.control_plane.unwrap().addresses.len(), 2);
+    let c = cp_arp(&[("address", "vip.example.test")]).unwrap();
+    assert_eq!(
+        c.control_plane.unwrap().addresses,
+        vec![AddressSpec::Name("vip.example.test".into())]
+    );
+    assert_eq!(parse_subnets("128").unwrap(), Subnets { v4: 32, v6: 128 });
+    assert_eq!(parse_subnets("/24").unwrap(), Subnets { v4: 24, v6: 128 });
+}
+
+#[test]
+fn lease_name_may_carry_its_namespace() {
+    let c = cp_arp(&[("vip_leaderelection", "true"), ("vip_leasename", "vipd/cp")]).unwrap();
+    let Election::Lease(l) = c.control_plane.unwrap().election else { panic!() };
+    assert_eq!((l.namespace.as_str(), l.name.as_str()), ("vipd", "cp"));
+}
+
+#[test]
+fn arp_rate_under_500_is_kube_vips_3000() {
+    assert_eq!(cp_arp(&[("vip_arpRate", "100")]).unwrap().arp_rate, Duration::from_millis(3000));
+    assert_eq!(cp_arp(&[("vip_arpRate", "1000")]).unwrap().arp_rate, Duration::from_millis(1000));
+}
+
+#[test]
+fn empty_prometheus_server_turns_it_off() {
+    assert_eq!(cp_arp(&[("prometheus_server", "")]).unwrap().status_addr, None);
+}

@@ -1,0 +1,71 @@
+//! The control-plane VIP: whoever wins the election claims the VIP
+//! addresses; losing, stepping down or shutting down withdraws them.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use tracing::info;
+
+use crate::config::{AddressSpec, Subnets};
+use crate::election::Leadership;
+use crate::vips::{Claim, Source, VipHandle};
+
+/// Resolves the configured VIPs (DNS names once, at start).
+pub async fn resolve(specs: &[AddressSpec]) -> Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for s in specs {
+        match s {
+            AddressSpec::Ip(ip) => out.push(*ip),
+            AddressSpec::Name(name) => {
+                let addrs: Vec<IpAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("invalid configuration: address={name:?}: cannot resolve: {e}"))?
+                    .map(|a| a.ip())
+                    .collect();
+                let Some(first) = addrs.first() else {
+                    bail!("invalid configuration: address={name:?}: the name has no address");
+                };
+                info!(name = %name, addr = %first, "resolved the VIP's name");
+                out.push(*first);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The claims of the control-plane VIP on `interface`.
+pub fn claims(vips: &[IpAddr], subnets: Subnets, interface: &str) -> Vec<Claim> {
+    vips.iter()
+        .map(|a| Claim { addr: *a, prefix: subnets.for_ip(*a), interface: interface.to_string() })
+        .collect()
+}
+
+/// Connects an election to the address owner.
+pub struct VipLeadership {
+    pub vips: VipHandle,
+    pub claims: Vec<Claim>,
+    /// Leader identity as last seen, for status.
+    pub leader: tokio::sync::watch::Sender<Option<String>>,
+    pub me: String,
+}
+
+impl Leadership for VipLeadership {
+    async fn started(&mut self, hold_until: Instant) {
+        let _ = self.leader.send(Some(self.me.clone()));
+        self.vips.set(Source::ControlPlane, self.claims.clone(), Some(hold_until)).await;
+    }
+
+    fn renewed(&mut self, hold_until: Instant) {
+        self.vips.extend(Source::ControlPlane, hold_until);
+    }
+
+    async fn stopped(&mut self) {
+        self.vips.release(Source::ControlPlane).await;
+        let _ = self.leader.send(None);
+    }
+
+    fn observed(&mut self, holder: Option<&str>) {
+        let _ = self.leader.send(holder.map(String::from));
+    }
+}

@@ -1,0 +1,95 @@
+//! `vipd manager`: checks the host, starts the address owner, then the
+//! elections that claim addresses, and on SIGTERM takes everything down in
+//! the safe order (withdraw addresses, then release Leases).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use kube::Api;
+use tracing::{info, warn};
+
+use crate::config::{Config, Election};
+use crate::controlplane::{self, VipLeadership};
+use crate::election::LeaseElection;
+use crate::netlink::Netlink;
+use crate::vips::{self, OwnerConfig, Source};
+use crate::{kubeclient, shutdown};
+
+/// Runs until SIGTERM / SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    let netlink = Netlink::connect().context("opening netlink")?;
+    let interface = pick_interface(&netlink, config.interface.as_deref(), "vip_interface").await?;
+    let shutdown = shutdown::on_signal()?;
+
+    let vips = vips::start(
+        netlink.clone(),
+        OwnerConfig { announce: config.announce, arp_rate: config.arp_rate, lifetime: config.addr_lifetime },
+    )
+    .await
+    .context("starting the address owner")?;
+    info!(node = %config.node_name, interface = %interface, "vipd started");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(cp) = &config.control_plane {
+        let addrs = controlplane::resolve(&cp.addresses).await?;
+        let claims = controlplane::claims(&addrs, config.subnets, &interface);
+        let (leader_tx, _leader_rx) = tokio::sync::watch::channel(None);
+        match &cp.election {
+            Election::Lease(lease) => {
+                let client = kubeclient::connect(config.kubeconfig.as_deref()).await?;
+                let election = LeaseElection {
+                    api: Api::namespaced(client, &lease.namespace),
+                    name: lease.name.clone(),
+                    me: config.node_name.clone(),
+                    timing: lease.timing,
+                };
+                info!(
+                    lease = %format!("{}/{}", lease.namespace, lease.name),
+                    vip = ?addrs,
+                    duration = ?lease.timing.lease_duration,
+                    renew_deadline = ?lease.timing.renew_deadline,
+                    retry = ?lease.timing.retry_period,
+                    "control-plane VIP: Lease election"
+                );
+                let leadership = VipLeadership { vips: vips.clone(), claims, leader: leader_tx, me: config.node_name.clone() };
+                tasks.spawn(election.run(leadership, shutdown.clone()));
+            }
+            Election::None => {
+                warn!("vip_leaderelection is off: this node holds the VIP unconditionally (single node only)");
+                vips.set(Source::ControlPlane, claims, None).await;
+            }
+        }
+    }
+
+    let mut stop = shutdown.clone();
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+    // Elections withdraw their claims and release their Leases.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        warn!("elections did not stop within 5 s");
+    }
+    vips.release_all().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// The named interface, checked; or the default route's.
+async fn pick_interface(netlink: &Netlink, name: Option<&str>, setting: &str) -> Result<String> {
+    match name {
+        Some(n) => match netlink.link_by_name(n).await? {
+            Some(_) => Ok(n.to_string()),
+            None => bail!("invalid configuration: {setting}={n:?}: no such interface on this node"),
+        },
+        None => match netlink.default_route_interface().await? {
+            Some(n) => {
+                info!(interface = %n, "{setting} not set: using the default route's interface");
+                Ok(n)
+            }
+            None => bail!("invalid configuration: {setting} is not set and this node has no default route: set {setting}"),
+        },
+    }
+}

@@ -1,0 +1,182 @@
+//! `vipd manifest pod | daemonset | rbac`: the YAML to deploy vipd, like
+//! `kube-vip manifest`. Settings given as flags become the container's
+//! environment (kube-vip's variable names), so the manifest says exactly
+//! what was asked and nothing else.
+
+use serde_json::{json, Value};
+
+use crate::config::Layers;
+
+/// Where the manifest will run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Distro {
+    /// kubeadm: static pod in /etc/kubernetes/manifests, kubeconfig admin.conf.
+    Kubeadm,
+    /// K3s: static pod in /var/lib/rancher/k3s/agent/pod-manifests, kubeconfig k3s.yaml.
+    K3s,
+}
+
+impl Distro {
+    pub fn kubeconfig_path(self) -> &'static str {
+        match self {
+            Distro::Kubeadm => "/etc/kubernetes/admin.conf",
+            Distro::K3s => "/etc/rancher/k3s/k3s.yaml",
+        }
+    }
+}
+
+pub const NAME: &str = "vipd";
+pub const NAMESPACE: &str = "kube-system";
+
+/// What every manifest needs to know.
+#[derive(Debug, Clone)]
+pub struct ManifestOptions {
+    pub image: String,
+    pub distro: Distro,
+}
+
+/// The container environment for `layers` (flags given to `vipd manifest`).
+fn env(layers: &Layers, kubeconfig: Option<&str>) -> Vec<Value> {
+    let mut out: Vec<Value> = layers
+        .iter()
+        .filter(|(k, _)| *k != "vip_nodename" && *k != "k8s_config_file")
+        .map(|(k, g)| json!({ "name": k, "value": g.value }))
+        .collect();
+    out.push(json!({
+        "name": "vip_nodename",
+        "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } }
+    }));
+    if let Some(path) = kubeconfig {
+        out.push(json!({ "name": "k8s_config_file", "value": path }));
+    }
+    out
+}
+
+fn container(layers: &Layers, image: &str, kubeconfig: Option<&str>) -> Value {
+    let mut c = json!({
+        "name": NAME,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["manager"],
+        "env": env(layers, kubeconfig),
+        "securityContext": {
+            "capabilities": { "add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"] }
+        },
+        "resources": { "requests": { "cpu": "10m", "memory": "16Mi" } }
+    });
+    if let Some(path) = kubeconfig {
+        c["volumeMounts"] = json!([{ "name": "kubeconfig", "mountPath": path, "readOnly": true }]);
+    }
+    c
+}
+
+fn tolerations() -> Value {
+    json!([
+        { "key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule" },
+        { "key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule" },
+        { "key": "CriticalAddonsOnly", "operator": "Exists" }
+    ])
+}
+
+fn labels() -> Value {
+    json!({ "app.kubernetes.io/name": NAME })
+}
+
+/// A static pod for every control-plane node.
+pub fn pod(layers: &Layers, o: &ManifestOptions) -> Value {
+    let kubeconfig = o.distro.kubeconfig_path();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": NAME, "namespace": NAMESPACE, "labels": labels() },
+        "spec": {
+            "hostNetwork": true,
+            "priorityClassName": "system-node-critical",
+            "containers": [container(layers, &o.image, Some(kubeconfig))],
+            "volumes": [{ "name": "kubeconfig", "hostPath": { "path": kubeconfig, "type": "File" } }],
+            "tolerations": tolerations()
+        }
+    })
+}
+
+/// A DaemonSet that runs with the `vipd` ServiceAccount (see [`rbac`]);
+/// with `cp_enable` only on control-plane nodes.
+pub fn daemonset(layers: &Layers, o: &ManifestOptions) -> Value {
+    let control_plane = layers
+        .get("cp_enable")
+        .and_then(|g| crate::config::parse_bool(&g.value))
+        .unwrap_or(false);
+    let mut spec = json!({
+        "serviceAccountName": NAME,
+        "hostNetwork": true,
+        "priorityClassName": "system-node-critical",
+        "containers": [container(layers, &o.image, None)],
+        "tolerations": tolerations()
+    });
+    if control_plane {
+        spec["affinity"] = json!({
+            "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": { "nodeSelectorTerms": [
+                { "matchExpressions": [{ "key": "node-role.kubernetes.io/control-plane", "operator": "Exists" }] },
+                { "matchExpressions": [{ "key": "node-role.kubernetes.io/master", "operator": "Exists" }] }
+            ] } }
+        });
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": { "name": NAME, "namespace": NAMESPACE, "labels": labels() },
+        "spec": {
+            "selector": { "matchLabels": labels() },
+            "updateStrategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 1 } },
+            "template": { "metadata": { "labels": labels() }, "spec": spec }
+        }
+    })
+}
+
+/// What vipd does with the API, and nothing more.
+pub fn cluster_role_rules() -> Value {
+    json!([
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "list", "watch", "create", "update"]
+        },
+        {
+            "apiGroups": ["", "events.k8s.io"],
+            "resources": ["events"],
+            "verbs": ["create", "patch"]
+        }
+    ])
+}
+
+/// ServiceAccount, ClusterRole and ClusterRoleBinding.
+pub fn rbac() -> Vec<Value> {
+    vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": { "name": NAME, "namespace": NAMESPACE }
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": { "name": NAME },
+            "rules": cluster_role_rules()
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": { "name": NAME },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME },
+            "subjects": [{ "kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE }]
+        }),
+    ]
+}
+
+/// Documents as one multi-document YAML text.
+pub fn to_yaml(docs: &[Value]) -> String {
+    docs.iter()
+        .map(|d| serde_yaml::to_string(d).expect("JSON values serialise"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}

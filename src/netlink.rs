@@ -1,0 +1,250 @@
+//! The kernel's addresses and links, through rtnetlink.
+//!
+//! Addresses vipd adds carry the address protocol [`VIPD_ADDR_PROTO`]
+//! (`IFA_PROTO`, Linux 6.1+; `ip addr` shows it as `proto 86`), so a restarted
+//! vipd removes the stale addresses it owns and never touches an address
+//! someone else configured. They also carry a finite lifetime when asked: the
+//! kernel itself removes the address if vipd stops refreshing it (a killed or
+//! frozen leader), before another node can take the VIP over.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use futures::stream::{Stream, StreamExt, TryStreamExt};
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, CacheInfo,
+};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
+
+/// `IFA_PROTO` of every address vipd adds ('V').
+pub const VIPD_ADDR_PROTO: u8 = 86;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("netlink: {0}")]
+    Request(#[from] rtnetlink::Error),
+}
+
+impl NetlinkError {
+    /// The kernel's errno, when it refused a request.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request(rtnetlink::Error::NetlinkError(m)) => m.code.map(|c| -c.get()),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, NetlinkError>;
+
+/// An interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    /// Administratively up and with carrier.
+    pub up: bool,
+}
+
+/// An address on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelAddr {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+    pub prefix: u8,
+    /// Added by vipd (carries [`VIPD_ADDR_PROTO`]).
+    pub ours: bool,
+}
+
+/// A change the kernel announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelEvent {
+    AddressAdded(KernelAddr),
+    AddressRemoved(KernelAddr),
+    LinkChanged(Link),
+}
+
+/// A request handle; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a socket in the current network namespace; the connection task
+    /// runs on the current tokio runtime.
+    pub fn connect() -> Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.map(|m| link_from(&m))),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut s = self.handle.link().get().match_index(index).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.map(|m| link_from(&m))),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The interface of the default route (IPv4 first, then IPv6).
+    pub async fn default_route_interface(&self) -> Result<Option<String>> {
+        for msg in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let routes: Vec<RouteMessage> = self.handle.route().get(msg).execute().try_collect().await?;
+            for r in routes {
+                if r.header.destination_prefix_length != 0 {
+                    continue;
+                }
+                let oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    RouteAttribute::MultiPath(hops) => hops.first().map(|h| h.interface_index),
+                    _ => None,
+                });
+                if let Some(i) = oif {
+                    if let Some(l) = self.link_by_index(i).await? {
+                        return Ok(Some(l.name));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every address of every interface.
+    pub async fn addresses(&self) -> Result<Vec<KernelAddr>> {
+        let msgs: Vec<AddressMessage> = self.handle.address().get().execute().try_collect().await?;
+        Ok(msgs.iter().filter_map(addr_from).collect())
+    }
+
+    /// Adds `addr/prefix` to `ifindex` as vipd's, or refreshes it when it is
+    /// there already (`ip addr replace`). With `lifetime`, the kernel deletes
+    /// the address that long after the last refresh.
+    pub async fn put_address(
+        &self,
+        ifindex: u32,
+        addr: IpAddr,
+        prefix: u8,
+        lifetime: Option<Duration>,
+    ) -> Result<()> {
+        let mut req = self.handle.address().add(ifindex, addr, prefix).replace();
+        let msg = req.message_mut();
+        msg.attributes.push(AddressAttribute::Protocol(AddressProtocol::Other(VIPD_ADDR_PROTO)));
+        if addr.is_ipv6() {
+            // A VIP must work at once: no duplicate address detection.
+            msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        if let Some(l) = lifetime {
+            let secs = l.as_secs().max(1) as u32;
+            let mut info = CacheInfo::default();
+            info.ifa_preferred = secs;
+            info.ifa_valid = secs;
+            msg.attributes.push(AddressAttribute::CacheInfo(info));
+        }
+        req.execute().await?;
+        Ok(())
+    }
+
+    /// Removes `addr/prefix` from `ifindex`; gone already is fine.
+    pub async fn del_address(&self, ifindex: u32, addr: IpAddr, prefix: u8) -> Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.index = ifindex;
+        msg.header.prefix_len = prefix;
+        msg.header.family = if addr.is_ipv4() {
+            rtnetlink::packet_route::AddressFamily::Inet
+        } else {
+            rtnetlink::packet_route::AddressFamily::Inet6
+        };
+        msg.attributes.push(AddressAttribute::Local(addr));
+        msg.attributes.push(AddressAttribute::Address(addr));
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EADDRNOTAVAIL) || is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The kernel's address and link changes, as they happen.
+pub fn kernel_events() -> Result<impl Stream<Item = KernelEvent> + Unpin + Send> {
+    let (conn, _handle, messages) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
+    ])?;
+    tokio::spawn(conn);
+    Ok(Box::pin(messages.filter_map(|(msg, _)| async move {
+        match msg.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(m)) => {
+                addr_from(&m).map(KernelEvent::AddressAdded)
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(m)) => {
+                addr_from(&m).map(KernelEvent::AddressRemoved)
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                Some(KernelEvent::LinkChanged(link_from(&m)))
+            }
+            _ => None,
+        }
+    })))
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.code.map(|c| -c.get()) == Some(errno))
+}
+
+fn link_from(m: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: m.header.index,
+        name: String::new(),
+        mac: None,
+        up: m.header.flags.contains(LinkFlags::Up) && m.header.flags.contains(LinkFlags::LowerUp),
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Address(b) if b.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(b);
+                link.mac = Some(mac);
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn addr_from(m: &AddressMessage) -> Option<KernelAddr> {
+    // IFA_LOCAL is the address itself on point-to-point links; IFA_ADDRESS
+    // otherwise. Prefer Local when both exist (they are equal on Ethernet).
+    let mut addr = None;
+    let mut ours = false;
+    for a in &m.attributes {
+        match a {
+            AddressAttribute::Local(ip) => addr = Some(*ip),
+            AddressAttribute::Address(ip) if addr.is_none() => addr = Some(*ip),
+            AddressAttribute::Protocol(p) => ours = u8::from(*p) == VIPD_ADDR_PROTO,
+            _ => {}
+        }
+    }
+    Some(KernelAddr { ifindex: m.header.index, addr: addr?, prefix: m.header.prefix_len, ours })
+}

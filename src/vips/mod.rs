@@ -1,0 +1,411 @@
+//! The one owner of "which virtual addresses are on this node".
+//!
+//! Elections and the Services controller never touch the kernel: they
+//! *claim* addresses here, each source replacing its own claims, optionally
+//! only until an instant (a leader's renew deadline). The owner converges the
+//! kernel to the claims and announces what it adds:
+//!
+//! - claimed and missing: added (marked as vipd's, with a kernel lifetime it
+//!   keeps refreshing) and announced at once;
+//! - ours and not claimed, or claimed past its deadline: removed, even if the
+//!   source never said so (fencing does not depend on the election task);
+//! - removed by someone else while claimed: added back and announced again;
+//! - not ours: never removed.
+//!
+//! At start the owner removes every address a previous vipd left behind.
+
+mod plan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+use vipd_arp::Schedule;
+
+pub use plan::{plan, wanted, ClaimSet, Plan, Want};
+
+use crate::announce::{self, AnnounceStats};
+use crate::config::Announce;
+use crate::netlink::{kernel_events, KernelAddr, KernelEvent, Link, Netlink, NetlinkError};
+
+/// Who claims an address.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Source {
+    ControlPlane,
+    /// A LoadBalancer Service, `namespace/name`.
+    Service(String),
+}
+
+/// One address a source wants on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub addr: IpAddr,
+    pub prefix: u8,
+    pub interface: String,
+}
+
+/// An address this node holds now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HeldAddr {
+    pub addr: IpAddr,
+    pub interface: String,
+    pub since: SystemTime,
+    /// False when someone else configured it (vipd announces it but will
+    /// never remove it).
+    pub ours: bool,
+}
+
+/// What the owner holds, published after every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    pub addresses: BTreeMap<IpAddr, HeldAddr>,
+    /// Addresses claimed now (whether or not the kernel has them yet).
+    pub claimed: BTreeMap<IpAddr, Want>,
+}
+
+/// How the owner works.
+#[derive(Debug, Clone)]
+pub struct OwnerConfig {
+    pub announce: Announce,
+    pub arp_rate: Duration,
+    /// Kernel lifetime of added addresses; None: permanent.
+    pub lifetime: Option<Duration>,
+}
+
+enum Command {
+    Set { source: Source, set: ClaimSet, done: oneshot::Sender<()> },
+    Extend { source: Source, hold_until: Instant },
+    ReleaseAll { done: oneshot::Sender<()> },
+}
+
+/// The handle sources use; cheap to clone.
+#[derive(Clone)]
+pub struct VipHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    held: watch::Receiver<Held>,
+    pub stats: Arc<AnnounceStats>,
+}
+
+impl VipHandle {
+    /// Replaces `source`'s claims; returns once the kernel has converged.
+    pub async fn set(&self, source: Source, claims: Vec<Claim>, hold_until: Option<Instant>) {
+        let (done, wait) = oneshot::channel();
+        let set = ClaimSet { claims, hold_until };
+        if self.tx.send(Command::Set { source, set, done }).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Withdraws every claim of `source`; returns once removed.
+    pub async fn release(&self, source: Source) {
+        self.set(source, Vec::new(), None).await
+    }
+
+    /// Moves `source`'s deadline (a renewed lease).
+    pub fn extend(&self, source: Source, hold_until: Instant) {
+        let _ = self.tx.send(Command::Extend { source, hold_until });
+    }
+
+    /// Removes every address (shutdown); returns once removed.
+    pub async fn release_all(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::ReleaseAll { done }).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    pub fn held(&self) -> watch::Receiver<Held> {
+        self.held.clone()
+    }
+}
+
+/// Starts the owner: removes leftovers of a previous run, then serves claims.
+pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, NetlinkError> {
+    let events = kernel_events()?;
+    let stats = Arc::new(AnnounceStats::default());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (held_tx, held_rx) = watch::channel(Held::default());
+    let mut owner = Owner {
+        netlink,
+        config,
+        claims: BTreeMap::new(),
+        have: Vec::new(),
+        links: HashMap::new(),
+        announcers: HashMap::new(),
+        since: HashMap::new(),
+        stats: stats.clone(),
+        held: held_tx,
+    };
+    owner.refresh_kernel_view().await?;
+    let stale: Vec<KernelAddr> = owner.have.iter().filter(|k| k.ours).copied().collect();
+    for k in stale {
+        info!(addr = %k.addr, "removing an address a previous vipd left behind");
+        if let Err(e) = owner.netlink.del_address(k.ifindex, k.addr, k.prefix).await {
+            warn!(addr = %k.addr, error = %e, "cannot remove stale address");
+        }
+    }
+    owner.refresh_kernel_view().await?;
+    tokio::spawn(owner.run(rx, events));
+    Ok(VipHandle { tx, held: held_rx, stats })
+}
+
+struct Owner {
+    netlink: Netlink,
+    config: OwnerConfig,
+    claims: BTreeMap<Source, ClaimSet>,
+    /// The kernel's addresses, as last read or reported.
+    have: Vec<KernelAddr>,
+    links: HashMap<String, Link>,
+    announcers: HashMap<IpAddr, JoinHandle<()>>,
+    since: HashMap<IpAddr, SystemTime>,
+    stats: Arc<AnnounceStats>,
+    held: watch::Sender<Held>,
+}
+
+impl Owner {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Command>,
+        events: impl futures::Stream<Item = KernelEvent> + Unpin + Send,
+    ) {
+        let mut events = events;
+        // Lifetimes are refreshed three times per lifetime; without one, a
+        // slow resync catches anything the event stream missed.
+        let period = self.config.lifetime.map(|l| l / 3).unwrap_or(Duration::from_secs(5));
+        let mut refresh = tokio::time::interval(period.max(Duration::from_millis(200)));
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Set { source, set, done }) => {
+                        if set.claims.is_empty() {
+                            self.claims.remove(&source);
+                        } else {
+                            self.claims.insert(source, set);
+                        }
+                        self.converge().await;
+                        let _ = done.send(());
+                    }
+                    Some(Command::Extend { source, hold_until }) => {
+                        if let Some(set) = self.claims.get_mut(&source) {
+                            set.hold_until = Some(hold_until);
+                        }
+                    }
+                    Some(Command::ReleaseAll { done }) => {
+                        self.claims.clear();
+                        self.converge().await;
+                        let _ = done.send(());
+                    }
+                    None => {
+                        // Every handle is gone: the process is ending.
+                        self.claims.clear();
+                        self.converge().await;
+                        return;
+                    }
+                },
+                Some(ev) = events.next() => self.on_kernel_event(ev).await,
+                _ = refresh.tick() => {
+                    if let Err(e) = self.refresh_kernel_view().await {
+                        warn!(error = %e, "cannot read addresses");
+                    }
+                    self.converge().await;
+                    self.refresh_lifetimes().await;
+                }
+                _ = sleep_until(deadline) => self.converge().await,
+            }
+        }
+    }
+
+    /// The earliest claim deadline still ahead.
+    fn next_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.claims.values().filter_map(|c| c.hold_until).filter(|t| *t > now).min()
+    }
+
+    async fn on_kernel_event(&mut self, ev: KernelEvent) {
+        match ev {
+            KernelEvent::AddressAdded(k) => {
+                self.have.retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
+                self.have.push(k);
+            }
+            KernelEvent::AddressRemoved(k) => {
+                self.have.retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
+                if self.claimed_now(k.addr) {
+                    warn!(addr = %k.addr, "a held address was removed from the interface; adding it back");
+                    self.converge().await;
+                }
+            }
+            KernelEvent::LinkChanged(link) => {
+                let was_up = self.links.get(&link.name).is_some_and(|l| l.up);
+                let now_up = link.up;
+                self.links.insert(link.name.clone(), link.clone());
+                if now_up && !was_up {
+                    // Carrier is back: neighbours may have forgotten us.
+                    self.reannounce_on(&link);
+                }
+            }
+        }
+    }
+
+    fn claimed_now(&self, addr: IpAddr) -> bool {
+        wanted(Instant::now(), &self.claims).contains_key(&addr)
+    }
+
+    async fn refresh_kernel_view(&mut self) -> Result<(), NetlinkError> {
+        self.have = self.netlink.addresses().await?;
+        Ok(())
+    }
+
+    async fn link(&mut self, name: &str) -> Option<Link> {
+        if let Some(l) = self.links.get(name) {
+            return Some(l.clone());
+        }
+        match self.netlink.link_by_name(name).await {
+            Ok(Some(l)) => {
+                self.links.insert(name.to_string(), l.clone());
+                Some(l)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!(interface = name, error = %e, "cannot read interface");
+                None
+            }
+        }
+    }
+
+    /// Brings the kernel and the announcers in line with the claims.
+    async fn converge(&mut self) {
+        let now = Instant::now();
+        let want = wanted(now, &self.claims);
+        for w in want.values() {
+            if self.link(&w.interface).await.is_none() {
+                error!(interface = %w.interface, "interface not found: cannot hold addresses on it");
+            }
+        }
+        let links = self.links.clone();
+        let p = plan(&want, &self.have, |name| links.get(name).map(|l| l.index));
+
+        for k in &p.remove {
+            match self.netlink.del_address(k.ifindex, k.addr, k.prefix).await {
+                Ok(()) => {
+                    info!(addr = %k.addr, "address released");
+                    self.have.retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
+                }
+                Err(e) => error!(addr = %k.addr, error = %e, "cannot remove address"),
+            }
+        }
+        for (addr, iface, prefix) in &p.add {
+            let Some(link) = links.get(iface) else { continue };
+            match self.netlink.put_address(link.index, *addr, *prefix, self.config.lifetime).await {
+                Ok(()) => {
+                    info!(%addr, interface = %iface, "address added");
+                    self.have.push(KernelAddr { ifindex: link.index, addr: *addr, prefix: *prefix, ours: true });
+                    self.since.insert(*addr, SystemTime::now());
+                    self.start_announcer(link, *addr);
+                }
+                Err(e) => error!(%addr, interface = %iface, error = %e, "cannot add address"),
+            }
+        }
+        // Announce wanted addresses that are present but have no announcer
+        // (configured by someone else, or present after a restart race).
+        for (addr, w) in &want {
+            if !self.announcers.contains_key(addr) {
+                if let Some(link) = links.get(&w.interface) {
+                    if self.have.iter().any(|k| k.addr == *addr && k.ifindex == link.index) {
+                        self.since.entry(*addr).or_insert_with(SystemTime::now);
+                        self.start_announcer(link, *addr);
+                    }
+                }
+            }
+        }
+        // Stop announcing what is no longer wanted.
+        let stale: Vec<IpAddr> = self.announcers.keys().filter(|a| !want.contains_key(a)).copied().collect();
+        for a in stale {
+            if let Some(h) = self.announcers.remove(&a) {
+                h.abort();
+            }
+            self.since.remove(&a);
+        }
+        self.publish(want);
+    }
+
+    fn start_announcer(&mut self, link: &Link, addr: IpAddr) {
+        if let Some(old) = self.announcers.remove(&addr) {
+            old.abort();
+        }
+        if self.config.announce != Announce::Arp {
+            return;
+        }
+        let schedule = Schedule::new(self.config.arp_rate);
+        if let Some(h) = announce::spawn(link, addr, schedule, self.stats.clone()) {
+            self.announcers.insert(addr, h);
+        }
+    }
+
+    fn reannounce_on(&mut self, link: &Link) {
+        let addrs: Vec<IpAddr> = self
+            .have
+            .iter()
+            .filter(|k| k.ifindex == link.index && self.announcers.contains_key(&k.addr))
+            .map(|k| k.addr)
+            .collect();
+        for a in addrs {
+            info!(addr = %a, interface = %link.name, "link is up again: announcing");
+            self.start_announcer(link, a);
+        }
+    }
+
+    /// Pushes the kernel lifetime of every held address of ours forward.
+    async fn refresh_lifetimes(&mut self) {
+        let Some(lifetime) = self.config.lifetime else { return };
+        let want = wanted(Instant::now(), &self.claims);
+        let ours: Vec<KernelAddr> =
+            self.have.iter().filter(|k| k.ours && want.contains_key(&k.addr)).copied().collect();
+        for k in ours {
+            if let Err(e) = self.netlink.put_address(k.ifindex, k.addr, k.prefix, Some(lifetime)).await {
+                warn!(addr = %k.addr, error = %e, "cannot refresh address lifetime");
+            }
+        }
+    }
+
+    fn publish(&self, claimed: BTreeMap<IpAddr, Want>) {
+        let mut addresses = BTreeMap::new();
+        for (addr, w) in &claimed {
+            if let Some(link) = self.links.get(&w.interface) {
+                if let Some(k) = self.have.iter().find(|k| k.addr == *addr && k.ifindex == link.index) {
+                    addresses.insert(
+                        *addr,
+                        HeldAddr {
+                            addr: *addr,
+                            interface: w.interface.clone(),
+                            since: self.since.get(addr).copied().unwrap_or_else(SystemTime::now),
+                            ours: k.ours,
+                        },
+                    );
+                }
+            }
+        }
+        self.held.send_if_modified(|h| {
+            let new = Held { addresses, claimed };
+            if *h != new {
+                *h = new;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => futures::future::pending().await,
+    }
+}

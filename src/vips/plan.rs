@@ -1,0 +1,185 @@
+//! The pure part of the address owner: from what is claimed and what the
+//! kernel has, what to add and what to remove.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Instant;
+
+use super::{Claim, Source};
+use crate::netlink::KernelAddr;
+
+/// The claims of one source, valid until `hold_until` (None: no limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimSet {
+    pub claims: Vec<Claim>,
+    pub hold_until: Option<Instant>,
+}
+
+impl ClaimSet {
+    pub fn live(&self, now: Instant) -> bool {
+        self.hold_until.is_none_or(|t| now < t)
+    }
+}
+
+/// One wanted address: on which interface, with which prefix, for whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub interface: String,
+    pub prefix: u8,
+    pub sources: BTreeSet<Source>,
+}
+
+/// Every address that should be on this node now, by address. When two
+/// sources claim one address, the first claim (in source order) decides its
+/// interface and prefix.
+pub fn wanted(now: Instant, claims: &BTreeMap<Source, ClaimSet>) -> BTreeMap<IpAddr, Want> {
+    let mut out: BTreeMap<IpAddr, Want> = BTreeMap::new();
+    for (source, set) in claims {
+        if !set.live(now) {
+            continue;
+        }
+        for c in &set.claims {
+            out.entry(c.addr)
+                .or_insert_with(|| Want { interface: c.interface.clone(), prefix: c.prefix, sources: BTreeSet::new() })
+                .sources
+                .insert(source.clone());
+        }
+    }
+    out
+}
+
+/// What to change in the kernel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Wanted and absent: add (as ours).
+    pub add: Vec<(IpAddr, String, u8)>,
+    /// Ours and no longer wanted (or on the wrong interface): remove.
+    pub remove: Vec<KernelAddr>,
+}
+
+/// Compares what is wanted with what the kernel has. `ifindex_of` maps an
+/// interface name to its index (None: it does not exist, so nothing is added
+/// there). Addresses that are not ours are never removed; a wanted address
+/// that someone else configured already counts as present.
+pub fn plan(
+    want: &BTreeMap<IpAddr, Want>,
+    have: &[KernelAddr],
+    ifindex_of: impl Fn(&str) -> Option<u32>,
+) -> Plan {
+    let mut p = Plan::default();
+    for (addr, w) in want {
+        let Some(idx) = ifindex_of(&w.interface) else { continue };
+        if !have.iter().any(|k| k.addr == *addr && k.ifindex == idx) {
+            p.add.push((*addr, w.interface.clone(), w.prefix));
+        }
+    }
+    for k in have.iter().filter(|k| k.ours) {
+        let keep = want
+            .get(&k.addr)
+            .is_some_and(|w| ifindex_of(&w.interface) == Some(k.ifindex) && w.prefix == k.prefix);
+        if !keep {
+            p.remove.push(*k);
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn claim(addr: &str, iface: &str) -> Claim {
+        Claim { addr: addr.parse().unwrap(), prefix: 32, interface: iface.into() }
+    }
+
+    fn kaddr(addr: &str, idx: u32, ours: bool) -> KernelAddr {
+        KernelAddr { ifindex: idx, addr: addr.parse().unwrap(), prefix: 32, ours }
+    }
+
+    fn idx(name: &str) -> Option<u32> {
+        match name {
+            "eth0" => Some(2),
+            "eth1" => Some(3),
+            _ => None,
+        }
+    }
+
+    fn claims(pairs: Vec<(Source, Vec<Claim>, Option<Instant>)>) -> BTreeMap<Source, ClaimSet> {
+        pairs.into_iter().map(|(s, c, h)| (s, ClaimSet { claims: c, hold_until: h })).collect()
+    }
+
+    #[test]
+    fn adds_what_is_missing_and_removes_only_ours() {
+        let now = Instant::now();
+        let c = claims(vec![(Source::ControlPlane, vec![claim("192.0.2.100", "eth0")], None)]);
+        let have = vec![
+            kaddr("192.0.2.11", 2, false), // the node's own address: never touched
+            kaddr("192.0.2.200", 2, true), // a stale address of ours
+        ];
+        let p = plan(&wanted(now, &c), &have, idx);
+        assert_eq!(p.add, vec![("192.0.2.100".parse().unwrap(), "eth0".into(), 32)]);
+        assert_eq!(p.remove, vec![kaddr("192.0.2.200", 2, true)]);
+    }
+
+    #[test]
+    fn nothing_to_do_when_converged() {
+        let now = Instant::now();
+        let c = claims(vec![(Source::ControlPlane, vec![claim("192.0.2.100", "eth0")], None)]);
+        let p = plan(&wanted(now, &c), &[kaddr("192.0.2.100", 2, true)], idx);
+        assert_eq!(p, Plan::default());
+    }
+
+    #[test]
+    fn an_expired_claim_is_withdrawn_even_if_never_released() {
+        let now = Instant::now();
+        let c = claims(vec![(
+            Source::ControlPlane,
+            vec![claim("192.0.2.100", "eth0")],
+            Some(now - Duration::from_millis(1)),
+        )]);
+        let p = plan(&wanted(now, &c), &[kaddr("192.0.2.100", 2, true)], idx);
+        assert!(p.add.is_empty());
+        assert_eq!(p.remove, vec![kaddr("192.0.2.100", 2, true)]);
+        // ... and is not re-added when the kernel already dropped it.
+        assert_eq!(plan(&wanted(now, &c), &[], idx), Plan::default());
+    }
+
+    #[test]
+    fn a_foreign_address_counts_as_present_and_is_kept() {
+        let now = Instant::now();
+        let c = claims(vec![(Source::ControlPlane, vec![claim("192.0.2.100", "eth0")], None)]);
+        assert_eq!(plan(&wanted(now, &c), &[kaddr("192.0.2.100", 2, false)], idx), Plan::default());
+        assert_eq!(plan(&BTreeMap::new(), &[kaddr("192.0.2.100", 2, false)], idx), Plan::default());
+    }
+
+    #[test]
+    fn shared_address_stays_while_any_source_claims_it() {
+        let now = Instant::now();
+        let svc = Source::Service("default/a".into());
+        let c = claims(vec![
+            (Source::ControlPlane, vec![], None),
+            (svc.clone(), vec![claim("192.0.2.150", "eth0")], None),
+            (Source::Service("default/b".into()), vec![claim("192.0.2.150", "eth0")], None),
+        ]);
+        let w = wanted(now, &c);
+        assert_eq!(w[&"192.0.2.150".parse::<IpAddr>().unwrap()].sources.len(), 2);
+        assert_eq!(plan(&w, &[kaddr("192.0.2.150", 2, true)], idx), Plan::default());
+    }
+
+    #[test]
+    fn moved_to_another_interface_is_removed_there_and_added_here() {
+        let now = Instant::now();
+        let c = claims(vec![(Source::ControlPlane, vec![claim("192.0.2.100", "eth1")], None)]);
+        let p = plan(&wanted(now, &c), &[kaddr("192.0.2.100", 2, true)], idx);
+        assert_eq!(p.add, vec![("192.0.2.100".parse().unwrap(), "eth1".into(), 32)]);
+        assert_eq!(p.remove, vec![kaddr("192.0.2.100", 2, true)]);
+    }
+
+    #[test]
+    fn a_missing_interface_adds_nothing() {
+        let now = Instant::now();
+        let c = claims(vec![(Source::ControlPlane, vec![claim("192.0.2.100", "eth9")], None)]);
+        assert_eq!(plan(&wanted(now, &c), &[], idx), Plan::default());
+    }
+}
