@@ -56,7 +56,7 @@ fn cli() -> Command {
 /// The layers of configuration from the command line and the environment.
 fn layers(m: &ArgMatches, with_env: bool) -> Result<Layers, String> {
     let mut l = Layers::default();
-    if let Some(path) = m.get_one::<String>("config") {
+    if let Some(path) = m.try_get_one::<String>("config").ok().flatten() {
         l.add_file(&PathBuf::from(path)).map_err(|e| e.to_string())?;
     }
     let flags: Vec<(&str, String)> = SETTINGS

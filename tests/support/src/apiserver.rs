@@ -200,6 +200,36 @@ impl Env {
         Ok(path)
     }
 
+    /// Runs `kubectl ARGS` as admin from the client host; its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let bin = harness_bin_dir()?.join("kubectl");
+        let out = self
+            .client
+            .ns
+            .command(bin.to_str().expect("utf-8"))
+            .arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kubectl apply -f` of a workspace file, once per test binary.
+    pub fn apply_once(&self, relative: &str) -> Result<()> {
+        static APPLIED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let mut done = APPLIED.lock().unwrap_or_else(|p| p.into_inner());
+        if done.iter().any(|d| d == relative) {
+            return Ok(());
+        }
+        let path = workspace_root().join(relative);
+        self.kubectl(&["apply", "-f", path.to_str().expect("utf-8")])?;
+        done.push(relative.to_string());
+        Ok(())
+    }
+
     /// A client for ServiceAccount `ns/sa` (see [`Env::service_account_kubeconfig`]).
     pub async fn service_account(&self, ns: &str, sa: &str) -> Result<Client> {
         client_from_kubeconfig(&self.service_account_kubeconfig(ns, sa).await?).await

@@ -130,3 +130,12 @@ impl Host {
         ip(&["-n", self.ns.name(), "addr", "del", &format!("{addr}/{prefix}"), "dev", "eth0"])
     }
 }
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // Deleting the switch-side end destroys the pair at once, even while
+        // a socket still pins the host's namespace (its deletion is lazy).
+        crate::netns::kill_all_in(self.ns.name());
+        let _ = ip(&["-n", &self.switch, "link", "del", &self.port]);
+    }
+}

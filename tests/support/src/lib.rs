@@ -11,10 +11,12 @@
 //!   address, announcements captured on the wire.
 
 pub mod apiserver;
+pub mod failover;
 pub mod lab;
 pub mod netns;
 pub mod probe;
 pub mod process;
+pub mod vipd;
 
 use std::path::PathBuf;
 

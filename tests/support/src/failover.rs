@@ -1,0 +1,256 @@
+//! Failover scenarios on a cluster of vipd nodes, shared by tests and
+//! benchmarks: disrupt the VIP holder, measure what a client sees (the
+//! outage), who took over and when, and whether two nodes ever held the VIP.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Deref;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Result};
+use nix::sys::signal::Signal;
+
+use crate::lab::Host;
+use crate::netns::output;
+use crate::probe::{ask, max_holders, AnnouncementCapture, HolderSampler, Prober, Samples};
+use crate::vipd::{wait_until, VipdNode};
+
+/// A host the cluster borrows for its whole life, or owns.
+pub enum HostRef {
+    Static(&'static Host),
+    Owned(Host),
+}
+
+impl Deref for HostRef {
+    type Target = Host;
+    fn deref(&self) -> &Host {
+        match self {
+            HostRef::Static(h) => h,
+            HostRef::Owned(h) => h,
+        }
+    }
+}
+
+/// What happens to the holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disruption {
+    /// SIGKILL of its vipd (a crash).
+    Kill,
+    /// SIGTERM of its vipd (a graceful stop, e.g. a rolling update).
+    Term,
+    /// Its cable pulled (the bridge port goes down).
+    LinkDown,
+    /// SIGSTOP of its vipd (a frozen process); SIGCONT on restore.
+    Freeze,
+}
+
+/// What one disruption did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub disruption: Disruption,
+    pub old: String,
+    pub new: String,
+    /// From the disruption to the first answer from the new holder.
+    pub takeover: Duration,
+    /// The longest time the client got no answer.
+    pub outage: Duration,
+    /// The most nodes holding the VIP in one sample.
+    pub max_holders: usize,
+    /// Samples taken of who holds the VIP.
+    pub holder_samples: usize,
+    /// The first announcement from the new holder, as a wall time.
+    pub first_announcement: Option<SystemTime>,
+    /// The disruption, as a wall time.
+    pub disrupted_at: SystemTime,
+}
+
+pub struct VipCluster {
+    pub nodes: Vec<VipdNode>,
+    pub client: HostRef,
+    /// The VIP a client probes.
+    pub vip: IpAddr,
+    pub port: u16,
+}
+
+impl VipCluster {
+    pub fn target(&self) -> SocketAddr {
+        SocketAddr::new(self.vip, self.port)
+    }
+
+    /// Indices of the nodes whose kernels hold the VIP.
+    pub async fn holders(&mut self) -> Vec<usize> {
+        let vip = self.vip;
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if n.holds(vip).await {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// Who answers on the VIP, asked from the client.
+    pub fn answer(&self) -> Option<String> {
+        let target = self.target();
+        self.client.ns.run(|| ask(target, Duration::from_millis(300)))
+    }
+
+    /// Waits until exactly one node holds the VIP and it answers; its index.
+    pub async fn wait_stable(&mut self, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let h = self.holders().await;
+            if h.len() == 1 {
+                let name = self.nodes[h[0]].name().to_string();
+                if self.answer().as_deref() == Some(name.as_str()) {
+                    return Ok(h[0]);
+                }
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| format!("--- {} ---\n{}", n.name(), n.log_tail(15)))
+                    .collect();
+                bail!("no single VIP holder after {timeout:?} (holders: {h:?})\n{}", logs.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn mac_of(&self, i: usize) -> Option<String> {
+        let json = output("ip", &["-n", self.nodes[i].host.ns.name(), "-j", "link", "show", "eth0"]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+        v[0]["address"].as_str().map(String::from)
+    }
+
+    /// Disrupts the current holder and measures the failover. Samples for
+    /// `settle` after the new holder answers.
+    pub async fn disrupt(&mut self, what: Disruption, give_up: Duration, settle: Duration) -> Result<(Outcome, usize)> {
+        let old = self.wait_stable(Duration::from_secs(30)).await?;
+        let old_name = self.nodes[old].name().to_string();
+        let capture = AnnouncementCapture::start(&self.client);
+        let prober = Prober::start(&self.client, self.target(), Duration::from_millis(10));
+        let hosts: Vec<&Host> = self.nodes.iter().map(|n| &n.host).collect();
+        let sampler = HolderSampler::start(&hosts, self.vip, Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let disrupted_at = SystemTime::now();
+        let t0 = Instant::now();
+        match what {
+            Disruption::Kill => self.nodes[old].kill(),
+            Disruption::Term => self.nodes[old].signal(Signal::SIGTERM),
+            Disruption::LinkDown => self.nodes[old].host.link_down()?,
+            Disruption::Freeze => self.nodes[old].signal(Signal::SIGSTOP),
+        }
+        let answered = {
+            let p = &prober;
+            let name = old_name.clone();
+            wait_until(give_up, || {
+                let s = p.samples();
+                let ok = s.first_answer_from_other_after(t0, &name).is_some();
+                async move { ok }
+            })
+            .await
+        };
+        tokio::time::sleep(settle).await;
+        let samples: Samples = prober.finish();
+        let holder_samples = sampler.finish().await;
+        let seen = capture.seen();
+        drop(capture);
+        if !answered {
+            let logs: Vec<String> =
+                self.nodes.iter().map(|n| format!("--- {} ---\n{}", n.name(), n.log_tail(20))).collect();
+            bail!("{what:?}: no other node answered within {give_up:?}\n{}", logs.join("\n"));
+        }
+        let (t_new, new_name) = samples.first_answer_from_other_after(t0, &old_name).expect("answered");
+        let new = self.nodes.iter().position(|n| n.name() == new_name).expect("known node");
+        let mac = self.mac_of(new).unwrap_or_default();
+        let first_announcement = seen
+            .iter()
+            .filter(|(at, a)| {
+                *at >= disrupted_at && a.ip == self.vip && a.mac.to_string().eq_ignore_ascii_case(&mac)
+            })
+            .map(|(at, _)| *at)
+            .min();
+        Ok((
+            Outcome {
+                disruption: what,
+                old: old_name,
+                new: new_name,
+                takeover: t_new - t0,
+                outage: samples.longest_outage(),
+                max_holders: max_holders(&holder_samples),
+                holder_samples: holder_samples.len(),
+                first_announcement,
+                disrupted_at,
+            },
+            old,
+        ))
+    }
+
+    /// Undoes a disruption of node `i` and waits for a stable cluster.
+    pub async fn restore(&mut self, what: Disruption, i: usize) -> Result<()> {
+        match what {
+            Disruption::Kill => self.nodes[i].start()?,
+            Disruption::Term => {
+                self.nodes[i].terminate(Duration::from_secs(10))?;
+                self.nodes[i].start()?;
+            }
+            Disruption::LinkDown => self.nodes[i].host.link_up()?,
+            Disruption::Freeze => self.nodes[i].signal(Signal::SIGCONT),
+        }
+        self.wait_stable(Duration::from_secs(30)).await?;
+        Ok(())
+    }
+}
+
+/// Median and worst of some durations, in milliseconds.
+pub fn median_worst(d: &[Duration]) -> (f64, f64) {
+    let mut ms: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    if ms.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mid = ms.len() / 2;
+    let median = if ms.len() % 2 == 0 { (ms[mid - 1] + ms[mid]) / 2.0 } else { ms[mid] };
+    (median, *ms.last().expect("non-empty"))
+}
+
+/// A cluster of `n` vipd nodes (hosts `n1`.. at 192.0.2.11..) electing the
+/// control-plane VIP with a Lease in a fresh namespace, each configured with
+/// the environment of `manifests/k3s/vipd-daemonset.yaml` and authenticated
+/// as the `kube-system/vipd` ServiceAccount bound by `manifests/rbac.yaml`.
+/// `vips` are the VIPs (the first is probed); `extra` overrides settings.
+pub async fn lease_cluster(
+    env: &'static crate::apiserver::Env,
+    n: usize,
+    vips: &[IpAddr],
+    bin: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> Result<(VipCluster, String)> {
+    use crate::vipd::{manifest_env, set_env};
+    env.apply_once("manifests/rbac.yaml")?;
+    let kubeconfig = env.service_account_kubeconfig("kube-system", "vipd").await?;
+    let lease_ns = env.namespace("cp").await;
+    let mut base = manifest_env(&crate::workspace_root().join("manifests/k3s/vipd-daemonset.yaml"))?;
+    let addresses: Vec<String> = vips.iter().map(|v| v.to_string()).collect();
+    set_env(&mut base, "address", &addresses.join(","));
+    set_env(&mut base, "vip_interface", "eth0");
+    set_env(&mut base, "cp_namespace", &lease_ns);
+    set_env(&mut base, "k8s_config_file", kubeconfig.to_str().expect("utf-8"));
+    set_env(&mut base, "vip_loglevel", "debug");
+    for (k, v) in extra {
+        set_env(&mut base, k, v);
+    }
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        let name = format!("n{i}");
+        let host = env.lab.add_host(&name, 10 + i as u8)?;
+        let mut e = base.clone();
+        set_env(&mut e, "vip_nodename", &name);
+        let mut node = VipdNode::new(host, bin, e, 6443);
+        node.start()?;
+        nodes.push(node);
+    }
+    Ok((VipCluster { nodes, client: HostRef::Static(&env.client), vip: vips[0], port: 6443 }, lease_ns))
+}

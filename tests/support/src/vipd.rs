@@ -1,0 +1,134 @@
+//! vipd processes on lab hosts, configured as the manifests configure them.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
+
+use crate::lab::Host;
+use crate::probe::{NodeKernel, Responder};
+use crate::process::Proc;
+use crate::run_dir;
+
+/// The literal environment of the first container in a manifest file
+/// (entries with `valueFrom` are left out: the caller supplies them).
+pub fn manifest_env(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
+    let spec = if doc["kind"] == "DaemonSet" { &doc["spec"]["template"]["spec"] } else { &doc["spec"] };
+    let mut out = Vec::new();
+    for e in spec["containers"][0]["env"].as_sequence().context("manifest has no env")? {
+        if let (Some(n), Some(v)) = (e["name"].as_str(), e["value"].as_str()) {
+            out.push((n.to_string(), v.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces or adds `key=value` in an environment list.
+pub fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_string(), value.to_string()));
+}
+
+/// One lab host running vipd and a TCP responder on the VIP's port.
+pub struct VipdNode {
+    pub host: Host,
+    pub proc: Option<Proc>,
+    pub responder: Option<Responder>,
+    pub env: Vec<(String, String)>,
+    pub kernel: Option<NodeKernel>,
+    bin: PathBuf,
+    starts: u32,
+}
+
+impl VipdNode {
+    pub fn new(host: Host, bin: &Path, env: Vec<(String, String)>, port: u16) -> VipdNode {
+        let responder = Some(Responder::start(&host, port));
+        VipdNode { host, proc: None, responder, env, kernel: None, bin: bin.to_path_buf(), starts: 0 }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.host.name
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        run_dir().join("logs").join(format!("{}-{}.log", self.host.ns.name(), self.starts))
+    }
+
+    /// Starts `vipd manager` with this node's environment.
+    pub fn start(&mut self) -> Result<()> {
+        self.starts += 1;
+        let log = self.log_path();
+        let p = self.host.spawn(&self.host.name, &self.bin, &["manager".to_string()], &self.env, &log)?;
+        self.proc = Some(p);
+        Ok(())
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        if let Some(p) = &self.proc {
+            p.signal(sig);
+        }
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<i32> {
+        let Some(mut p) = self.proc.take() else { bail!("{} not running", self.name()) };
+        p.signal(Signal::SIGTERM);
+        match p.wait_exit(timeout) {
+            Some(code) => Ok(code),
+            None => bail!("{} did not exit within {timeout:?} of SIGTERM:\n{}", self.name(), p.log_tail(30)),
+        }
+    }
+
+    /// The last lines of the current log.
+    pub fn log_tail(&self, n: usize) -> String {
+        crate::process::tail(&self.log_path(), n)
+    }
+
+    /// Whether the kernel of this node has `ip` (netlink; call in a runtime).
+    pub async fn holds(&mut self, ip: IpAddr) -> bool {
+        if self.kernel.is_none() {
+            self.kernel = Some(NodeKernel::open(&self.host));
+        }
+        self.kernel.as_ref().expect("opened").holds(ip).await
+    }
+}
+
+/// Polls `cond` every 20 ms until it is true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Drop for VipdNode {
+    fn drop(&mut self) {
+        // Processes and sockets first, then the host (a field, dropped last).
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+        self.responder.take();
+        self.kernel.take();
+    }
+}
