@@ -20,7 +20,12 @@ pub struct AnnounceStats {
 }
 
 /// Starts announcing `addr` on `link`; abort the handle to stop.
-pub fn spawn(link: &Link, addr: IpAddr, schedule: Schedule, stats: Arc<AnnounceStats>) -> Option<JoinHandle<()>> {
+pub fn spawn(
+    link: &Link,
+    addr: IpAddr,
+    schedule: Schedule,
+    stats: Arc<AnnounceStats>,
+) -> Option<JoinHandle<()>> {
     let Some(mac) = link.mac else {
         warn!(interface = %link.name, %addr, "interface has no MAC address: nothing to announce on it");
         return None;
@@ -35,8 +40,15 @@ pub fn spawn(link: &Link, addr: IpAddr, schedule: Schedule, stats: Arc<AnnounceS
                 return;
             }
         };
-        let frame = build_announcement(addr, MacAddr::new(mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]));
-        let kind = if addr.is_ipv4() { "gratuitous ARP" } else { "unsolicited neighbour advertisement" };
+        let frame = build_announcement(
+            addr,
+            MacAddr::new(mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]),
+        );
+        let kind = if addr.is_ipv4() {
+            "gratuitous ARP"
+        } else {
+            "unsolicited neighbour advertisement"
+        };
         let mut sent = 0u32;
         loop {
             match sender.send(&frame) {

@@ -20,7 +20,11 @@ pub async fn resolve(specs: &[AddressSpec]) -> Result<Vec<IpAddr>> {
             AddressSpec::Name(name) => {
                 let addrs: Vec<IpAddr> = tokio::net::lookup_host((name.as_str(), 0))
                     .await
-                    .map_err(|e| anyhow::anyhow!("invalid configuration: address={name:?}: cannot resolve: {e}"))?
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "invalid configuration: address={name:?}: cannot resolve: {e}"
+                        )
+                    })?
                     .map(|a| a.ip())
                     .collect();
                 let Some(first) = addrs.first() else {
@@ -37,7 +41,11 @@ pub async fn resolve(specs: &[AddressSpec]) -> Result<Vec<IpAddr>> {
 /// The claims of the control-plane VIP on `interface`.
 pub fn claims(vips: &[IpAddr], subnets: Subnets, interface: &str) -> Vec<Claim> {
     vips.iter()
-        .map(|a| Claim { addr: *a, prefix: subnets.for_ip(*a), interface: interface.to_string() })
+        .map(|a| Claim {
+            addr: *a,
+            prefix: subnets.for_ip(*a),
+            interface: interface.to_string(),
+        })
         .collect()
 }
 
@@ -53,7 +61,9 @@ pub struct VipLeadership {
 impl Leadership for VipLeadership {
     async fn started(&mut self, hold_until: Instant) {
         let _ = self.leader.send(Some(self.me.clone()));
-        self.vips.set(Source::ControlPlane, self.claims.clone(), Some(hold_until)).await;
+        self.vips
+            .set(Source::ControlPlane, self.claims.clone(), Some(hold_until))
+            .await;
     }
 
     fn renewed(&mut self, hold_until: Instant) {

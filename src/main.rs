@@ -12,9 +12,15 @@ fn setting_args() -> Vec<Arg> {
     SETTINGS
         .iter()
         .map(|s| {
-            let mut a = Arg::new(s.env).long(s.flag).help(s.help).action(ArgAction::Set);
+            let mut a = Arg::new(s.env)
+                .long(s.flag)
+                .help(s.help)
+                .action(ArgAction::Set);
             if s.switch {
-                a = a.num_args(0..=1).require_equals(true).default_missing_value("true");
+                a = a
+                    .num_args(0..=1)
+                    .require_equals(true)
+                    .default_missing_value("true");
             } else {
                 a = a.value_name("VALUE");
             }
@@ -57,7 +63,8 @@ fn cli() -> Command {
 fn layers(m: &ArgMatches, with_env: bool) -> Result<Layers, String> {
     let mut l = Layers::default();
     if let Some(path) = m.try_get_one::<String>("config").ok().flatten() {
-        l.add_file(&PathBuf::from(path)).map_err(|e| e.to_string())?;
+        l.add_file(&PathBuf::from(path))
+            .map_err(|e| e.to_string())?;
     }
     let flags: Vec<(&str, String)> = SETTINGS
         .iter()
@@ -71,8 +78,9 @@ fn layers(m: &ArgMatches, with_env: bool) -> Result<Layers, String> {
 }
 
 fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIPD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},kube=warn,tower=warn,hyper=warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIPD_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},kube=warn,tower=warn,hyper=warn"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_timer(tracing_subscriber::fmt::time::UtcTime::rfc_3339());
@@ -90,13 +98,19 @@ fn main() -> ExitCode {
                 Ok(l) => l,
                 Err(e) => return fail(&e),
             };
-            let hostname = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+            let hostname = hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let config = match Config::from_layers(&layers, &hostname) {
                 Ok(c) => c,
                 Err(e) => return fail(&e.to_string()),
             };
             init_logging(&config.log_level, config.log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => return fail(&format!("cannot start the runtime: {e}")),
             };

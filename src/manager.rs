@@ -17,26 +17,42 @@ use crate::{kubeclient, shutdown};
 
 /// Runs until SIGTERM / SIGINT.
 pub async fn run(config: Config) -> Result<()> {
+    // Every check first: nothing on the host changes if the configuration is wrong.
     let netlink = Netlink::connect().context("opening netlink")?;
     let interface = pick_interface(&netlink, config.interface.as_deref(), "vip_interface").await?;
+    let control_plane = match &config.control_plane {
+        Some(cp) => {
+            let addrs = controlplane::resolve(&cp.addresses).await?;
+            let client = match &cp.election {
+                Election::Lease(_) => {
+                    Some(kubeclient::connect(config.kubeconfig.as_deref()).await?)
+                }
+                Election::None => None,
+            };
+            Some((cp, addrs, client))
+        }
+        None => None,
+    };
     let shutdown = shutdown::on_signal()?;
 
     let vips = vips::start(
         netlink.clone(),
-        OwnerConfig { announce: config.announce, arp_rate: config.arp_rate, lifetime: config.addr_lifetime },
+        OwnerConfig {
+            announce: config.announce,
+            arp_rate: config.arp_rate,
+            lifetime: config.addr_lifetime,
+        },
     )
     .await
     .context("starting the address owner")?;
     info!(node = %config.node_name, interface = %interface, "vipd started");
 
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(cp) = &config.control_plane {
-        let addrs = controlplane::resolve(&cp.addresses).await?;
+    if let Some((cp, addrs, client)) = control_plane {
         let claims = controlplane::claims(&addrs, config.subnets, &interface);
         let (leader_tx, _leader_rx) = tokio::sync::watch::channel(None);
-        match &cp.election {
-            Election::Lease(lease) => {
-                let client = kubeclient::connect(config.kubeconfig.as_deref()).await?;
+        match (&cp.election, client) {
+            (Election::Lease(lease), Some(client)) => {
                 let election = LeaseElection {
                     api: Api::namespaced(client, &lease.namespace),
                     name: lease.name.clone(),
@@ -51,10 +67,15 @@ pub async fn run(config: Config) -> Result<()> {
                     retry = ?lease.timing.retry_period,
                     "control-plane VIP: Lease election"
                 );
-                let leadership = VipLeadership { vips: vips.clone(), claims, leader: leader_tx, me: config.node_name.clone() };
+                let leadership = VipLeadership {
+                    vips: vips.clone(),
+                    claims,
+                    leader: leader_tx,
+                    me: config.node_name.clone(),
+                };
                 tasks.spawn(election.run(leadership, shutdown.clone()));
             }
-            Election::None => {
+            _ => {
                 warn!("vip_leaderelection is off: this node holds the VIP unconditionally (single node only)");
                 vips.set(Source::ControlPlane, claims, None).await;
             }
@@ -69,7 +90,10 @@ pub async fn run(config: Config) -> Result<()> {
     }
     // Elections withdraw their claims and release their Leases.
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
         warn!("elections did not stop within 5 s");
     }
     vips.release_all().await;

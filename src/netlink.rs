@@ -87,7 +87,12 @@ impl Netlink {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match s.try_next().await {
             Ok(m) => Ok(m.map(|m| link_from(&m))),
             Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
@@ -110,7 +115,8 @@ impl Netlink {
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
             RouteMessageBuilder::<Ipv6Addr>::new().build(),
         ] {
-            let routes: Vec<RouteMessage> = self.handle.route().get(msg).execute().try_collect().await?;
+            let routes: Vec<RouteMessage> =
+                self.handle.route().get(msg).execute().try_collect().await?;
             for r in routes {
                 if r.header.destination_prefix_length != 0 {
                     continue;
@@ -148,10 +154,14 @@ impl Netlink {
     ) -> Result<()> {
         let mut req = self.handle.address().add(ifindex, addr, prefix).replace();
         let msg = req.message_mut();
-        msg.attributes.push(AddressAttribute::Protocol(AddressProtocol::Other(VIPD_ADDR_PROTO)));
+        msg.attributes
+            .push(AddressAttribute::Protocol(AddressProtocol::Other(
+                VIPD_ADDR_PROTO,
+            )));
         if addr.is_ipv6() {
             // A VIP must work at once: no duplicate address detection.
-            msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         if let Some(l) = lifetime {
             let secs = l.as_secs().max(1) as u32;
@@ -246,5 +256,10 @@ fn addr_from(m: &AddressMessage) -> Option<KernelAddr> {
             _ => {}
         }
     }
-    Some(KernelAddr { ifindex: m.header.index, addr: addr?, prefix: m.header.prefix_len, ours })
+    Some(KernelAddr {
+        ifindex: m.header.index,
+        addr: addr?,
+        prefix: m.header.prefix_len,
+        ours,
+    })
 }

@@ -14,7 +14,10 @@ pub fn on_signal() -> std::io::Result<watch::Receiver<bool>> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        info!(signal = name, "shutting down: releasing addresses and leases");
+        info!(
+            signal = name,
+            "shutting down: releasing addresses and leases"
+        );
         let _ = tx.send(true);
     });
     Ok(rx)

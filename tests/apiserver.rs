@@ -23,18 +23,30 @@ fn stale_resource_version_gets_409_conflict() {
     env.run(async move {
         let ns = env.namespace("conflict").await;
         let leases: Api<Lease> = Api::namespaced(env.admin().await, &ns);
-        let created = leases.create(&PostParams::default(), &lease("l", "a")).await.unwrap();
+        let created = leases
+            .create(&PostParams::default(), &lease("l", "a"))
+            .await
+            .unwrap();
 
         // A first writer updates with the current resourceVersion: accepted.
         let mut first = created.clone();
         first.spec.as_mut().unwrap().holder_identity = Some("b".into());
-        let updated = leases.replace("l", &PostParams::default(), &first).await.unwrap();
-        assert_ne!(updated.metadata.resource_version, created.metadata.resource_version);
+        let updated = leases
+            .replace("l", &PostParams::default(), &first)
+            .await
+            .unwrap();
+        assert_ne!(
+            updated.metadata.resource_version,
+            created.metadata.resource_version
+        );
 
         // A second writer still holds the old resourceVersion: 409 Conflict.
         let mut stale = created.clone();
         stale.spec.as_mut().unwrap().holder_identity = Some("c".into());
-        let err = leases.replace("l", &PostParams::default(), &stale).await.unwrap_err();
+        let err = leases
+            .replace("l", &PostParams::default(), &stale)
+            .await
+            .unwrap_err();
         match err {
             kube::Error::Api(status) => {
                 assert_eq!(status.code, 409, "{status:?}");
@@ -55,7 +67,11 @@ fn watch_on_services_sees_a_create() {
         let svcs: Api<Service> = Api::namespaced(env.admin().await, &ns);
         let list = svcs.list(&Default::default()).await.unwrap();
         let rv = list.metadata.resource_version.unwrap();
-        let mut stream = svcs.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+        let mut stream = svcs
+            .watch(&WatchParams::default(), &rv)
+            .await
+            .unwrap()
+            .boxed();
 
         let svc: Service = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "web" },
@@ -93,7 +109,10 @@ fn service_account_without_rbac_gets_403_on_leases() {
             Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
             other => panic!("expected 403 Forbidden, got {other:?}"),
         }
-        let err = leases.create(&PostParams::default(), &lease("x", "nobody")).await.unwrap_err();
+        let err = leases
+            .create(&PostParams::default(), &lease("x", "nobody"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, kube::Error::Api(s) if s.code == 403));
     });
 }
@@ -103,9 +122,15 @@ fn anonymous_and_bad_tokens_are_rejected() {
     let env = env();
     env.run(async move {
         let path = vipd_testkit::run_dir().join("bad-token.kubeconfig");
-        vipd_testkit::apiserver::write_token_kubeconfig(env.admin_kubeconfig(), &path, "not-a-token")
+        vipd_testkit::apiserver::write_token_kubeconfig(
+            env.admin_kubeconfig(),
+            &path,
+            "not-a-token",
+        )
+        .unwrap();
+        let client = vipd_testkit::apiserver::client_from_kubeconfig(&path)
+            .await
             .unwrap();
-        let client = vipd_testkit::apiserver::client_from_kubeconfig(&path).await.unwrap();
         let leases: Api<Lease> = Api::namespaced(client, "default");
         match leases.list(&Default::default()).await {
             Err(kube::Error::Api(status)) => assert_eq!(status.code, 401, "{status:?}"),

@@ -11,6 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use vipd_testkit::apiserver::env;
 use vipd_testkit::failover::{lease_cluster, Disruption, Outcome, VipCluster};
+use vipd_testkit::probe::{max_holders, HolderSampler};
 use vipd_testkit::vipd::wait_until;
 
 const VIP4: &str = "192.0.2.100";
@@ -42,8 +43,16 @@ async fn lease(ns: &str) -> Lease {
 }
 
 fn assert_no_split_brain(o: &Outcome) {
-    assert!(o.holder_samples > 50, "too few holder samples: {}", o.holder_samples);
-    assert!(o.max_holders <= 1, "{:?}: two nodes held the VIP at once", o.disruption);
+    assert!(
+        o.holder_samples > 50,
+        "too few holder samples: {}",
+        o.holder_samples
+    );
+    assert!(
+        o.max_holders <= 1,
+        "{:?}: two nodes held the VIP at once",
+        o.disruption
+    );
 }
 
 /// The new holder's first announcement came within 50 ms of its takeover
@@ -54,9 +63,14 @@ async fn assert_prompt_announcement(o: &Outcome, lease_ns: &str) {
     let spec = l.spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some(o.new.as_str()));
     let acquired: SystemTime = spec.acquire_time.expect("acquireTime").0.into();
-    let first = o.first_announcement.expect("an announcement from the new holder was captured");
+    let first = o
+        .first_announcement
+        .expect("an announcement from the new holder was captured");
     let delay = first.duration_since(acquired).unwrap_or_default();
-    assert!(delay <= Duration::from_millis(50), "first announcement {delay:?} after takeover");
+    assert!(
+        delay <= Duration::from_millis(50),
+        "first announcement {delay:?} after takeover"
+    );
 }
 
 #[test]
@@ -64,10 +78,17 @@ fn one_leader_holds_the_vip_and_answers() {
     let env = env();
     let _lab = env.lab_lock();
     env.run(async move {
-        let (mut c, lease_ns) = lease_cluster(env, 3, &[ip(VIP4)], bin(), &[]).await.unwrap();
+        let (mut c, lease_ns) = lease_cluster(env, 3, &[ip(VIP4)], bin(), &[])
+            .await
+            .unwrap();
         let leader = c.wait_stable(Duration::from_secs(30)).await.unwrap();
         // The Lease names the node that holds the address and answers.
-        let holder = lease(&lease_ns).await.spec.unwrap().holder_identity.unwrap();
+        let holder = lease(&lease_ns)
+            .await
+            .spec
+            .unwrap()
+            .holder_identity
+            .unwrap();
         assert_eq!(holder, c.nodes[leader].name());
         assert_eq!(c.answer().as_deref(), Some(holder.as_str()));
         // Stays that way: nobody else ever picks it up.
@@ -77,16 +98,36 @@ fn one_leader_holds_the_vip_and_answers() {
         }
         // The address carries vipd's mark (IFA_PROTO) and a finite lifetime.
         let marks = kernel_addresses(&c.nodes[leader].host).await;
-        let vip = marks.iter().find(|k| k.addr == ip(VIP4)).expect("VIP listed");
+        let vip = marks
+            .iter()
+            .find(|k| k.addr == ip(VIP4))
+            .expect("VIP listed");
         assert!(vip.ours, "{vip:?}");
-        assert!(marks.iter().filter(|k| k.addr != ip(VIP4)).all(|k| !k.ours), "{marks:?}");
+        assert!(
+            marks.iter().filter(|k| k.addr != ip(VIP4)).all(|k| !k.ours),
+            "{marks:?}"
+        );
         let shown = vipd_testkit::netns::output(
             "ip",
-            &["-n", c.nodes[leader].host.ns.name(), "addr", "show", "dev", "eth0"],
+            &[
+                "-n",
+                c.nodes[leader].host.ns.name(),
+                "addr",
+                "show",
+                "dev",
+                "eth0",
+            ],
         )
         .unwrap();
-        let next = shown.lines().skip_while(|l| !l.contains(VIP4)).nth(1).unwrap();
-        assert!(!next.contains("forever"), "finite lifetime expected: {next}");
+        let next = shown
+            .lines()
+            .skip_while(|l| !l.contains(VIP4))
+            .nth(1)
+            .unwrap();
+        assert!(
+            !next.contains("forever"),
+            "finite lifetime expected: {next}"
+        );
     });
 }
 
@@ -96,18 +137,48 @@ fn failover(disruption: Disruption, vips: &'static [&'static str], limit: Durati
     env.run(async move {
         let vips: Vec<IpAddr> = vips.iter().map(|v| ip(v)).collect();
         let (mut c, lease_ns) = lease_cluster(env, 3, &vips, bin(), &[]).await.unwrap();
-        let (o, old) = c.disrupt(disruption, limit + Duration::from_secs(5), Duration::from_secs(1)).await.unwrap();
+        let (o, old) = c
+            .disrupt(
+                disruption,
+                limit + Duration::from_secs(5),
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
         eprintln!("{o:?}");
-        assert!(o.takeover <= limit, "{disruption:?}: another node answered after {:?} (limit {limit:?})", o.takeover);
+        assert!(
+            o.takeover <= limit,
+            "{disruption:?}: another node answered after {:?} (limit {limit:?})",
+            o.takeover
+        );
         assert_ne!(o.new, o.old);
         assert_no_split_brain(&o);
         assert_prompt_announcement(&o, &lease_ns).await;
         // Every VIP (both families when dual-stack) moved together.
         check_all_vips_on(&mut c, &vips, &o.new).await;
-        // The old holder comes back as a follower; still one holder.
+        // The old holder comes back (restarted, or its link up again) as a
+        // follower: the holder does not change and never doubles.
+        let hosts: Vec<&vipd_testkit::lab::Host> = c.nodes.iter().map(|n| &n.host).collect();
+        let sampler = HolderSampler::start(&hosts, vips[0], Duration::from_millis(10));
         c.restore(disruption, old).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let samples = sampler.finish().await;
+        assert!(
+            max_holders(&samples) <= 1,
+            "two holders after the old holder came back"
+        );
+        assert!(
+            samples
+                .iter()
+                .all(|s| s.holders.is_empty() || s.holders == vec![o.new.clone()]),
+            "the VIP flapped"
+        );
         let now = c.wait_stable(Duration::from_secs(10)).await.unwrap();
-        assert_eq!(c.nodes[now].name(), o.new, "no flapping back to the old holder");
+        assert_eq!(
+            c.nodes[now].name(),
+            o.new,
+            "no flapping back to the old holder"
+        );
     });
 }
 
@@ -127,7 +198,11 @@ fn sigkill_of_the_leader_moves_the_vip_within_lease_plus_1s() {
 
 #[test]
 fn link_down_of_the_leader_moves_the_vip_within_lease_plus_1s() {
-    failover(Disruption::LinkDown, &[VIP4], LEASE + Duration::from_secs(1));
+    failover(
+        Disruption::LinkDown,
+        &[VIP4],
+        LEASE + Duration::from_secs(1),
+    );
 }
 
 #[test]
@@ -150,7 +225,9 @@ fn a_vip_removed_by_hand_is_restored_and_announced() {
     let env = env();
     let _lab = env.lab_lock();
     env.run(async move {
-        let (mut c, _) = lease_cluster(env, 2, &[ip(VIP4)], bin(), &[]).await.unwrap();
+        let (mut c, _) = lease_cluster(env, 2, &[ip(VIP4)], bin(), &[])
+            .await
+            .unwrap();
         let leader = c.wait_stable(Duration::from_secs(30)).await.unwrap();
         let capture = vipd_testkit::probe::AnnouncementCapture::start(&c.client);
         let removed_at = SystemTime::now();
@@ -169,7 +246,10 @@ fn a_vip_removed_by_hand_is_restored_and_announced() {
         assert!(
             wait_until(Duration::from_secs(1), || {
                 let seen = capture.seen();
-                async move { seen.iter().any(|(at, a)| *at >= removed_at && a.ip == ip(VIP4)) }
+                async move {
+                    seen.iter()
+                        .any(|(at, a)| *at >= removed_at && a.ip == ip(VIP4))
+                }
             })
             .await,
             "no announcement after restoring"
@@ -185,13 +265,15 @@ fn a_restarted_vipd_removes_its_stale_addresses_and_nothing_else() {
         // A vipd holding 192.0.2.201 with a permanent address crashes: the
         // address stays behind, marked as vipd's.
         let stale = "192.0.2.201";
-        let (mut c, _) =
-            lease_cluster(env, 1, &[ip(stale)], bin(), &[("vip_addr_lifetime", "0")]).await.unwrap();
+        let (mut c, _) = lease_cluster(env, 1, &[ip(stale)], bin(), &[("vip_addr_lifetime", "0")])
+            .await
+            .unwrap();
         c.wait_stable(Duration::from_secs(30)).await.unwrap();
         c.nodes[0].kill();
         let ns = c.nodes[0].host.ns.name().to_string();
         // The operator's own extra address.
-        vipd_testkit::netns::ip(&["-n", &ns, "addr", "add", "192.0.2.202/32", "dev", "eth0"]).unwrap();
+        vipd_testkit::netns::ip(&["-n", &ns, "addr", "add", "192.0.2.202/32", "dev", "eth0"])
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(c.nodes[0].host.addresses().unwrap().contains(&ip(stale)));
 
@@ -201,12 +283,21 @@ fn a_restarted_vipd_removes_its_stale_addresses_and_nothing_else() {
         c.nodes[0].start().unwrap();
         c.wait_stable(Duration::from_secs(30)).await.unwrap();
         let have = c.nodes[0].host.addresses().unwrap();
-        assert!(!have.contains(&ip(stale)), "stale vipd address kept: {have:?}");
-        assert!(have.contains(&ip("192.0.2.202")), "operator's address removed: {have:?}");
+        assert!(
+            !have.contains(&ip(stale)),
+            "stale vipd address kept: {have:?}"
+        );
+        assert!(
+            have.contains(&ip("192.0.2.202")),
+            "operator's address removed: {have:?}"
+        );
         assert!(have.contains(&ip(VIP4)));
         // A graceful stop removes the VIP and leaves the operator's address.
         assert_eq!(c.nodes[0].terminate(Duration::from_secs(5)).unwrap(), 0);
         let have = c.nodes[0].host.addresses().unwrap();
-        assert!(!have.contains(&ip(VIP4)) && have.contains(&ip("192.0.2.202")), "{have:?}");
+        assert!(
+            !have.contains(&ip(VIP4)) && have.contains(&ip("192.0.2.202")),
+            "{have:?}"
+        );
     });
 }

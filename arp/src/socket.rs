@@ -45,7 +45,10 @@ impl Sender {
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         let n = self.socket.send_to(frame, &self.target)?;
         if n != frame.len() {
-            return Err(io::Error::other(format!("short send: {n} of {}", frame.len())));
+            return Err(io::Error::other(format!(
+                "short send: {n} of {}",
+                frame.len()
+            )));
         }
         Ok(())
     }
@@ -60,7 +63,11 @@ pub struct Capture {
 impl Capture {
     /// Opens a capture on `ifindex`; `read_timeout` bounds each [`Capture::next`].
     pub fn open(ifindex: u32, read_timeout: std::time::Duration) -> io::Result<Capture> {
-        let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(ETH_P_ALL.to_be() as i32)))?;
+        let socket = Socket::new(
+            Domain::PACKET,
+            Type::RAW,
+            Some(Protocol::from(ETH_P_ALL.to_be() as i32)),
+        )?;
         socket.bind(&link_addr(ifindex, ETH_P_ALL))?;
         socket.set_read_timeout(Some(read_timeout))?;
         Ok(Capture { socket })
@@ -73,14 +80,22 @@ impl Capture {
         loop {
             let n = match self.socket.recv(&mut buf) {
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Ok(None)
                 }
                 Err(e) => return Err(e),
             };
             let at = SystemTime::now();
             // SAFETY: recv initialised the first n bytes.
-            let frame: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+            let frame: Vec<u8> = buf[..n]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
             if let Some(a) = parse_announcement(&frame) {
                 return Ok(Some((at, a)));
             }

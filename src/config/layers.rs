@@ -121,10 +121,19 @@ mod tests {
         std::fs::write(&dir, "port: 1\nvip_interface: eth9\naddress: 192.0.2.1\n").unwrap();
         let mut l = Layers::default();
         l.add_file(&dir).unwrap();
-        l.add_flags([("port", "2".to_string()), ("vip_interface", "eth1".to_string())]);
+        l.add_flags([
+            ("port", "2".to_string()),
+            ("vip_interface", "eth1".to_string()),
+        ]);
         l.add_env(|k| (k == "port").then(|| "3".to_string()));
         std::fs::remove_file(&dir).unwrap();
-        assert_eq!(l.get("port").unwrap(), &Given { value: "3".into(), origin: Origin::Env });
+        assert_eq!(
+            l.get("port").unwrap(),
+            &Given {
+                value: "3".into(),
+                origin: Origin::Env
+            }
+        );
         assert_eq!(l.get("vip_interface").unwrap().value, "eth1");
         assert_eq!(l.get("address").unwrap().origin, Origin::File);
         // Order of adding does not matter: a file read last loses anyway.

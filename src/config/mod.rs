@@ -25,7 +25,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(setting: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { setting: setting.into(), message: message.into() }
+        ConfigError {
+            setting: setting.into(),
+            message: message.into(),
+        }
     }
 
     fn file(path: &Path, message: String) -> Self {
@@ -35,7 +38,11 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration: {}: {}", self.setting, self.message)
+        write!(
+            f,
+            "invalid configuration: {}: {}",
+            self.setting, self.message
+        )
     }
 }
 
@@ -185,10 +192,19 @@ impl Reader<'_> {
         }
     }
 
-    fn number<T: std::str::FromStr>(&self, env: &str, default: T, what: &str) -> Result<T, ConfigError> {
+    fn number<T: std::str::FromStr>(
+        &self,
+        env: &str,
+        default: T,
+        what: &str,
+    ) -> Result<T, ConfigError> {
         match self.raw(env) {
             None => Ok(default),
-            Some(g) => g.value.trim().parse().map_err(|_| self.err(env, format!("expected {what}"))),
+            Some(g) => g
+                .value
+                .trim()
+                .parse()
+                .map_err(|_| self.err(env, format!("expected {what}"))),
         }
     }
 }
@@ -208,11 +224,13 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     if let Ok(secs) = v.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| "expected seconds, or a number with a unit (ms, s, m), e.g. 500ms".to_string())?;
+    let n: f64 = num.parse().map_err(|_| {
+        "expected seconds, or a number with a unit (ms, s, m), e.g. 500ms".to_string()
+    })?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "s" => 1.0,
@@ -243,8 +261,14 @@ fn parse_address_list(v: &str) -> Result<Vec<AddressSpec>, String> {
     if out.is_empty() {
         return Err("no address given".into());
     }
-    let v4 = out.iter().filter(|a| matches!(a, AddressSpec::Ip(IpAddr::V4(_)))).count();
-    let v6 = out.iter().filter(|a| matches!(a, AddressSpec::Ip(IpAddr::V6(_)))).count();
+    let v4 = out
+        .iter()
+        .filter(|a| matches!(a, AddressSpec::Ip(IpAddr::V4(_))))
+        .count();
+    let v6 = out
+        .iter()
+        .filter(|a| matches!(a, AddressSpec::Ip(IpAddr::V6(_))))
+        .count();
     if v4 > 1 || v6 > 1 {
         return Err("at most one IPv4 and one IPv6 address (dual-stack)".into());
     }
@@ -265,8 +289,14 @@ fn is_dns_name(s: &str) -> bool {
 }
 
 fn parse_subnets(v: &str) -> Result<Subnets, String> {
-    let parts: Vec<&str> = v.split(',').map(|p| p.trim().trim_start_matches('/')).collect();
-    let num = |p: &str| p.parse::<u8>().map_err(|_| format!("{p:?} is not a prefix length"));
+    let parts: Vec<&str> = v
+        .split(',')
+        .map(|p| p.trim().trim_start_matches('/'))
+        .collect();
+    let num = |p: &str| {
+        p.parse::<u8>()
+            .map_err(|_| format!("{p:?} is not a prefix length"))
+    };
     let (v4, v6) = match parts.as_slice() {
         [one] => {
             let n = num(one)?;
@@ -293,7 +323,8 @@ fn is_interface_name(s: &str) -> bool {
 fn is_k8s_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -322,7 +353,10 @@ impl Config {
             }
         };
         if announce == Announce::Bgp {
-            return Err(r.err("bgp_enable", "BGP mode is not in this build yet; use vip_arp=true"));
+            return Err(r.err(
+                "bgp_enable",
+                "BGP mode is not in this build yet; use vip_arp=true",
+            ));
         }
 
         let cp_enable = r.bool("cp_enable", false)?;
@@ -334,18 +368,27 @@ impl Config {
             ));
         }
         if services_enabled {
-            return Err(r.err("svc_enable", "LoadBalancer Services are not in this build yet"));
+            return Err(r.err(
+                "svc_enable",
+                "LoadBalancer Services are not in this build yet",
+            ));
         }
 
-        let node_name = r.string("vip_nodename").unwrap_or_else(|| hostname.to_string());
-        if node_name.is_empty() || node_name.len() > 253 || node_name.contains(char::is_whitespace) {
+        let node_name = r
+            .string("vip_nodename")
+            .unwrap_or_else(|| hostname.to_string());
+        if node_name.is_empty() || node_name.len() > 253 || node_name.contains(char::is_whitespace)
+        {
             return Err(r.err("vip_nodename", "must be a non-empty name without spaces"));
         }
 
         let interface = r.string("vip_interface");
         if let Some(i) = &interface {
             if !is_interface_name(i) {
-                return Err(r.err("vip_interface", "not an interface name (at most 15 characters, no '/', ':' or spaces)"));
+                return Err(r.err(
+                    "vip_interface",
+                    "not an interface name (at most 15 characters, no '/', ':' or spaces)",
+                ));
             }
         }
         let services_interface = r.string("vip_servicesinterface");
@@ -377,7 +420,11 @@ impl Config {
             } else {
                 Election::None
             };
-            Some(ControlPlane { addresses, port, election })
+            Some(ControlPlane {
+                addresses,
+                port,
+                election,
+            })
         } else {
             None
         };
@@ -390,11 +437,15 @@ impl Config {
             Some(Election::Lease(l)) => l.timing.lease_duration,
             _ => LeaseTiming::DEFAULT.lease_duration,
         };
-        let default_lifetime =
-            lease_duration.saturating_sub(Duration::from_secs(2)).max(Duration::from_secs(1));
+        let default_lifetime = lease_duration
+            .saturating_sub(Duration::from_secs(2))
+            .max(Duration::from_secs(1));
         let lifetime = r.duration("vip_addr_lifetime", default_lifetime)?;
         if lifetime > Duration::ZERO && lifetime < Duration::from_secs(1) {
-            return Err(r.err("vip_addr_lifetime", "the kernel counts lifetimes in whole seconds: use 0 or at least 1s"));
+            return Err(r.err(
+                "vip_addr_lifetime",
+                "the kernel counts lifetimes in whole seconds: use 0 or at least 1s",
+            ));
         }
         if lifetime > Duration::ZERO && lifetime + Duration::from_secs(1) >= lease_duration {
             return Err(r.err(
@@ -419,7 +470,10 @@ impl Config {
         let log_level = match r.string("vip_loglevel") {
             None => "info".to_string(),
             Some(v) => parse_log_level(&v).ok_or_else(|| {
-                r.err("vip_loglevel", "expected error, warn, info, debug, trace or a number 0-5")
+                r.err(
+                    "vip_loglevel",
+                    "expected error, warn, info, debug, trace or a number 0-5",
+                )
             })?,
         };
         let log_format = match r.string("vip_logformat").as_deref() {
@@ -448,11 +502,15 @@ impl Config {
 }
 
 fn lease_config(r: &Reader) -> Result<LeaseConfig, ConfigError> {
-    let mut namespace = r.string("cp_namespace").unwrap_or_else(|| "kube-system".into());
+    let mut namespace = r
+        .string("cp_namespace")
+        .unwrap_or_else(|| "kube-system".into());
     if !is_k8s_name(&namespace) {
         return Err(r.err("cp_namespace", "not a valid namespace name"));
     }
-    let mut name = r.string("vip_leasename").unwrap_or_else(|| "plndr-cp-lock".into());
+    let mut name = r
+        .string("vip_leasename")
+        .unwrap_or_else(|| "plndr-cp-lock".into());
     if let Some((ns, n)) = name.split_once('/') {
         namespace = ns.to_string();
         name = n.to_string();
@@ -461,7 +519,10 @@ fn lease_config(r: &Reader) -> Result<LeaseConfig, ConfigError> {
         }
     }
     if !is_k8s_name(&name) {
-        return Err(r.err("vip_leasename", "not a valid Lease name (lower-case letters, digits, '-', '.')"));
+        return Err(r.err(
+            "vip_leasename",
+            "not a valid Lease name (lower-case letters, digits, '-', '.')",
+        ));
     }
     let d = LeaseTiming::DEFAULT;
     let timing = LeaseTiming {
@@ -473,7 +534,10 @@ fn lease_config(r: &Reader) -> Result<LeaseConfig, ConfigError> {
         return Err(r.err("vip_leaseduration", "must be at least 2s"));
     }
     if timing.lease_duration.subsec_nanos() != 0 {
-        return Err(r.err("vip_leaseduration", "Leases count whole seconds: use a whole number of seconds"));
+        return Err(r.err(
+            "vip_leaseduration",
+            "Leases count whole seconds: use a whole number of seconds",
+        ));
     }
     if timing.renew_deadline >= timing.lease_duration {
         return Err(r.err(
@@ -490,14 +554,23 @@ fn lease_config(r: &Reader) -> Result<LeaseConfig, ConfigError> {
             "must be above 0 and well under vip_renewdeadline (1.2 x retry < renew deadline)",
         ));
     }
-    Ok(LeaseConfig { namespace, name, timing })
+    Ok(LeaseConfig {
+        namespace,
+        name,
+        timing,
+    })
 }
 
 fn parse_listen(v: &str) -> Result<SocketAddr, String> {
     let v = v.trim();
     // kube-vip's ":2112" means every address.
-    let full = if v.starts_with(':') { format!("0.0.0.0{v}") } else { v.to_string() };
-    full.parse().map_err(|_| "expected HOST:PORT or :PORT".to_string())
+    let full = if v.starts_with(':') {
+        format!("0.0.0.0{v}")
+    } else {
+        v.to_string()
+    };
+    full.parse()
+        .map_err(|_| "expected HOST:PORT or :PORT".to_string())
 }
 
 fn parse_log_level(v: &str) -> Option<String> {

@@ -17,11 +17,21 @@ pub struct Setting {
 }
 
 const fn s(env: &'static str, flag: &'static str, help: &'static str) -> Setting {
-    Setting { env, flag, switch: false, help }
+    Setting {
+        env,
+        flag,
+        switch: false,
+        help,
+    }
 }
 
 const fn b(env: &'static str, flag: &'static str, help: &'static str) -> Setting {
-    Setting { env, flag, switch: true, help }
+    Setting {
+        env,
+        flag,
+        switch: true,
+        help,
+    }
 }
 
 pub const SETTINGS: &[Setting] = &[

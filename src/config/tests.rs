@@ -2,13 +2,20 @@ use super::*;
 
 fn layers(pairs: &[(&str, &str)]) -> Layers {
     let mut l = Layers::default();
-    let owned: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let owned: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     l.add_env(|k| owned.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()));
     l
 }
 
 fn cp_arp(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
-    let mut pairs = vec![("vip_arp", "true"), ("cp_enable", "true"), ("address", "192.0.2.100")];
+    let mut pairs = vec![
+        ("vip_arp", "true"),
+        ("cp_enable", "true"),
+        ("address", "192.0.2.100"),
+    ];
     pairs.extend_from_slice(extra);
     // Later pairs replace earlier ones with the same key.
     let mut dedup: Vec<(&str, &str)> = Vec::new();
@@ -41,7 +48,10 @@ fn a_kube_vip_static_pod_environment_is_accepted() {
     assert_eq!(c.node_name, "cp-1");
     assert_eq!(c.announce, Announce::Arp);
     let cp = c.control_plane.unwrap();
-    assert_eq!(cp.addresses, vec![AddressSpec::Ip("192.0.2.100".parse().unwrap())]);
+    assert_eq!(
+        cp.addresses,
+        vec![AddressSpec::Ip("192.0.2.100".parse().unwrap())]
+    );
     match cp.election {
         Election::Lease(l) => {
             assert_eq!(l.namespace, "kube-system");
@@ -61,7 +71,9 @@ fn defaults() {
     assert_eq!(c.node_name, "host-a");
     assert_eq!(c.arp_rate, Duration::from_millis(3000));
     assert_eq!(c.subnets, Subnets { v4: 32, v6: 128 });
-    let Election::Lease(l) = c.control_plane.unwrap().election else { panic!() };
+    let Election::Lease(l) = c.control_plane.unwrap().election else {
+        panic!()
+    };
     assert_eq!(l.timing, LeaseTiming::DEFAULT);
     assert_eq!(l.name, "plndr-cp-lock");
     assert_eq!(c.addr_lifetime, Some(Duration::from_secs(2)));
@@ -92,21 +104,50 @@ fn every_bad_value_names_its_variable() {
         (&[("port", "70000")], "port=\"70000\""),
         (&[("port", "0")], "port=\"0\""),
         (&[("vip_interface", "eth0/1")], "vip_interface"),
-        (&[("vip_interface", "averyveryverylongname")], "vip_interface"),
+        (
+            &[("vip_interface", "averyveryverylongname")],
+            "vip_interface",
+        ),
         (&[("vip_subnet", "33,129")], "vip_subnet"),
         (&[("vip_arpRate", "fast")], "vip_arpRate"),
-        (&[("vip_leaderelection", "true"), ("vip_leaseduration", "x")], "vip_leaseduration=\"x\""),
         (
-            &[("vip_leaderelection", "true"), ("vip_leaseduration", "5"), ("vip_renewdeadline", "5")],
+            &[("vip_leaderelection", "true"), ("vip_leaseduration", "x")],
+            "vip_leaseduration=\"x\"",
+        ),
+        (
+            &[
+                ("vip_leaderelection", "true"),
+                ("vip_leaseduration", "5"),
+                ("vip_renewdeadline", "5"),
+            ],
             "vip_renewdeadline=\"5\"",
         ),
         (
-            &[("vip_leaderelection", "true"), ("vip_leaseduration", "5"), ("vip_renewdeadline", "6")],
+            &[
+                ("vip_leaderelection", "true"),
+                ("vip_leaseduration", "5"),
+                ("vip_renewdeadline", "6"),
+            ],
             "must be shorter than vip_leaseduration",
         ),
-        (&[("vip_leaderelection", "true"), ("vip_retryperiod", "3")], "vip_retryperiod"),
-        (&[("vip_leaderelection", "true"), ("vip_leaseduration", "4500ms")], "whole number of seconds"),
-        (&[("vip_leaderelection", "true"), ("vip_leasename", "Bad_Name")], "vip_leasename"),
+        (
+            &[("vip_leaderelection", "true"), ("vip_retryperiod", "3")],
+            "vip_retryperiod",
+        ),
+        (
+            &[
+                ("vip_leaderelection", "true"),
+                ("vip_leaseduration", "4500ms"),
+            ],
+            "whole number of seconds",
+        ),
+        (
+            &[
+                ("vip_leaderelection", "true"),
+                ("vip_leasename", "Bad_Name"),
+            ],
+            "vip_leasename",
+        ),
         (&[("vip_addr_lifetime", "10")], "vip_addr_lifetime"),
         (&[("vip_addr_lifetime", "500ms")], "whole seconds"),
         (&[("prometheus_server", "nope")], "prometheus_server"),
@@ -135,7 +176,11 @@ fn error_names_the_flag_and_origin() {
 
 #[test]
 fn dual_stack_and_names() {
-    let c = cp_arp(&[("address", "192.0.2.100,2001:db8::100"), ("vip_subnet", "32,128")]).unwrap();
+    let c = cp_arp(&[
+        ("address", "192.0.2.100,2001:db8::100"),
+        ("vip_subnet", "32,128"),
+    ])
+    .unwrap();
     assert_eq!(c.control_plane.unwrap().addresses.len(), 2);
     let c = cp_arp(&[("address", "vip.example.test")]).unwrap();
     assert_eq!(
@@ -149,17 +194,28 @@ fn dual_stack_and_names() {
 #[test]
 fn lease_name_may_carry_its_namespace() {
     let c = cp_arp(&[("vip_leaderelection", "true"), ("vip_leasename", "vipd/cp")]).unwrap();
-    let Election::Lease(l) = c.control_plane.unwrap().election else { panic!() };
+    let Election::Lease(l) = c.control_plane.unwrap().election else {
+        panic!()
+    };
     assert_eq!((l.namespace.as_str(), l.name.as_str()), ("vipd", "cp"));
 }
 
 #[test]
 fn arp_rate_under_500_is_kube_vips_3000() {
-    assert_eq!(cp_arp(&[("vip_arpRate", "100")]).unwrap().arp_rate, Duration::from_millis(3000));
-    assert_eq!(cp_arp(&[("vip_arpRate", "1000")]).unwrap().arp_rate, Duration::from_millis(1000));
+    assert_eq!(
+        cp_arp(&[("vip_arpRate", "100")]).unwrap().arp_rate,
+        Duration::from_millis(3000)
+    );
+    assert_eq!(
+        cp_arp(&[("vip_arpRate", "1000")]).unwrap().arp_rate,
+        Duration::from_millis(1000)
+    );
 }
 
 #[test]
 fn empty_prometheus_server_turns_it_off() {
-    assert_eq!(cp_arp(&[("prometheus_server", "")]).unwrap().status_addr, None);
+    assert_eq!(
+        cp_arp(&[("prometheus_server", "")]).unwrap().status_addr,
+        None
+    );
 }

@@ -55,9 +55,12 @@ impl LeaseElection {
     /// `stopped`) and releases the Lease so a follower takes over at once.
     pub async fn run<L: Leadership>(self, mut leadership: L, mut shutdown: watch::Receiver<bool>) {
         let selector = format!("metadata.name={}", self.name);
-        let mut events = watcher::watcher(self.api.clone(), watcher::Config::default().fields(&selector))
-            .default_backoff()
-            .boxed();
+        let mut events = watcher::watcher(
+            self.api.clone(),
+            watcher::Config::default().fields(&selector),
+        )
+        .default_backoff()
+        .boxed();
         let mut obs: Option<Observation> = None;
         // Some(t): leading; t = start of the last successful acquire/renew.
         let mut leading: Option<Instant> = None;
@@ -118,23 +121,23 @@ impl LeaseElection {
                 last_holder = holder;
             }
             let wake = match v {
-                View::Free | View::Mine => {
-                    match self.try_acquire(&mut obs).await {
-                        Ok(Outcome::Won(started)) => {
-                            info!(lease = %self.name, "became leader");
-                            leading = Some(started);
-                            last_holder = Some(self.me.clone());
-                            leadership.started(started + self.timing.renew_deadline).await;
-                            renew_tick.reset();
-                            continue;
-                        }
-                        Ok(Outcome::Lost) => Instant::now(),
-                        Err(e) => {
-                            debug!(error = %e, "could not acquire the Lease; retrying");
-                            Instant::now() + self.timing.retry_period
-                        }
+                View::Free | View::Mine => match self.try_acquire(&mut obs).await {
+                    Ok(Outcome::Won(started)) => {
+                        info!(lease = %self.name, "became leader");
+                        leading = Some(started);
+                        last_holder = Some(self.me.clone());
+                        leadership
+                            .started(started + self.timing.renew_deadline)
+                            .await;
+                        renew_tick.reset();
+                        continue;
                     }
-                }
+                    Ok(Outcome::Lost) => Instant::now(),
+                    Err(e) => {
+                        debug!(error = %e, "could not acquire the Lease; retrying");
+                        Instant::now() + self.timing.retry_period
+                    }
+                },
                 View::Theirs { expires_at, .. } => expires_at,
             };
             tokio::select! {
@@ -149,13 +152,21 @@ impl LeaseElection {
             leadership.stopped().await;
             match tokio::time::timeout(Duration::from_secs(2), self.release(&mut obs)).await {
                 Ok(Ok(())) => info!(lease = %self.name, "released the Lease"),
-                Ok(Err(e)) => warn!(error = %e, "could not release the Lease; followers take over when it expires"),
-                Err(_) => warn!("releasing the Lease timed out; followers take over when it expires"),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "could not release the Lease; followers take over when it expires")
+                }
+                Err(_) => {
+                    warn!("releasing the Lease timed out; followers take over when it expires")
+                }
             }
         }
     }
 
-    fn on_event(&self, ev: Option<Result<watcher::Event<Lease>, watcher::Error>>, obs: &mut Option<Observation>) {
+    fn on_event(
+        &self,
+        ev: Option<Result<watcher::Event<Lease>, watcher::Error>>,
+        obs: &mut Option<Observation>,
+    ) {
         let now = Instant::now();
         match ev {
             Some(Ok(watcher::Event::Apply(l))) | Some(Ok(watcher::Event::InitApply(l))) => {
@@ -178,23 +189,43 @@ impl LeaseElection {
     async fn try_acquire(&self, obs: &mut Option<Observation>) -> Result<Outcome, kube::Error> {
         let started = Instant::now();
         let t = self.call_timeout();
-        let current = timeout(t, self.api.get_opt(&self.name)).await?;
-        *obs = Some(Observation::update(obs.as_ref(), current.clone(), Instant::now()));
-        let o = obs.as_ref().expect("just set");
-        match record::view(o, &self.me, Instant::now(), self.timing.lease_duration) {
-            View::Theirs { .. } => return Ok(Outcome::Lost),
-            View::Free | View::Mine => {}
-        }
+        // The watched copy saves a round trip; a stale one costs a 409 and a re-read.
+        let current = match obs.as_ref() {
+            Some(o) => o.lease.clone(),
+            None => {
+                let l = timeout(t, self.api.get_opt(&self.name)).await?;
+                let o = Observation::update(None, l.clone(), Instant::now());
+                let held = matches!(
+                    record::view(&o, &self.me, Instant::now(), self.timing.lease_duration),
+                    View::Theirs { .. }
+                );
+                *obs = Some(o);
+                if held {
+                    return Ok(Outcome::Lost);
+                }
+                l
+            }
+        };
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let result = match current {
             None => {
                 let mut l = Lease::default();
                 l.metadata.name = Some(self.name.clone());
-                l.spec = Some(record::acquire(None, &self.me, now, self.timing.lease_duration));
+                l.spec = Some(record::acquire(
+                    None,
+                    &self.me,
+                    now,
+                    self.timing.lease_duration,
+                ));
                 timeout(t, self.api.create(&PostParams::default(), &l)).await
             }
             Some(mut l) => {
-                l.spec = Some(record::acquire(l.spec.as_ref(), &self.me, now, self.timing.lease_duration));
+                l.spec = Some(record::acquire(
+                    l.spec.as_ref(),
+                    &self.me,
+                    now,
+                    self.timing.lease_duration,
+                ));
                 timeout(t, self.api.replace(&self.name, &PostParams::default(), &l)).await
             }
         };
@@ -203,15 +234,26 @@ impl LeaseElection {
                 *obs = Some(Observation::update(obs.as_ref(), Some(l), Instant::now()));
                 Ok(Outcome::Won(started))
             }
-            // Someone else wrote first (409 Conflict / AlreadyExists).
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::Lost),
+            // Someone else wrote first (409 Conflict / AlreadyExists), or our
+            // copy was stale: re-read, and decide again from what is there.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let fresh = timeout(t, self.api.get_opt(&self.name)).await?;
+                *obs = Some(Observation::update(obs.as_ref(), fresh, Instant::now()));
+                Ok(Outcome::Lost)
+            }
             Err(e) => Err(e),
         }
     }
 
-    async fn renew(&self, obs: &mut Option<Observation>, deadline: Instant) -> Result<Instant, RenewError> {
+    async fn renew(
+        &self,
+        obs: &mut Option<Observation>,
+        deadline: Instant,
+    ) -> Result<Instant, RenewError> {
         let started = Instant::now();
-        let t = deadline.saturating_duration_since(started).min(self.call_timeout());
+        let t = deadline
+            .saturating_duration_since(started)
+            .min(self.call_timeout());
         if t.is_zero() {
             return Err(RenewError::Failed(timeout_error()));
         }
@@ -226,15 +268,25 @@ impl LeaseElection {
             return Err(RenewError::Lost(record::holder(&lease).map(String::from)));
         }
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-        lease.spec = Some(record::renew(lease.spec.as_ref().expect("held lease has a spec"), now));
-        match timeout(t, self.api.replace(&self.name, &PostParams::default(), &lease)).await {
+        lease.spec = Some(record::renew(
+            lease.spec.as_ref().expect("held lease has a spec"),
+            now,
+        ));
+        match timeout(
+            t,
+            self.api.replace(&self.name, &PostParams::default(), &lease),
+        )
+        .await
+        {
             Ok(l) => {
                 *obs = Some(Observation::update(obs.as_ref(), Some(l), Instant::now()));
                 Ok(started)
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 // Our copy is stale: re-read. Still ours: renew from it next tick.
-                let fresh = timeout(t, self.api.get_opt(&self.name)).await.map_err(RenewError::Failed)?;
+                let fresh = timeout(t, self.api.get_opt(&self.name))
+                    .await
+                    .map_err(RenewError::Failed)?;
                 let holder = fresh.as_ref().and_then(record::holder).map(String::from);
                 *obs = Some(Observation::update(obs.as_ref(), fresh, Instant::now()));
                 if holder.as_deref() == Some(self.me.as_str()) {
@@ -248,13 +300,20 @@ impl LeaseElection {
     }
 
     async fn release(&self, obs: &mut Option<Observation>) -> Result<(), kube::Error> {
-        let Some(mut lease) = obs.as_ref().and_then(|o| o.lease.clone()) else { return Ok(()) };
+        let Some(mut lease) = obs.as_ref().and_then(|o| o.lease.clone()) else {
+            return Ok(());
+        };
         if record::holder(&lease) != Some(self.me.as_str()) {
             return Ok(());
         }
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-        lease.spec = Some(record::release(lease.spec.as_ref().expect("held lease has a spec"), now));
-        self.api.replace(&self.name, &PostParams::default(), &lease).await?;
+        lease.spec = Some(record::release(
+            lease.spec.as_ref().expect("held lease has a spec"),
+            now,
+        ));
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await?;
         Ok(())
     }
 }
@@ -267,10 +326,16 @@ enum RenewError {
 }
 
 fn timeout_error() -> kube::Error {
-    kube::Error::Service(Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, "API call timed out")))
+    kube::Error::Service(Box::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "API call timed out",
+    )))
 }
 
-async fn timeout<T>(t: Duration, f: impl Future<Output = Result<T, kube::Error>>) -> Result<T, kube::Error> {
+async fn timeout<T>(
+    t: Duration,
+    f: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
     match tokio::time::timeout(t, f).await {
         Ok(r) => r,
         Err(_) => Err(timeout_error()),

@@ -31,9 +31,15 @@ impl Observation {
         let rv = |l: &Option<Lease>| l.as_ref().and_then(|l| l.metadata.resource_version.clone());
         match prev {
             Some(p) if rv(&p.lease) == rv(&lease) && p.lease.is_some() == lease.is_some() => {
-                Observation { lease, observed_at: p.observed_at }
+                Observation {
+                    lease,
+                    observed_at: p.observed_at,
+                }
             }
-            _ => Observation { lease, observed_at: now },
+            _ => Observation {
+                lease,
+                observed_at: now,
+            },
         }
     }
 }
@@ -50,7 +56,12 @@ pub enum View {
 }
 
 pub fn holder(lease: &Lease) -> Option<&str> {
-    lease.spec.as_ref()?.holder_identity.as_deref().filter(|h| !h.is_empty())
+    lease
+        .spec
+        .as_ref()?
+        .holder_identity
+        .as_deref()
+        .filter(|h| !h.is_empty())
 }
 
 fn duration_of(lease: &Lease, default: Duration) -> Duration {
@@ -66,8 +77,12 @@ fn duration_of(lease: &Lease, default: Duration) -> Duration {
 /// Reads an observation at `now`. `default_duration` applies when the
 /// record names none.
 pub fn view(obs: &Observation, me: &str, now: Instant, default_duration: Duration) -> View {
-    let Some(lease) = &obs.lease else { return View::Free };
-    let Some(h) = holder(lease) else { return View::Free };
+    let Some(lease) = &obs.lease else {
+        return View::Free;
+    };
+    let Some(h) = holder(lease) else {
+        return View::Free;
+    };
     if h == me {
         return View::Mine;
     }
@@ -75,28 +90,44 @@ pub fn view(obs: &Observation, me: &str, now: Instant, default_duration: Duratio
     if now >= expires_at {
         View::Free
     } else {
-        View::Theirs { holder: h.to_string(), expires_at }
+        View::Theirs {
+            holder: h.to_string(),
+            expires_at,
+        }
     }
 }
 
 /// The spec that makes `me` the holder, starting now.
 pub fn acquire(old: Option<&LeaseSpec>, me: &str, now: MicroTime, duration: Duration) -> LeaseSpec {
-    let old_holder = old.and_then(|s| s.holder_identity.as_deref()).filter(|h| !h.is_empty());
+    let old_holder = old
+        .and_then(|s| s.holder_identity.as_deref())
+        .filter(|h| !h.is_empty());
     let transitions = old.and_then(|s| s.lease_transitions).unwrap_or(0);
     let changed = old_holder != Some(me);
     LeaseSpec {
         holder_identity: Some(me.to_string()),
         lease_duration_seconds: Some(duration.as_secs().max(1) as i32),
-        acquire_time: if changed { Some(now.clone()) } else { old.and_then(|s| s.acquire_time.clone()) },
+        acquire_time: if changed {
+            Some(now.clone())
+        } else {
+            old.and_then(|s| s.acquire_time.clone())
+        },
         renew_time: Some(now),
-        lease_transitions: Some(if changed && old_holder.is_some() { transitions + 1 } else { transitions }),
+        lease_transitions: Some(if changed && old_holder.is_some() {
+            transitions + 1
+        } else {
+            transitions
+        }),
         ..old.cloned().unwrap_or_default()
     }
 }
 
 /// The spec a leader writes to renew.
 pub fn renew(old: &LeaseSpec, now: MicroTime) -> LeaseSpec {
-    LeaseSpec { renew_time: Some(now), ..old.clone() }
+    LeaseSpec {
+        renew_time: Some(now),
+        ..old.clone()
+    }
 }
 
 /// The spec a leader writes when it steps down on purpose: no holder and a
@@ -137,22 +168,54 @@ mod tests {
     #[test]
     fn views() {
         let t0 = Instant::now();
-        let obs = |l: Option<Lease>| Observation { lease: l, observed_at: t0 };
+        let obs = |l: Option<Lease>| Observation {
+            lease: l,
+            observed_at: t0,
+        };
         assert_eq!(view(&obs(None), "a", t0, D), View::Free);
-        assert_eq!(view(&obs(Some(lease(None, "1", 4))), "a", t0, D), View::Free);
-        assert_eq!(view(&obs(Some(lease(Some(""), "1", 4))), "a", t0, D), View::Free);
-        assert_eq!(view(&obs(Some(lease(Some("a"), "1", 4))), "a", t0, D), View::Mine);
-        let theirs = view(&obs(Some(lease(Some("b"), "1", 4))), "a", t0 + Duration::from_secs(3), D);
-        assert_eq!(theirs, View::Theirs { holder: "b".into(), expires_at: t0 + D });
+        assert_eq!(
+            view(&obs(Some(lease(None, "1", 4))), "a", t0, D),
+            View::Free
+        );
+        assert_eq!(
+            view(&obs(Some(lease(Some(""), "1", 4))), "a", t0, D),
+            View::Free
+        );
+        assert_eq!(
+            view(&obs(Some(lease(Some("a"), "1", 4))), "a", t0, D),
+            View::Mine
+        );
+        let theirs = view(
+            &obs(Some(lease(Some("b"), "1", 4))),
+            "a",
+            t0 + Duration::from_secs(3),
+            D,
+        );
+        assert_eq!(
+            theirs,
+            View::Theirs {
+                holder: "b".into(),
+                expires_at: t0 + D
+            }
+        );
         // Expired by the follower's own clock: free.
-        assert_eq!(view(&obs(Some(lease(Some("b"), "1", 4))), "a", t0 + D, D), View::Free);
+        assert_eq!(
+            view(&obs(Some(lease(Some("b"), "1", 4))), "a", t0 + D, D),
+            View::Free
+        );
     }
 
     #[test]
     fn the_records_duration_wins_over_ours() {
         let t0 = Instant::now();
-        let o = Observation { lease: Some(lease(Some("b"), "1", 15)), observed_at: t0 };
-        assert!(matches!(view(&o, "a", t0 + Duration::from_secs(10), D), View::Theirs { .. }));
+        let o = Observation {
+            lease: Some(lease(Some("b"), "1", 15)),
+            observed_at: t0,
+        };
+        assert!(matches!(
+            view(&o, "a", t0 + Duration::from_secs(10), D),
+            View::Theirs { .. }
+        ));
     }
 
     #[test]
@@ -161,7 +224,10 @@ mod tests {
         let t1 = t0 + Duration::from_secs(3);
         let first = Observation::update(None, Some(lease(Some("b"), "1", 4)), t0);
         let same = Observation::update(Some(&first), Some(lease(Some("b"), "1", 4)), t1);
-        assert_eq!(same.observed_at, t0, "an unchanged record does not restart the clock");
+        assert_eq!(
+            same.observed_at, t0,
+            "an unchanged record does not restart the clock"
+        );
         let renewed = Observation::update(Some(&same), Some(lease(Some("b"), "2", 4)), t1);
         assert_eq!(renewed.observed_at, t1);
         let deleted = Observation::update(Some(&renewed), None, t1 + D);
@@ -177,11 +243,25 @@ mod tests {
         assert_eq!(fresh.lease_duration_seconds, Some(4));
         assert_eq!(fresh.acquire_time, Some(now.clone()));
 
-        let from_b = acquire(Some(&LeaseSpec { lease_transitions: Some(3), holder_identity: Some("b".into()), ..Default::default() }), "a", now.clone(), D);
+        let from_b = acquire(
+            Some(&LeaseSpec {
+                lease_transitions: Some(3),
+                holder_identity: Some("b".into()),
+                ..Default::default()
+            }),
+            "a",
+            now.clone(),
+            D,
+        );
         assert_eq!(from_b.lease_transitions, Some(4));
 
         let earlier = MicroTime(Timestamp::from_second(1_000_000).unwrap());
-        let mine = LeaseSpec { holder_identity: Some("a".into()), acquire_time: Some(earlier.clone()), lease_transitions: Some(4), ..Default::default() };
+        let mine = LeaseSpec {
+            holder_identity: Some("a".into()),
+            acquire_time: Some(earlier.clone()),
+            lease_transitions: Some(4),
+            ..Default::default()
+        };
         let again = acquire(Some(&mine), "a", now.clone(), D);
         assert_eq!(again.acquire_time, Some(earlier));
         assert_eq!(again.lease_transitions, Some(4));
@@ -197,6 +277,17 @@ mod tests {
         let mut l = lease(None, "9", 1);
         l.spec = Some(r);
         let t0 = Instant::now();
-        assert_eq!(view(&Observation { lease: Some(l), observed_at: t0 }, "b", t0, D), View::Free);
+        assert_eq!(
+            view(
+                &Observation {
+                    lease: Some(l),
+                    observed_at: t0
+                },
+                "b",
+                t0,
+                D
+            ),
+            View::Free
+        );
     }
 }

@@ -78,9 +78,18 @@ pub struct OwnerConfig {
 }
 
 enum Command {
-    Set { source: Source, set: ClaimSet, done: oneshot::Sender<()> },
-    Extend { source: Source, hold_until: Instant },
-    ReleaseAll { done: oneshot::Sender<()> },
+    Set {
+        source: Source,
+        set: ClaimSet,
+        done: oneshot::Sender<()>,
+    },
+    Extend {
+        source: Source,
+        hold_until: Instant,
+    },
+    ReleaseAll {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// The handle sources use; cheap to clone.
@@ -151,7 +160,11 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
     }
     owner.refresh_kernel_view().await?;
     tokio::spawn(owner.run(rx, events));
-    Ok(VipHandle { tx, held: held_rx, stats })
+    Ok(VipHandle {
+        tx,
+        held: held_rx,
+        stats,
+    })
 }
 
 struct Owner {
@@ -176,7 +189,11 @@ impl Owner {
         let mut events = events;
         // Lifetimes are refreshed three times per lifetime; without one, a
         // slow resync catches anything the event stream missed.
-        let period = self.config.lifetime.map(|l| l / 3).unwrap_or(Duration::from_secs(5));
+        let period = self
+            .config
+            .lifetime
+            .map(|l| l / 3)
+            .unwrap_or(Duration::from_secs(5));
         let mut refresh = tokio::time::interval(period.max(Duration::from_millis(200)));
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -225,17 +242,23 @@ impl Owner {
     /// The earliest claim deadline still ahead.
     fn next_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
-        self.claims.values().filter_map(|c| c.hold_until).filter(|t| *t > now).min()
+        self.claims
+            .values()
+            .filter_map(|c| c.hold_until)
+            .filter(|t| *t > now)
+            .min()
     }
 
     async fn on_kernel_event(&mut self, ev: KernelEvent) {
         match ev {
             KernelEvent::AddressAdded(k) => {
-                self.have.retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
+                self.have
+                    .retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
                 self.have.push(k);
             }
             KernelEvent::AddressRemoved(k) => {
-                self.have.retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
+                self.have
+                    .retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
                 if self.claimed_now(k.addr) {
                     warn!(addr = %k.addr, "a held address was removed from the interface; adding it back");
                     self.converge().await;
@@ -295,17 +318,29 @@ impl Owner {
             match self.netlink.del_address(k.ifindex, k.addr, k.prefix).await {
                 Ok(()) => {
                     info!(addr = %k.addr, "address released");
-                    self.have.retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
+                    self.have
+                        .retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
                 }
                 Err(e) => error!(addr = %k.addr, error = %e, "cannot remove address"),
             }
         }
         for (addr, iface, prefix) in &p.add {
-            let Some(link) = links.get(iface) else { continue };
-            match self.netlink.put_address(link.index, *addr, *prefix, self.config.lifetime).await {
+            let Some(link) = links.get(iface) else {
+                continue;
+            };
+            match self
+                .netlink
+                .put_address(link.index, *addr, *prefix, self.config.lifetime)
+                .await
+            {
                 Ok(()) => {
                     info!(%addr, interface = %iface, "address added");
-                    self.have.push(KernelAddr { ifindex: link.index, addr: *addr, prefix: *prefix, ours: true });
+                    self.have.push(KernelAddr {
+                        ifindex: link.index,
+                        addr: *addr,
+                        prefix: *prefix,
+                        ours: true,
+                    });
                     self.since.insert(*addr, SystemTime::now());
                     self.start_announcer(link, *addr);
                 }
@@ -317,7 +352,11 @@ impl Owner {
         for (addr, w) in &want {
             if !self.announcers.contains_key(addr) {
                 if let Some(link) = links.get(&w.interface) {
-                    if self.have.iter().any(|k| k.addr == *addr && k.ifindex == link.index) {
+                    if self
+                        .have
+                        .iter()
+                        .any(|k| k.addr == *addr && k.ifindex == link.index)
+                    {
                         self.since.entry(*addr).or_insert_with(SystemTime::now);
                         self.start_announcer(link, *addr);
                     }
@@ -325,7 +364,12 @@ impl Owner {
             }
         }
         // Stop announcing what is no longer wanted.
-        let stale: Vec<IpAddr> = self.announcers.keys().filter(|a| !want.contains_key(a)).copied().collect();
+        let stale: Vec<IpAddr> = self
+            .announcers
+            .keys()
+            .filter(|a| !want.contains_key(a))
+            .copied()
+            .collect();
         for a in stale {
             if let Some(h) = self.announcers.remove(&a) {
                 h.abort();
@@ -363,12 +407,22 @@ impl Owner {
 
     /// Pushes the kernel lifetime of every held address of ours forward.
     async fn refresh_lifetimes(&mut self) {
-        let Some(lifetime) = self.config.lifetime else { return };
+        let Some(lifetime) = self.config.lifetime else {
+            return;
+        };
         let want = wanted(Instant::now(), &self.claims);
-        let ours: Vec<KernelAddr> =
-            self.have.iter().filter(|k| k.ours && want.contains_key(&k.addr)).copied().collect();
+        let ours: Vec<KernelAddr> = self
+            .have
+            .iter()
+            .filter(|k| k.ours && want.contains_key(&k.addr))
+            .copied()
+            .collect();
         for k in ours {
-            if let Err(e) = self.netlink.put_address(k.ifindex, k.addr, k.prefix, Some(lifetime)).await {
+            if let Err(e) = self
+                .netlink
+                .put_address(k.ifindex, k.addr, k.prefix, Some(lifetime))
+                .await
+            {
                 warn!(addr = %k.addr, error = %e, "cannot refresh address lifetime");
             }
         }
@@ -378,13 +432,21 @@ impl Owner {
         let mut addresses = BTreeMap::new();
         for (addr, w) in &claimed {
             if let Some(link) = self.links.get(&w.interface) {
-                if let Some(k) = self.have.iter().find(|k| k.addr == *addr && k.ifindex == link.index) {
+                if let Some(k) = self
+                    .have
+                    .iter()
+                    .find(|k| k.addr == *addr && k.ifindex == link.index)
+                {
                     addresses.insert(
                         *addr,
                         HeldAddr {
                             addr: *addr,
                             interface: w.interface.clone(),
-                            since: self.since.get(addr).copied().unwrap_or_else(SystemTime::now),
+                            since: self
+                                .since
+                                .get(addr)
+                                .copied()
+                                .unwrap_or_else(SystemTime::now),
                             ours: k.ours,
                         },
                     );

@@ -40,7 +40,11 @@ pub fn wanted(now: Instant, claims: &BTreeMap<Source, ClaimSet>) -> BTreeMap<IpA
         }
         for c in &set.claims {
             out.entry(c.addr)
-                .or_insert_with(|| Want { interface: c.interface.clone(), prefix: c.prefix, sources: BTreeSet::new() })
+                .or_insert_with(|| Want {
+                    interface: c.interface.clone(),
+                    prefix: c.prefix,
+                    sources: BTreeSet::new(),
+                })
                 .sources
                 .insert(source.clone());
         }
@@ -68,7 +72,9 @@ pub fn plan(
 ) -> Plan {
     let mut p = Plan::default();
     for (addr, w) in want {
-        let Some(idx) = ifindex_of(&w.interface) else { continue };
+        let Some(idx) = ifindex_of(&w.interface) else {
+            continue;
+        };
         if !have.iter().any(|k| k.addr == *addr && k.ifindex == idx) {
             p.add.push((*addr, w.interface.clone(), w.prefix));
         }
@@ -90,11 +96,20 @@ mod tests {
     use std::time::Duration;
 
     fn claim(addr: &str, iface: &str) -> Claim {
-        Claim { addr: addr.parse().unwrap(), prefix: 32, interface: iface.into() }
+        Claim {
+            addr: addr.parse().unwrap(),
+            prefix: 32,
+            interface: iface.into(),
+        }
     }
 
     fn kaddr(addr: &str, idx: u32, ours: bool) -> KernelAddr {
-        KernelAddr { ifindex: idx, addr: addr.parse().unwrap(), prefix: 32, ours }
+        KernelAddr {
+            ifindex: idx,
+            addr: addr.parse().unwrap(),
+            prefix: 32,
+            ours,
+        }
     }
 
     fn idx(name: &str) -> Option<u32> {
@@ -106,26 +121,48 @@ mod tests {
     }
 
     fn claims(pairs: Vec<(Source, Vec<Claim>, Option<Instant>)>) -> BTreeMap<Source, ClaimSet> {
-        pairs.into_iter().map(|(s, c, h)| (s, ClaimSet { claims: c, hold_until: h })).collect()
+        pairs
+            .into_iter()
+            .map(|(s, c, h)| {
+                (
+                    s,
+                    ClaimSet {
+                        claims: c,
+                        hold_until: h,
+                    },
+                )
+            })
+            .collect()
     }
 
     #[test]
     fn adds_what_is_missing_and_removes_only_ours() {
         let now = Instant::now();
-        let c = claims(vec![(Source::ControlPlane, vec![claim("192.0.2.100", "eth0")], None)]);
+        let c = claims(vec![(
+            Source::ControlPlane,
+            vec![claim("192.0.2.100", "eth0")],
+            None,
+        )]);
         let have = vec![
             kaddr("192.0.2.11", 2, false), // the node's own address: never touched
             kaddr("192.0.2.200", 2, true), // a stale address of ours
         ];
         let p = plan(&wanted(now, &c), &have, idx);
-        assert_eq!(p.add, vec![("192.0.2.100".parse().unwrap(), "eth0".into(), 32)]);
+        assert_eq!(
+            p.add,
+            vec![("192.0.2.100".parse().unwrap(), "eth0".into(), 32)]
+        );
         assert_eq!(p.remove, vec![kaddr("192.0.2.200", 2, true)]);
     }
 
     #[test]
     fn nothing_to_do_when_converged() {
         let now = Instant::now();
-        let c = claims(vec![(Source::ControlPlane, vec![claim("192.0.2.100", "eth0")], None)]);
+        let c = claims(vec![(
+            Source::ControlPlane,
+            vec![claim("192.0.2.100", "eth0")],
+            None,
+        )]);
         let p = plan(&wanted(now, &c), &[kaddr("192.0.2.100", 2, true)], idx);
         assert_eq!(p, Plan::default());
     }
@@ -148,9 +185,19 @@ mod tests {
     #[test]
     fn a_foreign_address_counts_as_present_and_is_kept() {
         let now = Instant::now();
-        let c = claims(vec![(Source::ControlPlane, vec![claim("192.0.2.100", "eth0")], None)]);
-        assert_eq!(plan(&wanted(now, &c), &[kaddr("192.0.2.100", 2, false)], idx), Plan::default());
-        assert_eq!(plan(&BTreeMap::new(), &[kaddr("192.0.2.100", 2, false)], idx), Plan::default());
+        let c = claims(vec![(
+            Source::ControlPlane,
+            vec![claim("192.0.2.100", "eth0")],
+            None,
+        )]);
+        assert_eq!(
+            plan(&wanted(now, &c), &[kaddr("192.0.2.100", 2, false)], idx),
+            Plan::default()
+        );
+        assert_eq!(
+            plan(&BTreeMap::new(), &[kaddr("192.0.2.100", 2, false)], idx),
+            Plan::default()
+        );
     }
 
     #[test]
@@ -160,26 +207,47 @@ mod tests {
         let c = claims(vec![
             (Source::ControlPlane, vec![], None),
             (svc.clone(), vec![claim("192.0.2.150", "eth0")], None),
-            (Source::Service("default/b".into()), vec![claim("192.0.2.150", "eth0")], None),
+            (
+                Source::Service("default/b".into()),
+                vec![claim("192.0.2.150", "eth0")],
+                None,
+            ),
         ]);
         let w = wanted(now, &c);
-        assert_eq!(w[&"192.0.2.150".parse::<IpAddr>().unwrap()].sources.len(), 2);
-        assert_eq!(plan(&w, &[kaddr("192.0.2.150", 2, true)], idx), Plan::default());
+        assert_eq!(
+            w[&"192.0.2.150".parse::<IpAddr>().unwrap()].sources.len(),
+            2
+        );
+        assert_eq!(
+            plan(&w, &[kaddr("192.0.2.150", 2, true)], idx),
+            Plan::default()
+        );
     }
 
     #[test]
     fn moved_to_another_interface_is_removed_there_and_added_here() {
         let now = Instant::now();
-        let c = claims(vec![(Source::ControlPlane, vec![claim("192.0.2.100", "eth1")], None)]);
+        let c = claims(vec![(
+            Source::ControlPlane,
+            vec![claim("192.0.2.100", "eth1")],
+            None,
+        )]);
         let p = plan(&wanted(now, &c), &[kaddr("192.0.2.100", 2, true)], idx);
-        assert_eq!(p.add, vec![("192.0.2.100".parse().unwrap(), "eth1".into(), 32)]);
+        assert_eq!(
+            p.add,
+            vec![("192.0.2.100".parse().unwrap(), "eth1".into(), 32)]
+        );
         assert_eq!(p.remove, vec![kaddr("192.0.2.100", 2, true)]);
     }
 
     #[test]
     fn a_missing_interface_adds_nothing() {
         let now = Instant::now();
-        let c = claims(vec![(Source::ControlPlane, vec![claim("192.0.2.100", "eth9")], None)]);
+        let c = claims(vec![(
+            Source::ControlPlane,
+            vec![claim("192.0.2.100", "eth9")],
+            None,
+        )]);
         assert_eq!(plan(&wanted(now, &c), &[], idx), Plan::default());
     }
 }

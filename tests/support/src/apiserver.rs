@@ -66,9 +66,15 @@ pub fn harness_bin_dir() -> Result<PathBuf> {
         return Ok(d.clone());
     }
     let script = workspace_root().join("scripts/harness.sh");
-    let out = Command::new(&script).arg("build").output().context("run scripts/harness.sh")?;
+    let out = Command::new(&script)
+        .arg("build")
+        .output()
+        .context("run scripts/harness.sh")?;
     if !out.status.success() {
-        bail!("scripts/harness.sh build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "scripts/harness.sh build failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let dir = PathBuf::from(String::from_utf8(out.stdout)?.trim());
     Ok(DIR.get_or_init(|| dir).clone())
@@ -87,11 +93,20 @@ impl Env {
         let out = api_host
             .ns
             .command(bin.join("kube-harness").to_str().expect("utf-8"))
-            .args(["start", "--dir", data_dir.to_str().expect("utf-8"), "--listen", &listen])
+            .args([
+                "start",
+                "--dir",
+                data_dir.to_str().expect("utf-8"),
+                "--listen",
+                &listen,
+            ])
             .args(["--kubeconfig", admin_kubeconfig.to_str().expect("utf-8")])
             .output()?;
         if !out.status.success() {
-            bail!("kube-harness start: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "kube-harness start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let server = String::from_utf8(out.stdout)?.trim().to_string();
         let rt = client.ns.runtime(2)?;
@@ -119,11 +134,16 @@ impl Env {
             kill_all_in(ns);
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
-        let _ = Command::new("ip").args(["netns", "del", &format!("{}sw", self.lab.prefix())]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &format!("{}sw", self.lab.prefix())])
+            .output();
     }
 
     /// Runs a test body on the client host's runtime and waits for it.
-    pub fn run<T: Send + 'static>(&self, fut: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    pub fn run<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
         block_on_in(&self.rt, fut)
     }
 
@@ -157,7 +177,9 @@ impl Env {
 
     /// An admin client (`system:masters`).
     pub async fn admin(&self) -> Client {
-        client_from_kubeconfig(&self.admin_kubeconfig).await.expect("admin client")
+        client_from_kubeconfig(&self.admin_kubeconfig)
+            .await
+            .expect("admin client")
     }
 
     /// Creates a fresh Kubernetes namespace for one test and returns its name.
@@ -168,7 +190,9 @@ impl Env {
             "metadata": { "name": name }
         }))
         .expect("namespace object");
-        api.create(&PostParams::default(), &ns).await.expect("create namespace");
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
         name
     }
 
@@ -190,7 +214,9 @@ impl Env {
             }),
             ..Default::default()
         };
-        let tr = sas.create_token_request(sa, &PostParams::default(), &req).await?;
+        let tr = sas
+            .create_token_request(sa, &PostParams::default(), &req)
+            .await?;
         let token = tr
             .status
             .and_then(|s| s.token)
@@ -212,7 +238,11 @@ impl Env {
             .args(args)
             .output()?;
         if !out.status.success() {
-            bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

@@ -91,7 +91,9 @@ impl VipCluster {
     /// Who answers on the VIP, asked from the client.
     pub fn answer(&self) -> Option<String> {
         let target = self.target();
-        self.client.ns.run(|| ask(target, Duration::from_millis(300)))
+        self.client
+            .ns
+            .run(|| ask(target, Duration::from_millis(300)))
     }
 
     /// Waits until exactly one node holds the VIP and it answers; its index.
@@ -111,21 +113,40 @@ impl VipCluster {
                     .iter()
                     .map(|n| format!("--- {} ---\n{}", n.name(), n.log_tail(15)))
                     .collect();
-                bail!("no single VIP holder after {timeout:?} (holders: {h:?})\n{}", logs.join("\n"));
+                bail!(
+                    "no single VIP holder after {timeout:?} (holders: {h:?})\n{}",
+                    logs.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub fn mac_of(&self, i: usize) -> Option<String> {
-        let json = output("ip", &["-n", self.nodes[i].host.ns.name(), "-j", "link", "show", "eth0"]).ok()?;
+        let json = output(
+            "ip",
+            &[
+                "-n",
+                self.nodes[i].host.ns.name(),
+                "-j",
+                "link",
+                "show",
+                "eth0",
+            ],
+        )
+        .ok()?;
         let v: serde_json::Value = serde_json::from_str(&json).ok()?;
         v[0]["address"].as_str().map(String::from)
     }
 
     /// Disrupts the current holder and measures the failover. Samples for
     /// `settle` after the new holder answers.
-    pub async fn disrupt(&mut self, what: Disruption, give_up: Duration, settle: Duration) -> Result<(Outcome, usize)> {
+    pub async fn disrupt(
+        &mut self,
+        what: Disruption,
+        give_up: Duration,
+        settle: Duration,
+    ) -> Result<(Outcome, usize)> {
         let old = self.wait_stable(Duration::from_secs(30)).await?;
         let old_name = self.nodes[old].name().to_string();
         let capture = AnnouncementCapture::start(&self.client);
@@ -158,17 +179,31 @@ impl VipCluster {
         let seen = capture.seen();
         drop(capture);
         if !answered {
-            let logs: Vec<String> =
-                self.nodes.iter().map(|n| format!("--- {} ---\n{}", n.name(), n.log_tail(20))).collect();
-            bail!("{what:?}: no other node answered within {give_up:?}\n{}", logs.join("\n"));
+            let logs: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| format!("--- {} ---\n{}", n.name(), n.log_tail(20)))
+                .collect();
+            bail!(
+                "{what:?}: no other node answered within {give_up:?}\n{}",
+                logs.join("\n")
+            );
         }
-        let (t_new, new_name) = samples.first_answer_from_other_after(t0, &old_name).expect("answered");
-        let new = self.nodes.iter().position(|n| n.name() == new_name).expect("known node");
+        let (t_new, new_name) = samples
+            .first_answer_from_other_after(t0, &old_name)
+            .expect("answered");
+        let new = self
+            .nodes
+            .iter()
+            .position(|n| n.name() == new_name)
+            .expect("known node");
         let mac = self.mac_of(new).unwrap_or_default();
         let first_announcement = seen
             .iter()
             .filter(|(at, a)| {
-                *at >= disrupted_at && a.ip == self.vip && a.mac.to_string().eq_ignore_ascii_case(&mac)
+                *at >= disrupted_at
+                    && a.ip == self.vip
+                    && a.mac.to_string().eq_ignore_ascii_case(&mac)
             })
             .map(|(at, _)| *at)
             .min();
@@ -212,7 +247,11 @@ pub fn median_worst(d: &[Duration]) -> (f64, f64) {
         return (0.0, 0.0);
     }
     let mid = ms.len() / 2;
-    let median = if ms.len() % 2 == 0 { (ms[mid - 1] + ms[mid]) / 2.0 } else { ms[mid] };
+    let median = if ms.len() % 2 == 0 {
+        (ms[mid - 1] + ms[mid]) / 2.0
+    } else {
+        ms[mid]
+    };
     (median, *ms.last().expect("non-empty"))
 }
 
@@ -230,14 +269,21 @@ pub async fn lease_cluster(
 ) -> Result<(VipCluster, String)> {
     use crate::vipd::{manifest_env, set_env};
     env.apply_once("manifests/rbac.yaml")?;
-    let kubeconfig = env.service_account_kubeconfig("kube-system", "vipd").await?;
+    let kubeconfig = env
+        .service_account_kubeconfig("kube-system", "vipd")
+        .await?;
     let lease_ns = env.namespace("cp").await;
-    let mut base = manifest_env(&crate::workspace_root().join("manifests/k3s/vipd-daemonset.yaml"))?;
+    let mut base =
+        manifest_env(&crate::workspace_root().join("manifests/k3s/vipd-daemonset.yaml"))?;
     let addresses: Vec<String> = vips.iter().map(|v| v.to_string()).collect();
     set_env(&mut base, "address", &addresses.join(","));
     set_env(&mut base, "vip_interface", "eth0");
     set_env(&mut base, "cp_namespace", &lease_ns);
-    set_env(&mut base, "k8s_config_file", kubeconfig.to_str().expect("utf-8"));
+    set_env(
+        &mut base,
+        "k8s_config_file",
+        kubeconfig.to_str().expect("utf-8"),
+    );
     set_env(&mut base, "vip_loglevel", "debug");
     for (k, v) in extra {
         set_env(&mut base, k, v);
@@ -252,5 +298,13 @@ pub async fn lease_cluster(
         node.start()?;
         nodes.push(node);
     }
-    Ok((VipCluster { nodes, client: HostRef::Static(&env.client), vip: vips[0], port: 6443 }, lease_ns))
+    Ok((
+        VipCluster {
+            nodes,
+            client: HostRef::Static(&env.client),
+            vip: vips[0],
+            port: 6443,
+        },
+        lease_ns,
+    ))
 }

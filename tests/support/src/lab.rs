@@ -37,9 +37,24 @@ impl Lab {
     pub fn new(prefix: &str) -> Result<Lab> {
         let switch = Netns::create(&format!("{prefix}sw"))?;
         let sw = switch.name().to_string();
-        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge", "stp_state", "0", "mcast_snooping", "0"])?;
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "mcast_snooping",
+            "0",
+        ])?;
         ip(&["-n", &sw, "link", "set", "br0", "up"])?;
-        Ok(Lab { prefix: prefix.to_string(), switch })
+        Ok(Lab {
+            prefix: prefix.to_string(),
+            switch,
+        })
     }
 
     pub fn prefix(&self) -> &str {
@@ -53,11 +68,41 @@ impl Lab {
         let port = format!("p{name}");
         let port = &port[..port.len().min(15)];
         let sw = self.switch.name();
-        ip(&["-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+        ip(&[
+            "-n",
+            sw,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
         ip(&["-n", sw, "link", "set", port, "master", "br0", "up"])?;
         let (v4, v6) = (host_v4(k), host_v6(k));
-        ip(&["-n", ns.name(), "addr", "add", &format!("{v4}/{LAB_V4_PREFIX}"), "dev", "eth0"])?;
-        ip(&["-n", ns.name(), "addr", "add", &format!("{v6}/{LAB_V6_PREFIX}"), "dev", "eth0", "nodad"])?;
+        ip(&[
+            "-n",
+            ns.name(),
+            "addr",
+            "add",
+            &format!("{v4}/{LAB_V4_PREFIX}"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            ns.name(),
+            "addr",
+            "add",
+            &format!("{v6}/{LAB_V6_PREFIX}"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
         ip(&["-n", ns.name(), "link", "set", "eth0", "up"])?;
         Ok(Host {
             name: name.to_string(),
@@ -112,7 +157,10 @@ impl Host {
 
     /// Every address on `eth0`, as `ip` shows it.
     pub fn addresses(&self) -> Result<Vec<IpAddr>> {
-        let json = output("ip", &["-n", self.ns.name(), "-j", "addr", "show", "dev", "eth0"])?;
+        let json = output(
+            "ip",
+            &["-n", self.ns.name(), "-j", "addr", "show", "dev", "eth0"],
+        )?;
         let v: serde_json::Value = serde_json::from_str(&json)?;
         let mut out = Vec::new();
         for link in v.as_array().into_iter().flatten() {
@@ -127,7 +175,15 @@ impl Host {
 
     /// Removes `addr` from `eth0` by hand, as an operator might.
     pub fn remove_address(&self, addr: IpAddr, prefix: u8) -> Result<()> {
-        ip(&["-n", self.ns.name(), "addr", "del", &format!("{addr}/{prefix}"), "dev", "eth0"])
+        ip(&[
+            "-n",
+            self.ns.name(),
+            "addr",
+            "del",
+            &format!("{addr}/{prefix}"),
+            "dev",
+            "eth0",
+        ])
     }
 }
 

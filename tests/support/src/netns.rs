@@ -23,7 +23,10 @@ pub fn ip(args: &[&str]) -> Result<()> {
 
 /// Runs a command, failing with its stderr.
 pub fn sh(prog: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(prog).args(args).output().with_context(|| format!("run {prog}"))?;
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {prog}"))?;
     if !out.status.success() {
         bail!(
             "{prog} {}: {}",
@@ -36,9 +39,16 @@ pub fn sh(prog: &str, args: &[&str]) -> Result<()> {
 
 /// Runs a command and returns its stdout.
 pub fn output(prog: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(prog).args(args).output().with_context(|| format!("run {prog}"))?;
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {prog}"))?;
     if !out.status.success() {
-        bail!("{prog} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{prog} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -53,9 +63,14 @@ impl Netns {
     /// addresses are unique by construction, and DAD would delay them).
     pub fn create(name: &str) -> Result<Netns> {
         ip(&["netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ip(&["-n", name, "link", "set", "lo", "up"])?;
-        for key in ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"] {
+        for key in [
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ] {
             sh("ip", &["netns", "exec", name, "sysctl", "-qw", key])?;
         }
         Ok(ns)
@@ -127,9 +142,18 @@ impl Drop for Netns {
 /// SIGKILLs every process inside namespace `name`.
 pub fn kill_all_in(name: &str) {
     if let Ok(pids) = output("ip", &["netns", "pids", name]) {
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGCONT);
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -138,12 +162,18 @@ pub fn kill_all_in(name: &str) {
 /// without cleaning up (SIGKILL, power loss). Namespaces of live processes
 /// are left alone.
 pub fn reap_leftovers() {
-    let Ok(list) = output("ip", &["netns", "list"]) else { return };
+    let Ok(list) = output("ip", &["netns", "list"]) else {
+        return;
+    };
     for line in list.lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix("vt") else { continue };
+        let Some(rest) = name.strip_prefix("vt") else {
+            continue;
+        };
         let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        let Ok(pid) = pid.parse::<i32>() else { continue };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
         if PathBuf::from(format!("/proc/{pid}")).exists() {
             continue;
         }

@@ -59,7 +59,11 @@ impl Responder {
                 }
             }
         });
-        Responder { stop, fd, thread: Some(thread) }
+        Responder {
+            stop,
+            fd,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -111,11 +115,18 @@ impl Samples {
 
     /// The first answer after `t`, and who gave it.
     pub fn first_answer_after(&self, t: Instant) -> Option<(Instant, String)> {
-        self.0.iter().find(|s| s.at >= t && s.answer.is_some()).map(|s| (s.at, s.answer.clone().unwrap()))
+        self.0
+            .iter()
+            .find(|s| s.at >= t && s.answer.is_some())
+            .map(|s| (s.at, s.answer.clone().unwrap()))
     }
 
     /// The first answer after `t` from someone other than `who`.
-    pub fn first_answer_from_other_after(&self, t: Instant, who: &str) -> Option<(Instant, String)> {
+    pub fn first_answer_from_other_after(
+        &self,
+        t: Instant,
+        who: &str,
+    ) -> Option<(Instant, String)> {
         self.0
             .iter()
             .find(|s| s.at >= t && s.answer.as_deref().is_some_and(|a| a != who))
@@ -165,7 +176,11 @@ impl Prober {
                 }
             }
         });
-        Prober { stop, samples, thread: Some(thread) }
+        Prober {
+            stop,
+            samples,
+            thread: Some(thread),
+        }
     }
 
     /// A copy of what was recorded so far.
@@ -209,14 +224,21 @@ impl NodeKernel {
             rtnetlink::new_connection().expect("netlink socket")
         });
         tokio::spawn(conn);
-        NodeKernel { name: host.name.clone(), handle }
+        NodeKernel {
+            name: host.name.clone(),
+            handle,
+        }
     }
 
     /// Whether `ip` is on any interface of the host.
     pub async fn holds(&self, ip: IpAddr) -> bool {
         let mut stream = self.handle.address().get().execute();
         while let Ok(Some(msg)) = stream.try_next().await {
-            if msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(x) if *x == ip)) {
+            if msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Address(x) if *x == ip))
+            {
                 return true;
             }
         }
@@ -259,12 +281,19 @@ impl HolderSampler {
             }
             out
         });
-        HolderSampler { stop, task: Some(task) }
+        HolderSampler {
+            stop,
+            task: Some(task),
+        }
     }
 
     pub async fn finish(mut self) -> Vec<HolderSample> {
         self.stop.store(true, Ordering::Relaxed);
-        self.task.take().expect("running").await.expect("sampler task")
+        self.task
+            .take()
+            .expect("running")
+            .await
+            .expect("sampler task")
     }
 }
 
@@ -298,7 +327,11 @@ impl AnnouncementCapture {
                 }
             }
         });
-        AnnouncementCapture { stop, seen, thread: Some(thread) }
+        AnnouncementCapture {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
     }
 
     pub fn seen(&self) -> Vec<(SystemTime, Announcement)> {

@@ -23,9 +23,17 @@ impl Proc {
             std::fs::create_dir_all(dir)?;
         }
         let out = File::options().create(true).append(true).open(log)?;
-        cmd.stdout(Stdio::from(out.try_clone()?)).stderr(Stdio::from(out)).stdin(Stdio::null());
-        let child = cmd.spawn().with_context(|| format!("spawn {name}: {cmd:?}"))?;
-        Ok(Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf() })
+        cmd.stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {name}: {cmd:?}"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -17,9 +17,16 @@ use crate::run_dir;
 pub fn manifest_env(path: &Path) -> Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
-    let spec = if doc["kind"] == "DaemonSet" { &doc["spec"]["template"]["spec"] } else { &doc["spec"] };
+    let spec = if doc["kind"] == "DaemonSet" {
+        &doc["spec"]["template"]["spec"]
+    } else {
+        &doc["spec"]
+    };
     let mut out = Vec::new();
-    for e in spec["containers"][0]["env"].as_sequence().context("manifest has no env")? {
+    for e in spec["containers"][0]["env"]
+        .as_sequence()
+        .context("manifest has no env")?
+    {
         if let (Some(n), Some(v)) = (e["name"].as_str(), e["value"].as_str()) {
             out.push((n.to_string(), v.to_string()));
         }
@@ -47,7 +54,15 @@ pub struct VipdNode {
 impl VipdNode {
     pub fn new(host: Host, bin: &Path, env: Vec<(String, String)>, port: u16) -> VipdNode {
         let responder = Some(Responder::start(&host, port));
-        VipdNode { host, proc: None, responder, env, kernel: None, bin: bin.to_path_buf(), starts: 0 }
+        VipdNode {
+            host,
+            proc: None,
+            responder,
+            env,
+            kernel: None,
+            bin: bin.to_path_buf(),
+            starts: 0,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -55,14 +70,22 @@ impl VipdNode {
     }
 
     pub fn log_path(&self) -> PathBuf {
-        run_dir().join("logs").join(format!("{}-{}.log", self.host.ns.name(), self.starts))
+        run_dir()
+            .join("logs")
+            .join(format!("{}-{}.log", self.host.ns.name(), self.starts))
     }
 
     /// Starts `vipd manager` with this node's environment.
     pub fn start(&mut self) -> Result<()> {
         self.starts += 1;
         let log = self.log_path();
-        let p = self.host.spawn(&self.host.name, &self.bin, &["manager".to_string()], &self.env, &log)?;
+        let p = self.host.spawn(
+            &self.host.name,
+            &self.bin,
+            &["manager".to_string()],
+            &self.env,
+            &log,
+        )?;
         self.proc = Some(p);
         Ok(())
     }
@@ -82,11 +105,17 @@ impl VipdNode {
 
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self, timeout: Duration) -> Result<i32> {
-        let Some(mut p) = self.proc.take() else { bail!("{} not running", self.name()) };
+        let Some(mut p) = self.proc.take() else {
+            bail!("{} not running", self.name())
+        };
         p.signal(Signal::SIGTERM);
         match p.wait_exit(timeout) {
             Some(code) => Ok(code),
-            None => bail!("{} did not exit within {timeout:?} of SIGTERM:\n{}", self.name(), p.log_tail(30)),
+            None => bail!(
+                "{} did not exit within {timeout:?} of SIGTERM:\n{}",
+                self.name(),
+                p.log_tail(30)
+            ),
         }
     }
 

@@ -1,0 +1,252 @@
+//! `vipd-lab`: the README's demo and the failover benchmarks, on the same
+//! lab the tests use (network namespaces, a real API server, real vipd).
+//!
+//!   vipd-lab demo                         three nodes, the VIP moving, in plain words
+//!   vipd-lab bench failover [--rounds N]  outage per disruption, median and worst
+//!
+//! Needs root. Everything it creates is removed on exit, Ctrl-C included.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use vipd_testkit::apiserver::env;
+use vipd_testkit::failover::{lease_cluster, median_worst, Disruption, Outcome, VipCluster};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+#[derive(Parser)]
+#[command(about = "vipd's lab: demo and benchmarks (run as root)")]
+struct Cli {
+    /// The vipd binary (default: next to this one).
+    #[arg(long, global = true)]
+    vipd: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Three nodes and a client; the VIP holder is stopped, killed and cut off.
+    Demo,
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Failover of the control-plane VIP: SIGTERM, SIGKILL and link down of the holder.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "vipd-lab: needs root (network namespaces); try: sudo {}",
+            std::env::args().next().unwrap_or_default()
+        );
+        std::process::exit(2);
+    }
+    // Ctrl-C (or SIGTERM) flips a flag; the running scenario stops and
+    // everything is torn down on the way out.
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal");
+            tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+        });
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    });
+    let vipd = cli.vipd.unwrap_or_else(|| {
+        std::env::current_exe()
+            .expect("own path")
+            .parent()
+            .expect("a directory")
+            .join("vipd")
+    });
+    if !vipd.exists() {
+        eprintln!(
+            "vipd-lab: no vipd binary at {} (build it: cargo build --release)",
+            vipd.display()
+        );
+        std::process::exit(2);
+    }
+    let result = match cli.cmd {
+        Cmd::Demo => run_interruptible(demo(vipd)),
+        Cmd::Bench {
+            what: Bench::Failover { rounds, nodes },
+        } => run_interruptible(bench_failover(vipd, rounds, nodes)),
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("vipd-lab: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run_interruptible(
+    fut: impl std::future::Future<Output = Result<()>> + Send + 'static,
+) -> Result<()> {
+    say("Starting the Kubernetes API server (kube-apiserver + etcd from Kubernetes v1.36.3, real TLS and RBAC)...");
+    let t0 = Instant::now();
+    let env = env();
+    say(&format!(
+        "  ready at {} after {:.1} s",
+        env.server(),
+        t0.elapsed().as_secs_f64()
+    ));
+    env.run(async move {
+        tokio::select! {
+            r = fut => r,
+            _ = async { while !INTERRUPTED.load(Ordering::SeqCst) { tokio::time::sleep(Duration::from_millis(50)).await } } => {
+                say("Interrupted: cleaning up.");
+                Ok(())
+            }
+        }
+    })
+}
+
+fn say(s: &str) {
+    println!("{s}");
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn demo(vipd: PathBuf) -> Result<()> {
+    let vip: IpAddr = "192.0.2.100".parse()?;
+    say("Starting vipd on three nodes: n1 (192.0.2.11), n2 (192.0.2.12), n3 (192.0.2.13).");
+    say("  Each runs as the manifests/k3s DaemonSet would, with the vipd ServiceAccount's token and RBAC;");
+    say("  they elect the holder of the control-plane VIP 192.0.2.100 with a Lease (4 s, renewed every 0.5 s).");
+    let (mut c, _) = lease_cluster(env(), 3, &[vip], &vipd, &[]).await?;
+    let leader = c.wait_stable(Duration::from_secs(30)).await?;
+    say(&format!(
+        "  {} leads: it holds 192.0.2.100 and answers on 192.0.2.100:6443 (each node runs a stand-in for its API server there).",
+        c.nodes[leader].name()
+    ));
+    say("A client at 192.0.2.3 connects to 192.0.2.100:6443 every 10 ms while we break things.");
+    let steps = [
+        (
+            Disruption::Term,
+            "Stopping the leader's vipd gracefully (SIGTERM, as in a rolling update)",
+        ),
+        (
+            Disruption::Kill,
+            "Killing the leader's vipd (SIGKILL, a crash)",
+        ),
+        (
+            Disruption::LinkDown,
+            "Pulling the leader's cable (its link goes down)",
+        ),
+    ];
+    for (n, (what, words)) in steps.iter().enumerate() {
+        let holder = c.wait_stable(Duration::from_secs(30)).await?;
+        say(&format!(
+            "\n{}) {words}: {} ...",
+            n + 1,
+            c.nodes[holder].name()
+        ));
+        let (o, old) = c
+            .disrupt(*what, Duration::from_secs(15), Duration::from_millis(500))
+            .await?;
+        report(&o);
+        restore_quietly(&mut c, *what, old).await?;
+    }
+    say("\nDone. Removing the lab.");
+    Ok(())
+}
+
+fn report(o: &Outcome) {
+    say(&format!(
+        "   {} took the VIP over; it answered {} after the {}.",
+        o.new,
+        ms(o.takeover),
+        match o.disruption {
+            Disruption::Term => "SIGTERM",
+            Disruption::Kill => "kill",
+            Disruption::LinkDown => "cable pull",
+            Disruption::Freeze => "freeze",
+        }
+    ));
+    say(&format!(
+        "   The client's longest wait without an answer: {}.",
+        ms(o.outage)
+    ));
+    if let Some(a) = o.first_announcement {
+        if let Ok(d) = a.duration_since(o.disrupted_at) {
+            say(&format!(
+                "   Its first gratuitous ARP reached the client {} after the disruption.",
+                ms(d)
+            ));
+        }
+    }
+    say(&format!(
+        "   Two nodes holding the VIP at once: {} ({} samples of every node's interface).",
+        if o.max_holders > 1 {
+            "YES (a bug!)"
+        } else {
+            "never"
+        },
+        o.holder_samples
+    ));
+}
+
+async fn restore_quietly(c: &mut VipCluster, what: Disruption, old: usize) -> Result<()> {
+    let name = c.nodes[old].name().to_string();
+    c.restore(what, old).await?;
+    say(&format!("   ({name} is back, now as a follower.)"));
+    Ok(())
+}
+
+async fn bench_failover(vipd: PathBuf, rounds: usize, nodes: usize) -> Result<()> {
+    if rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let vip: IpAddr = "192.0.2.100".parse()?;
+    let (mut c, _) = lease_cluster(env(), nodes, &[vip], &vipd, &[]).await?;
+    say(&format!("Lease mode (lease 4 s, renew deadline 2.5 s, retry 0.5 s), {nodes} nodes, {rounds} rounds each."));
+    say("| disruption | takeover median | takeover worst | client outage median | client outage worst | max holders |");
+    say("|---|---|---|---|---|---|");
+    for what in [Disruption::Term, Disruption::Kill, Disruption::LinkDown] {
+        let mut takeovers = Vec::new();
+        let mut outages = Vec::new();
+        let mut holders = 0;
+        for _ in 0..rounds {
+            let (o, old) = c
+                .disrupt(what, Duration::from_secs(15), Duration::from_millis(300))
+                .await?;
+            takeovers.push(o.takeover);
+            outages.push(o.outage);
+            holders = holders.max(o.max_holders);
+            c.restore(what, old).await?;
+            // Let the restored node settle as a follower.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let (tm, tw) = median_worst(&takeovers);
+        let (om, ow) = median_worst(&outages);
+        say(&format!(
+            "| {what:?} | {tm:.0} ms | {tw:.0} ms | {om:.0} ms | {ow:.0} ms | {holders} |"
+        ));
+    }
+    Ok(())
+}
