@@ -59,6 +59,8 @@ pub struct Outcome {
     pub holder_samples: usize,
     /// The first announcement from the new holder, as a wall time.
     pub first_announcement: Option<SystemTime>,
+    /// Announcements of the VIP from the new holder seen by the client.
+    pub announcements: usize,
     /// The disruption, as a wall time.
     pub disrupted_at: SystemTime,
 }
@@ -217,6 +219,7 @@ impl VipCluster {
                 max_holders: max_holders(&holder_samples),
                 holder_samples: holder_samples.len(),
                 first_announcement,
+                announcements: from_new.len(),
                 disrupted_at,
             },
             old,
