@@ -200,7 +200,7 @@ impl VipCluster {
             .position(|n| n.name() == new_name)
             .expect("known node");
         let mac = self.mac_of(new).unwrap_or_default();
-        let first_announcement = seen
+        let from_new: Vec<SystemTime> = seen
             .iter()
             .filter(|(at, a)| {
                 *at >= disrupted_at
@@ -208,7 +208,8 @@ impl VipCluster {
                     && a.mac.to_string().eq_ignore_ascii_case(&mac)
             })
             .map(|(at, _)| *at)
-            .min();
+            .collect();
+        let first_announcement = from_new.iter().min().copied();
         Ok((
             Outcome {
                 disruption: what,
