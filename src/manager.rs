@@ -11,9 +11,11 @@ use tracing::{info, warn};
 use crate::config::{Config, Election};
 use crate::controlplane::{self, VipLeadership};
 use crate::election::LeaseElection;
+use crate::events::Events;
 use crate::netlink::Netlink;
 use crate::vips::{self, OwnerConfig, Source};
-use crate::{kubeclient, shutdown};
+use crate::{kubeclient, services, shutdown};
+use std::sync::Arc;
 
 /// Runs until SIGTERM / SIGINT.
 pub async fn run(config: Config) -> Result<()> {
@@ -31,6 +33,15 @@ pub async fn run(config: Config) -> Result<()> {
             };
             Some((cp, addrs, client))
         }
+        None => None,
+    };
+    let services_client = match &config.services {
+        Some(_) => Some(
+            match control_plane.as_ref().and_then(|(_, _, c)| c.clone()) {
+                Some(c) => c,
+                None => kubeclient::connect(config.kubeconfig.as_deref()).await?,
+            },
+        ),
         None => None,
     };
     let shutdown = shutdown::on_signal()?;
@@ -58,6 +69,8 @@ pub async fn run(config: Config) -> Result<()> {
                     name: lease.name.clone(),
                     me: config.node_name.clone(),
                     timing: lease.timing,
+                    acquire_delay: Duration::ZERO,
+                    labels: Default::default(),
                 };
                 info!(
                     lease = %format!("{}/{}", lease.namespace, lease.name),
@@ -80,6 +93,25 @@ pub async fn run(config: Config) -> Result<()> {
                 vips.set(Source::ControlPlane, claims, None).await;
             }
         }
+    }
+
+    if let (Some(svc), Some(client)) = (&config.services, services_client) {
+        info!(
+            lease = %format!("{}/{}", svc.lease.namespace, svc.lease.name),
+            per_address_election = svc.per_address_election,
+            pools = %format!("{}/{}", svc.pool_configmap.0, svc.pool_configmap.1),
+            "LoadBalancer Services"
+        );
+        let ctx = services::Context {
+            events: Arc::new(Events::new(client.clone(), &config.node_name)),
+            client,
+            config: svc.clone(),
+            me: config.node_name.clone(),
+            default_interface: interface.clone(),
+            subnets: config.subnets,
+            vips: vips.clone(),
+        };
+        tasks.spawn(services::run(ctx, shutdown.clone()));
     }
 
     let mut stop = shutdown.clone();

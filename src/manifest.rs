@@ -78,8 +78,33 @@ fn tolerations() -> Value {
     ])
 }
 
-fn labels() -> Value {
-    json!({ "app.kubernetes.io/name": NAME })
+/// The component a pod serves: `control-plane` or `services` (or both).
+fn component(layers: &Layers) -> &'static str {
+    let on = |k: &str| {
+        layers
+            .get(k)
+            .and_then(|g| crate::config::parse_bool(&g.value))
+            .unwrap_or(false)
+    };
+    match (on("cp_enable"), on("svc_enable")) {
+        (false, true) => "services",
+        (true, true) => "control-plane-and-services",
+        _ => "control-plane",
+    }
+}
+
+fn labels_for(component: &str) -> Value {
+    json!({ "app.kubernetes.io/name": NAME, "app.kubernetes.io/component": component })
+}
+
+/// `vipd` for the control plane, `vipd-services` for a Services-only DaemonSet,
+/// so both can run side by side.
+fn name_for(component: &str) -> String {
+    if component == "services" {
+        format!("{NAME}-services")
+    } else {
+        NAME.to_string()
+    }
 }
 
 /// A static pod for every control-plane node.
@@ -88,7 +113,7 @@ pub fn pod(layers: &Layers, o: &ManifestOptions) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": { "name": NAME, "namespace": NAMESPACE, "labels": labels() },
+        "metadata": { "name": name_for(component(layers)), "namespace": NAMESPACE, "labels": labels_for(component(layers)) },
         "spec": {
             "hostNetwork": true,
             "priorityClassName": "system-node-critical",
@@ -124,11 +149,11 @@ pub fn daemonset(layers: &Layers, o: &ManifestOptions) -> Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
-        "metadata": { "name": NAME, "namespace": NAMESPACE, "labels": labels() },
+        "metadata": { "name": name_for(component(layers)), "namespace": NAMESPACE, "labels": labels_for(component(layers)) },
         "spec": {
-            "selector": { "matchLabels": labels() },
+            "selector": { "matchLabels": labels_for(component(layers)) },
             "updateStrategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 1 } },
-            "template": { "metadata": { "labels": labels() }, "spec": spec }
+            "template": { "metadata": { "labels": labels_for(component(layers)) }, "spec": spec }
         }
     })
 }
@@ -145,11 +170,37 @@ pub fn cluster_role_rules() -> Value {
             "apiGroups": ["", "events.k8s.io"],
             "resources": ["events"],
             "verbs": ["create", "patch"]
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["services"],
+            "verbs": ["get", "list", "watch", "patch"]
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["services/status"],
+            "verbs": ["patch"]
+        },
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["list", "watch"]
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["nodes"],
+            "verbs": ["list", "watch"]
         }
     ])
 }
 
-/// ServiceAccount, ClusterRole and ClusterRoleBinding.
+/// The pools ConfigMap is read in its own namespace only.
+pub fn pools_role_rules() -> Value {
+    json!([{ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"] }])
+}
+
+/// ServiceAccount, ClusterRole and ClusterRoleBinding, and a Role for the
+/// pools ConfigMap in kube-system.
 pub fn rbac() -> Vec<Value> {
     vec![
         json!({
@@ -168,6 +219,19 @@ pub fn rbac() -> Vec<Value> {
             "kind": "ClusterRoleBinding",
             "metadata": { "name": NAME },
             "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME },
+            "subjects": [{ "kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE }]
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": { "name": "vipd-pools", "namespace": NAMESPACE },
+            "rules": pools_role_rules()
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": { "name": "vipd-pools", "namespace": NAMESPACE },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "vipd-pools" },
             "subjects": [{ "kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE }]
         }),
     ]

@@ -129,16 +129,33 @@ pub enum LogFormat {
     Json,
 }
 
+/// LoadBalancer Services (`svc_enable`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicesConfig {
+    /// Only this namespace's Services (`svc_namespace`), or all.
+    pub namespace: Option<String>,
+    /// One Lease per address (`svc_election`).
+    pub per_address_election: bool,
+    /// The Services leader's Lease (`svc_leasename` in `cp_namespace`);
+    /// per-address Leases live in the same namespace.
+    pub lease: LeaseConfig,
+    pub class_name: String,
+    pub class_only: bool,
+    /// The pools ConfigMap, namespace and name.
+    pub pool_configmap: (String, String),
+    /// Interface for Service addresses (`vip_servicesinterface`).
+    pub interface: Option<String>,
+}
+
 /// The whole typed configuration of `vipd manager`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub node_name: String,
     pub announce: Announce,
     pub control_plane: Option<ControlPlane>,
-    pub services_enabled: bool,
+    pub services: Option<ServicesConfig>,
     /// Interface for the VIP; `None`: the default route's.
     pub interface: Option<String>,
-    pub services_interface: Option<String>,
     pub subnets: Subnets,
     pub arp_rate: Duration,
     /// Kernel lifetime of held addresses (`None`: permanent).
@@ -367,12 +384,6 @@ impl Config {
                 "no feature enabled: set cp_enable=true (control-plane VIP) and/or svc_enable=true (Services)",
             ));
         }
-        if services_enabled {
-            return Err(r.err(
-                "svc_enable",
-                "LoadBalancer Services are not in this build yet",
-            ));
-        }
 
         let node_name = r
             .string("vip_nodename")
@@ -397,6 +408,43 @@ impl Config {
                 return Err(r.err("vip_servicesinterface", "not an interface name"));
             }
         }
+        let services = if services_enabled {
+            let namespace = r.string("svc_namespace");
+            if let Some(ns) = &namespace {
+                if !is_k8s_name(ns) {
+                    return Err(r.err("svc_namespace", "not a valid namespace name"));
+                }
+            }
+            let pool = r
+                .string("svc_pool_configmap")
+                .unwrap_or_else(|| "kube-system/kubevip".into());
+            let pool_configmap = match pool.split_once('/') {
+                Some((ns, name)) if is_k8s_name(ns) && is_k8s_name(name) => {
+                    (ns.to_string(), name.to_string())
+                }
+                None if is_k8s_name(&pool) => ("kube-system".to_string(), pool.clone()),
+                _ => {
+                    return Err(r.err(
+                        "svc_pool_configmap",
+                        "expected NAMESPACE/NAME of a ConfigMap",
+                    ))
+                }
+            };
+            let class_name = r
+                .string("lb_class_name")
+                .unwrap_or_else(|| "kube-vip.io/kube-vip-class".into());
+            Some(ServicesConfig {
+                namespace,
+                per_address_election: r.bool("svc_election", false)?,
+                lease: lease_config(&r, "svc_leasename", "plndr-svcs-lock")?,
+                class_name,
+                class_only: r.bool("lb_class_only", false)?,
+                pool_configmap,
+                interface: services_interface,
+            })
+        } else {
+            None
+        };
         let subnets = match r.string("vip_subnet") {
             None => Subnets { v4: 32, v6: 128 },
             Some(v) => parse_subnets(&v).map_err(|m| r.err("vip_subnet", m))?,
@@ -416,7 +464,7 @@ impl Config {
                 return Err(r.err("port", "expected a port number 1-65535"));
             }
             let election = if r.bool("vip_leaderelection", false)? {
-                Election::Lease(lease_config(&r)?)
+                Election::Lease(lease_config(&r, "vip_leasename", "plndr-cp-lock")?)
             } else {
                 Election::None
             };
@@ -433,8 +481,9 @@ impl Config {
         // kube-vip resets rates under 500 ms to 3000 ms; so do we.
         let arp_rate = Duration::from_millis(if arp_ms < 500 { 3000 } else { arp_ms });
 
-        let lease_duration = match control_plane.as_ref().map(|c| &c.election) {
-            Some(Election::Lease(l)) => l.timing.lease_duration,
+        let lease_duration = match (control_plane.as_ref().map(|c| &c.election), &services) {
+            (Some(Election::Lease(l)), _) => l.timing.lease_duration,
+            (_, Some(s)) => s.lease.timing.lease_duration,
             _ => LeaseTiming::DEFAULT.lease_duration,
         };
         let default_lifetime = lease_duration
@@ -486,9 +535,8 @@ impl Config {
             node_name,
             announce,
             control_plane,
-            services_enabled,
+            services,
             interface,
-            services_interface,
             subnets,
             arp_rate,
             addr_lifetime,
@@ -501,26 +549,28 @@ impl Config {
     }
 }
 
-fn lease_config(r: &Reader) -> Result<LeaseConfig, ConfigError> {
+fn lease_config(
+    r: &Reader,
+    name_key: &str,
+    default_name: &str,
+) -> Result<LeaseConfig, ConfigError> {
     let mut namespace = r
         .string("cp_namespace")
         .unwrap_or_else(|| "kube-system".into());
     if !is_k8s_name(&namespace) {
         return Err(r.err("cp_namespace", "not a valid namespace name"));
     }
-    let mut name = r
-        .string("vip_leasename")
-        .unwrap_or_else(|| "plndr-cp-lock".into());
+    let mut name = r.string(name_key).unwrap_or_else(|| default_name.into());
     if let Some((ns, n)) = name.split_once('/') {
         namespace = ns.to_string();
         name = n.to_string();
         if !is_k8s_name(&namespace) {
-            return Err(r.err("vip_leasename", "namespace part is not a valid name"));
+            return Err(r.err(name_key, "namespace part is not a valid name"));
         }
     }
     if !is_k8s_name(&name) {
         return Err(r.err(
-            "vip_leasename",
+            name_key,
             "not a valid Lease name (lower-case letters, digits, '-', '.')",
         ));
     }

@@ -46,7 +46,7 @@ pub const SETTINGS: &[Setting] = &[
     s("svc_leasename", "servicesLeaseName", "Lease of the Services leader (default plndr-svcs-lock)"),
     b("lb_class_only", "lbClassOnly", "serve only Services whose loadBalancerClass is lb_class_name (default false)"),
     s("lb_class_name", "lbClassName", "loadBalancerClass vipd serves (default kube-vip.io/kube-vip-class)"),
-    b("lb_class_legacy_handling", "lbClassNameLegacyHandling", "also serve Services with no class (default true)"),
+    s("svc_pool_configmap", "poolConfigMap", "ConfigMap of IP pools, NAMESPACE/NAME (default kube-system/kubevip)"),
     // Address.
     s("address", "address", "control-plane VIP: an IP or DNS name; a comma list for dual-stack"),
     s("vip_address", "vip", "older name of `address`"),

@@ -219,3 +219,43 @@ fn empty_prometheus_server_turns_it_off() {
         None
     );
 }
+
+#[test]
+fn services_settings() {
+    let l = layers(&[("vip_arp", "true"), ("svc_enable", "true")]);
+    let c = Config::from_layers(&l, "h").unwrap();
+    let s = c.services.unwrap();
+    assert_eq!(s.lease.name, "plndr-svcs-lock");
+    assert_eq!(s.lease.namespace, "kube-system");
+    assert_eq!(s.pool_configmap, ("kube-system".into(), "kubevip".into()));
+    assert_eq!(s.class_name, "kube-vip.io/kube-vip-class");
+    assert!(!s.class_only && !s.per_address_election && s.namespace.is_none());
+    assert!(c.control_plane.is_none());
+
+    let l = layers(&[
+        ("vip_arp", "true"),
+        ("svc_enable", "true"),
+        ("svc_election", "true"),
+        ("svc_namespace", "web"),
+        ("svc_leasename", "svcs"),
+        ("svc_pool_configmap", "pools/lb"),
+        ("lb_class_only", "true"),
+        ("vip_servicesinterface", "eth1"),
+    ]);
+    let s = Config::from_layers(&l, "h").unwrap().services.unwrap();
+    assert!(s.per_address_election && s.class_only);
+    assert_eq!(s.namespace.as_deref(), Some("web"));
+    assert_eq!(s.pool_configmap, ("pools".into(), "lb".into()));
+    assert_eq!(s.interface.as_deref(), Some("eth1"));
+
+    for (k, v) in [
+        ("svc_election", "maybe"),
+        ("svc_namespace", "Web"),
+        ("svc_pool_configmap", "a/b/c"),
+        ("svc_leasename", "X"),
+    ] {
+        let l = layers(&[("vip_arp", "true"), ("svc_enable", "true"), (k, v)]);
+        let e = Config::from_layers(&l, "h").unwrap_err().to_string();
+        assert!(e.contains(k), "{k}: {e}");
+    }
+}

@@ -1,16 +1,19 @@
 //! Electing one holder with a Kubernetes Lease.
 //!
-//! The loop follows client-go's rules (see [`record`]) with two changes that
+//! The loop follows client-go's rules (see [`record`]) with changes that
 //! make failover faster and safer:
 //! - followers watch the Lease, so a released Lease is taken at once, and a
 //!   dead leader's Lease the moment it expires, not on the next poll;
 //! - every API call has a deadline: a leader that has not renewed within
 //!   `renew_deadline` of its last successful renew *started* stops leading
 //!   (and its claims on addresses lapse by themselves at that instant, see
-//!   `vips`), before any follower can consider the Lease expired.
+//!   `vips`), before any follower can consider the Lease expired;
+//! - an optional acquire delay lets a preferred node take a free Lease first
+//!   (per-address Leases of Services spread over nodes that way).
 
 pub mod record;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -43,6 +46,54 @@ pub struct LeaseElection {
     pub name: String,
     pub me: String,
     pub timing: LeaseTiming,
+    /// How long to wait after the Lease is seen free before trying to take
+    /// it (a rank times a stagger, so the preferred node wins the race).
+    pub acquire_delay: Duration,
+    /// Labels put on the Lease when this node creates it.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Where an election learns about its Lease.
+pub enum Feed {
+    /// Its own watch on the one Lease.
+    Watch,
+    /// A shared informer's view of it (None: it does not exist).
+    Shared(watch::Receiver<Option<Lease>>),
+}
+
+/// The observations, from either feed: `Some(state)` is news.
+enum Observations {
+    Watch(futures::stream::BoxStream<'static, Result<watcher::Event<Lease>, watcher::Error>>),
+    Shared(watch::Receiver<Option<Lease>>),
+}
+
+impl Observations {
+    async fn next(&mut self) -> Option<Option<Lease>> {
+        match self {
+            Observations::Watch(s) => match s.next().await {
+                Some(Ok(watcher::Event::Apply(l))) | Some(Ok(watcher::Event::InitApply(l))) => {
+                    Some(Some(l))
+                }
+                Some(Ok(watcher::Event::Delete(_))) => Some(None),
+                Some(Ok(_)) => None,
+                Some(Err(e)) => {
+                    debug!(error = %e, "Lease watch error (retrying)");
+                    None
+                }
+                None => std::future::pending().await,
+            },
+            Observations::Shared(rx) => match rx.changed().await {
+                Ok(()) => Some(rx.borrow_and_update().clone()),
+                Err(_) => std::future::pending().await,
+            },
+        }
+    }
+}
+
+fn observe(ev: Option<Option<Lease>>, obs: &mut Option<Observation>) {
+    if let Some(state) = ev {
+        *obs = Some(Observation::update(obs.as_ref(), state, Instant::now()));
+    }
 }
 
 enum Outcome {
@@ -53,18 +104,52 @@ enum Outcome {
 impl LeaseElection {
     /// Runs until `shutdown` turns true; a leader then withdraws (through
     /// `stopped`) and releases the Lease so a follower takes over at once.
-    pub async fn run<L: Leadership>(self, mut leadership: L, mut shutdown: watch::Receiver<bool>) {
-        let selector = format!("metadata.name={}", self.name);
-        let mut events = watcher::watcher(
-            self.api.clone(),
-            watcher::Config::default().fields(&selector),
-        )
-        .default_backoff()
-        .boxed();
+    pub async fn run<L: Leadership>(self, leadership: L, shutdown: watch::Receiver<bool>) {
+        self.run_fed(Feed::Watch, leadership, shutdown).await
+    }
+
+    /// [`LeaseElection::run`], learning about the Lease from `feed`.
+    pub async fn run_fed<L: Leadership>(
+        self,
+        feed: Feed,
+        leadership: L,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let (events, initial) = match feed {
+            Feed::Watch => {
+                let selector = format!("metadata.name={}", self.name);
+                let stream = watcher::watcher(
+                    self.api.clone(),
+                    watcher::Config::default().fields(&selector),
+                )
+                .default_backoff()
+                .boxed();
+                (Observations::Watch(stream), None)
+            }
+            Feed::Shared(mut rx) => {
+                // What the informer holds already counts as observed now.
+                let now = rx.borrow_and_update().clone();
+                (Observations::Shared(rx), Some(now))
+            }
+        };
+        self.lead_or_follow(events, initial, leadership, shutdown)
+            .await
+    }
+
+    async fn lead_or_follow<L: Leadership>(
+        self,
+        mut events: Observations,
+        initial: Option<Option<Lease>>,
+        mut leadership: L,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut obs: Option<Observation> = None;
+        observe(initial, &mut obs);
         // Some(t): leading; t = start of the last successful acquire/renew.
         let mut leading: Option<Instant> = None;
         let mut last_holder: Option<String> = None;
+        // When the Lease was first seen free in the current free spell.
+        let mut free_since: Option<Instant> = None;
         let mut renew_tick = tokio::time::interval(self.timing.retry_period);
         renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -83,13 +168,13 @@ impl LeaseElection {
                                 leadership.renewed(started + self.timing.renew_deadline);
                             }
                             Err(RenewError::Lost(holder)) => {
-                                warn!(holder = holder.as_deref().unwrap_or(""), "lost the Lease to another holder");
+                                warn!(lease = %self.name, holder = holder.as_deref().unwrap_or(""), "lost the Lease to another holder");
                                 leading = None;
                                 leadership.stopped().await;
                             }
                             Err(RenewError::Failed(e)) => {
                                 if Instant::now() >= deadline {
-                                    warn!(error = %e, "could not renew the Lease before the renew deadline: stepping down");
+                                    warn!(lease = %self.name, error = %e, "could not renew the Lease before the renew deadline: stepping down");
                                     leading = None;
                                     leadership.stopped().await;
                                 } else {
@@ -98,7 +183,7 @@ impl LeaseElection {
                             }
                         }
                     }
-                    ev = events.next() => self.on_event(ev, &mut obs),
+                    ev = events.next() => observe(ev, &mut obs),
                     _ = shutdown.changed() => {}
                 }
                 continue;
@@ -116,15 +201,20 @@ impl LeaseElection {
             if holder != last_holder {
                 leadership.observed(holder.as_deref());
                 if let Some(h) = &holder {
-                    info!(leader = %h, "following");
+                    debug!(lease = %self.name, leader = %h, "following");
                 }
                 last_holder = holder;
             }
+            let delayed = matches!(v, View::Free)
+                && !self.acquire_delay.is_zero()
+                && now < *free_since.get_or_insert(now) + self.acquire_delay;
             let wake = match v {
+                View::Free if delayed => free_since.expect("set above") + self.acquire_delay,
                 View::Free | View::Mine => match self.try_acquire(&mut obs).await {
                     Ok(Outcome::Won(started)) => {
                         info!(lease = %self.name, "became leader");
                         leading = Some(started);
+                        free_since = None;
                         last_holder = Some(self.me.clone());
                         leadership
                             .started(started + self.timing.renew_deadline)
@@ -138,11 +228,14 @@ impl LeaseElection {
                         Instant::now() + self.timing.retry_period
                     }
                 },
-                View::Theirs { expires_at, .. } => expires_at,
+                View::Theirs { expires_at, .. } => {
+                    free_since = None;
+                    expires_at
+                }
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
-                ev = events.next() => self.on_event(ev, &mut obs),
+                ev = events.next() => observe(ev, &mut obs),
                 _ = shutdown.changed() => {}
             }
         }
@@ -159,25 +252,6 @@ impl LeaseElection {
                     warn!("releasing the Lease timed out; followers take over when it expires")
                 }
             }
-        }
-    }
-
-    fn on_event(
-        &self,
-        ev: Option<Result<watcher::Event<Lease>, watcher::Error>>,
-        obs: &mut Option<Observation>,
-    ) {
-        let now = Instant::now();
-        match ev {
-            Some(Ok(watcher::Event::Apply(l))) | Some(Ok(watcher::Event::InitApply(l))) => {
-                *obs = Some(Observation::update(obs.as_ref(), Some(l), now));
-            }
-            Some(Ok(watcher::Event::Delete(_))) => {
-                *obs = Some(Observation::update(obs.as_ref(), None, now));
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => debug!(error = %e, "Lease watch error (retrying)"),
-            None => {}
         }
     }
 
@@ -211,6 +285,9 @@ impl LeaseElection {
             None => {
                 let mut l = Lease::default();
                 l.metadata.name = Some(self.name.clone());
+                if !self.labels.is_empty() {
+                    l.metadata.labels = Some(self.labels.clone());
+                }
                 l.spec = Some(record::acquire(
                     None,
                     &self.me,

@@ -37,8 +37,10 @@ use crate::netlink::{kernel_events, KernelAddr, KernelEvent, Link, Netlink, Netl
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum Source {
     ControlPlane,
-    /// A LoadBalancer Service, `namespace/name`.
-    Service(String),
+    /// Service addresses announced under the Services leader's Lease.
+    ServicesLeader,
+    /// One Service address announced under a Lease of its own.
+    ServiceAddress(IpAddr),
 }
 
 /// One address a source wants on this node.

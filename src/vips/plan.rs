@@ -203,12 +203,12 @@ mod tests {
     #[test]
     fn shared_address_stays_while_any_source_claims_it() {
         let now = Instant::now();
-        let svc = Source::Service("default/a".into());
+        let svc = Source::ServicesLeader;
         let c = claims(vec![
             (Source::ControlPlane, vec![], None),
             (svc.clone(), vec![claim("192.0.2.150", "eth0")], None),
             (
-                Source::Service("default/b".into()),
+                Source::ServiceAddress("192.0.2.150".parse().unwrap()),
                 vec![claim("192.0.2.150", "eth0")],
                 None,
             ),

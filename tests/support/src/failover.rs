@@ -259,36 +259,34 @@ pub fn median_worst(d: &[Duration]) -> (f64, f64) {
     (median, *ms.last().expect("non-empty"))
 }
 
-/// A cluster of `n` vipd nodes (hosts `n1`.. at 192.0.2.11..) electing the
-/// control-plane VIP with a Lease in a fresh namespace, each configured with
-/// the environment of `manifests/k3s/vipd-daemonset.yaml` and authenticated
-/// as the `kube-system/vipd` ServiceAccount bound by `manifests/rbac.yaml`.
-/// `vips` are the VIPs (the first is probed); `extra` overrides settings.
-pub async fn lease_cluster(
+/// `n` lab hosts `n1`.. (192.0.2.11..) running vipd with the environment of
+/// the manifest at `manifest` (relative to the workspace), authenticated as
+/// the `kube-system/vipd` ServiceAccount bound by `manifests/rbac.yaml`;
+/// `extra` overrides settings. Each host answers TCP on `ports`.
+pub async fn vipd_nodes(
     env: &'static crate::apiserver::Env,
     n: usize,
-    vips: &[IpAddr],
+    manifest: &str,
     bin: &std::path::Path,
     extra: &[(&str, &str)],
-) -> Result<(VipCluster, String)> {
+    ports: &[u16],
+) -> Result<Vec<VipdNode>> {
     use crate::vipd::{manifest_env, set_env};
     env.apply_once("manifests/rbac.yaml")?;
     let kubeconfig = env
         .service_account_kubeconfig("kube-system", "vipd")
         .await?;
-    let lease_ns = env.namespace("cp").await;
-    let mut base =
-        manifest_env(&crate::workspace_root().join("manifests/k3s/vipd-daemonset.yaml"))?;
-    let addresses: Vec<String> = vips.iter().map(|v| v.to_string()).collect();
-    set_env(&mut base, "address", &addresses.join(","));
+    let mut base = manifest_env(&crate::workspace_root().join(manifest))?;
     set_env(&mut base, "vip_interface", "eth0");
-    set_env(&mut base, "cp_namespace", &lease_ns);
     set_env(
         &mut base,
         "k8s_config_file",
         kubeconfig.to_str().expect("utf-8"),
     );
     set_env(&mut base, "vip_loglevel", "debug");
+    // Each node runs in its own namespace: no port clashes, but keep the
+    // status server off until a test wants it.
+    set_env(&mut base, "prometheus_server", "");
     for (k, v) in extra {
         set_env(&mut base, k, v);
     }
@@ -298,10 +296,37 @@ pub async fn lease_cluster(
         let host = env.lab.add_host(&name, 10 + i as u8)?;
         let mut e = base.clone();
         set_env(&mut e, "vip_nodename", &name);
-        let mut node = VipdNode::new(host, bin, e, 6443);
+        let mut node = VipdNode::new(host, bin, e, ports);
         node.start()?;
         nodes.push(node);
     }
+    Ok(nodes)
+}
+
+/// A cluster of `n` vipd nodes electing the control-plane VIP with a Lease
+/// in a fresh namespace, configured as `manifests/k3s/vipd-daemonset.yaml`.
+/// `vips` are the VIPs (the first is probed); `extra` overrides settings.
+pub async fn lease_cluster(
+    env: &'static crate::apiserver::Env,
+    n: usize,
+    vips: &[IpAddr],
+    bin: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> Result<(VipCluster, String)> {
+    let lease_ns = env.namespace("cp").await;
+    let addresses: Vec<String> = vips.iter().map(|v| v.to_string()).collect();
+    let joined = addresses.join(",");
+    let mut settings: Vec<(&str, &str)> = vec![("address", &joined), ("cp_namespace", &lease_ns)];
+    settings.extend_from_slice(extra);
+    let nodes = vipd_nodes(
+        env,
+        n,
+        "manifests/k3s/vipd-daemonset.yaml",
+        bin,
+        &settings,
+        &[6443],
+    )
+    .await?;
     Ok((
         VipCluster {
             nodes,

@@ -44,7 +44,7 @@ pub fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
 pub struct VipdNode {
     pub host: Host,
     pub proc: Option<Proc>,
-    pub responder: Option<Responder>,
+    pub responders: Vec<Responder>,
     pub env: Vec<(String, String)>,
     pub kernel: Option<NodeKernel>,
     bin: PathBuf,
@@ -52,12 +52,12 @@ pub struct VipdNode {
 }
 
 impl VipdNode {
-    pub fn new(host: Host, bin: &Path, env: Vec<(String, String)>, port: u16) -> VipdNode {
-        let responder = Some(Responder::start(&host, port));
+    pub fn new(host: Host, bin: &Path, env: Vec<(String, String)>, ports: &[u16]) -> VipdNode {
+        let responders = ports.iter().map(|p| Responder::start(&host, *p)).collect();
         VipdNode {
             host,
             proc: None,
-            responder,
+            responders,
             env,
             kernel: None,
             bin: bin.to_path_buf(),
@@ -157,7 +157,7 @@ impl Drop for VipdNode {
         if let Some(mut p) = self.proc.take() {
             p.kill();
         }
-        self.responder.take();
+        self.responders.clear();
         self.kernel.take();
     }
 }

@@ -1,0 +1,102 @@
+//! The cluster state the Services controller reads: local caches of
+//! Services, EndpointSlices, Nodes, the pools ConfigMap and the per-address
+//! Leases, kept current by watches. Any change wakes the controller.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tracing::debug;
+
+use crate::config::ServicesConfig;
+
+/// Label on the per-address Leases vipd creates.
+pub const ADDRESS_LEASE_LABEL: &str = "vipd.dev/service-address";
+
+pub struct Informers {
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub nodes: Store<Node>,
+    pub pools: Store<ConfigMap>,
+    pub address_leases: Store<Lease>,
+    /// Notified on every change of any of them.
+    pub changed: Arc<Notify>,
+    /// Notified on changes of the per-address Leases only.
+    pub leases_changed: Arc<Notify>,
+}
+
+fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, notify: Vec<Arc<Notify>>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher::watcher(api, config)
+        .default_backoff()
+        .reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => notify.iter().for_each(|n| n.notify_one()),
+                Err(e) => debug!(error = %e, "watch error (retrying)"),
+            }
+        }
+    });
+    store
+}
+
+impl Informers {
+    pub fn start(client: &Client, cfg: &ServicesConfig) -> Informers {
+        let changed = Arc::new(Notify::new());
+        let leases_changed = Arc::new(Notify::new());
+        let services: Api<Service> = match &cfg.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let slices: Api<EndpointSlice> = match &cfg.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let (pool_ns, pool_name) = &cfg.pool_configmap;
+        let one = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
+        Informers {
+            services: spawn_reflector(services, watcher::Config::default(), vec![changed.clone()]),
+            slices: spawn_reflector(slices, watcher::Config::default(), vec![changed.clone()]),
+            nodes: spawn_reflector(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                vec![changed.clone()],
+            ),
+            pools: spawn_reflector(
+                Api::namespaced(client.clone(), pool_ns),
+                one(pool_name),
+                vec![changed.clone()],
+            ),
+            address_leases: spawn_reflector(
+                Api::namespaced(client.clone(), &cfg.lease.namespace),
+                watcher::Config::default().labels(ADDRESS_LEASE_LABEL),
+                vec![leases_changed.clone()],
+            ),
+            changed,
+            leases_changed,
+        }
+    }
+
+    /// Waits until every cache holds a complete first list: deciding on a
+    /// partial list of Services could hand one address out twice.
+    pub async fn ready(&self) {
+        let _ = self.services.wait_until_ready().await;
+        let _ = self.slices.wait_until_ready().await;
+        let _ = self.nodes.wait_until_ready().await;
+        let _ = self.pools.wait_until_ready().await;
+        let _ = self.address_leases.wait_until_ready().await;
+    }
+}

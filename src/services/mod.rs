@@ -1,0 +1,498 @@
+//! LoadBalancer Services: vipd as the cluster's LoadBalancer controller
+//! (K3s with `--disable servicelb`), kube-vip compatible.
+//!
+//! Every node runs the same loop, woken by any change in its caches:
+//! 1. the Services leader (one cluster-wide Lease) decides each served
+//!    Service's addresses ([`allocate`]) and writes them: the annotation for
+//!    pool allocations (so they survive restarts), `status.loadBalancer.ingress`,
+//!    and an Event for every assignment and every problem;
+//! 2. every node reads the addresses back from the Services' status and
+//!    works out who may announce each ([`eligibility`]): unrestricted
+//!    addresses are announced by the leader, the others (and all of them
+//!    with `svc_election`) under a Lease of their own ([`address_leases`]);
+//! 3. the announcer writes `kube-vip.io/vipHost`.
+//!
+//! Claims on addresses go to the address owner (`vips`), which does the
+//! kernel and the wire; a Service that is deleted or stops being a
+//! LoadBalancer drops out of step 2 and its address is withdrawn at once.
+
+pub mod address_leases;
+pub mod allocate;
+pub mod eligibility;
+pub mod informers;
+pub mod model;
+pub mod pools;
+pub mod writer;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::{Api, Client, Resource};
+use tokio::sync::{mpsc, watch, Mutex};
+use tracing::{info, warn};
+
+use crate::config::{ServicesConfig, Subnets};
+use crate::election::{Leadership, LeaseElection};
+use crate::events::Events;
+use crate::vips::{Claim, Source, VipHandle};
+use address_leases::{AddressLeases, Want, STAGGER};
+use allocate::{allocate, Origin};
+use eligibility::{plan_addresses, rank, AddressPlan};
+use informers::Informers;
+use model::{add_ready_nodes, keys, ClassFilter, NodeInfo, ReadyNodes, SvcInfo, SvcKey};
+use pools::Pools;
+use writer::{current_ingress, Change, Ingress, Writer};
+
+/// Everything the controller needs from the manager.
+pub struct Context {
+    pub client: Client,
+    pub config: ServicesConfig,
+    pub me: String,
+    /// Interface when nothing more specific is asked for.
+    pub default_interface: String,
+    pub subnets: Subnets,
+    pub vips: VipHandle,
+    pub events: Arc<Events>,
+}
+
+/// The Services leader's state, shared with its election: `hold` is the
+/// leader's deadline; `gate` orders claim updates against stepping down, so
+/// a claim made with an old deadline can never follow a release.
+#[derive(Clone)]
+struct LeaderState {
+    hold: watch::Sender<Option<Instant>>,
+    gate: Arc<Mutex<()>>,
+}
+
+struct ServicesLeadership {
+    state: LeaderState,
+    vips: VipHandle,
+}
+
+impl Leadership for ServicesLeadership {
+    async fn started(&mut self, hold_until: Instant) {
+        info!("became the Services leader: allocating and announcing Service addresses");
+        self.state.hold.send_replace(Some(hold_until));
+    }
+
+    fn renewed(&mut self, hold_until: Instant) {
+        self.state.hold.send_replace(Some(hold_until));
+        self.vips.extend(Source::ServicesLeader, hold_until);
+    }
+
+    async fn stopped(&mut self) {
+        let _gate = self.state.gate.lock().await;
+        self.state.hold.send_replace(None);
+        self.vips.release(Source::ServicesLeader).await;
+        info!("no longer the Services leader");
+    }
+}
+
+/// Runs the controller until `shutdown`.
+pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
+    let informers = Informers::start(&ctx.client, &ctx.config);
+    let (hold, hold_rx) = watch::channel(None);
+    let leader = LeaderState {
+        hold,
+        gate: Arc::new(Mutex::new(())),
+    };
+    let election = LeaseElection {
+        api: Api::namespaced(ctx.client.clone(), &ctx.config.lease.namespace),
+        name: ctx.config.lease.name.clone(),
+        me: ctx.me.clone(),
+        timing: ctx.config.lease.timing,
+        acquire_delay: Duration::ZERO,
+        labels: Default::default(),
+    };
+    let (addr_tx, addr_rx) = mpsc::unbounded_channel();
+    let address_leases = AddressLeases::new(
+        ctx.client.clone(),
+        &ctx.config.lease.namespace,
+        &ctx.me,
+        ctx.config.lease.timing,
+        ctx.vips.clone(),
+        addr_tx,
+    );
+    let writer = Writer::new(ctx.client.clone(), ctx.events.clone());
+    let filter = ClassFilter {
+        class_name: ctx.config.class_name.clone(),
+        class_only: ctx.config.class_only,
+        namespace: ctx.config.namespace.clone(),
+    };
+    let mut c = Controller {
+        ctx,
+        informers,
+        leader: leader.clone(),
+        leader_rx: hold_rx,
+        address_leases,
+        writer,
+        filter,
+        pools: Pools::default(),
+        pools_version: None,
+        served_before: BTreeMap::new(),
+        last_problem: BTreeMap::new(),
+    };
+    info!("Services: waiting for the first lists of Services, EndpointSlices, Nodes and pools");
+    c.informers.ready().await;
+    info!("Services: caches ready");
+    let leadership = ServicesLeadership {
+        state: leader,
+        vips: c.ctx.vips.clone(),
+    };
+    let election_task = tokio::spawn(election.run(leadership, shutdown.clone()));
+    c.run(addr_rx, shutdown).await;
+    let _ = election_task.await;
+}
+
+struct Controller {
+    ctx: Context,
+    informers: Informers,
+    leader: LeaderState,
+    leader_rx: watch::Receiver<Option<Instant>>,
+    address_leases: AddressLeases,
+    writer: Writer,
+    filter: ClassFilter,
+    /// The last good pools (a bad ConfigMap does not replace them).
+    pools: Pools,
+    pools_version: Option<String>,
+    /// Leader: the addresses each served Service had, to report releases.
+    served_before: BTreeMap<SvcKey, Vec<IpAddr>>,
+    /// Leader: the last problem logged per Service.
+    last_problem: BTreeMap<SvcKey, String>,
+}
+
+impl Controller {
+    async fn run(
+        &mut self,
+        mut addr_rx: mpsc::UnboundedReceiver<()>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut resync = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            self.reconcile().await;
+            tokio::select! {
+                _ = self.informers.changed.notified() => {
+                    // Let a burst of changes land before deciding.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                _ = self.informers.leases_changed.notified() => {
+                    self.address_leases.feed(&self.informers.address_leases);
+                    continue;
+                }
+                _ = self.leader_rx.changed() => {}
+                Some(()) = addr_rx.recv() => {}
+                _ = resync.tick() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        self.address_leases.shutdown().await;
+    }
+
+    fn leader_hold(&self) -> Option<Instant> {
+        self.leader_rx.borrow().filter(|h| *h > Instant::now())
+    }
+
+    /// Re-reads the pools when the ConfigMap changed; a bad one is reported
+    /// (Event on the ConfigMap, log) and the last good pools stay.
+    async fn refresh_pools(&mut self) {
+        let cm: Option<Arc<ConfigMap>> = self.informers.pools.state().into_iter().next();
+        let version = cm
+            .as_ref()
+            .and_then(|c| c.metadata.resource_version.clone());
+        if version == self.pools_version {
+            return;
+        }
+        self.pools_version = version;
+        let Some(cm) = cm else {
+            self.pools = Pools::default();
+            return;
+        };
+        let data: BTreeMap<String, String> =
+            cm.data.clone().unwrap_or_default().into_iter().collect();
+        match Pools::parse(&data) {
+            Ok(p) => {
+                info!(configmap = ?self.ctx.config.pool_configmap, "address pools loaded");
+                self.pools = p;
+            }
+            Err(errors) => {
+                let note = format!(
+                    "invalid pool configuration, keeping the last good pools: {}",
+                    errors.join("; ")
+                );
+                warn!(configmap = ?self.ctx.config.pool_configmap, "{note}");
+                if self.leader_hold().is_some() {
+                    self.ctx
+                        .events
+                        .publish(&cm.object_ref(&()), true, "InvalidPoolConfig", note)
+                        .await;
+                }
+            }
+        }
+    }
+
+    fn interface_for(&self, plan: &AddressPlan) -> String {
+        if let Some(i) = &plan.interface {
+            return i.clone();
+        }
+        let ns = plan
+            .users
+            .first()
+            .map(|k| k.namespace.as_str())
+            .unwrap_or("");
+        if let Some(i) = self.pools.interface(ns) {
+            return i.to_string();
+        }
+        self.ctx
+            .config
+            .interface
+            .clone()
+            .unwrap_or_else(|| self.ctx.default_interface.clone())
+    }
+
+    async fn reconcile(&mut self) {
+        self.refresh_pools().await;
+        let objects: Vec<Arc<Service>> = self.informers.services.state();
+        let infos: Vec<(Arc<Service>, SvcInfo)> = objects
+            .iter()
+            .filter_map(|o| SvcInfo::from_service(o).map(|i| (o.clone(), i)))
+            .collect();
+        let served: Vec<&(Arc<Service>, SvcInfo)> = infos
+            .iter()
+            .filter(|(_, i)| self.filter.serves(i))
+            .collect();
+        let nodes: Vec<NodeInfo> = self
+            .informers
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| NodeInfo::from_node(n))
+            .collect();
+        let mut ready = ReadyNodes::new();
+        for s in self.informers.slices.state() {
+            add_ready_nodes(&s, &mut ready);
+        }
+        let mut changes = Vec::new();
+
+        if self.leader_hold().is_some() {
+            self.decide(&infos, &served, &mut changes);
+        }
+
+        // Announce what the Services' status says.
+        let served_infos: Vec<&SvcInfo> = served.iter().map(|(_, i)| i).collect();
+        let plans = plan_addresses(&served_infos, &nodes, &ready);
+        let per_address = self.ctx.config.per_address_election;
+        let mut leader_claims = Vec::new();
+        let mut wants = BTreeMap::new();
+        for plan in &plans {
+            let claim = Claim {
+                addr: plan.addr,
+                prefix: self.ctx.subnets.for_ip(plan.addr),
+                interface: self.interface_for(plan),
+            };
+            if plan.own_lease(per_address) {
+                if plan.eligible.allows(&self.ctx.me) {
+                    let r = rank(&self.ctx.me, plan.addr, &plan.eligible, &nodes);
+                    wants.insert(
+                        plan.addr,
+                        Want {
+                            claim,
+                            delay: STAGGER * r as u32,
+                        },
+                    );
+                }
+            } else {
+                leader_claims.push(claim);
+            }
+        }
+        self.address_leases
+            .set(wants, &self.informers.address_leases);
+        let leader_addrs = self.set_leader_claims(leader_claims).await;
+
+        // kube-vip.io/vipHost on the Services of the addresses this node announces.
+        let mut announced: BTreeSet<IpAddr> = self.address_leases.leading();
+        announced.extend(leader_addrs);
+        let by_key: BTreeMap<&SvcKey, &(Arc<Service>, SvcInfo)> =
+            served.iter().map(|s| (&s.1.key, *s)).collect();
+        for plan in &plans {
+            for user in &plan.users {
+                let Some((obj, info)) = by_key.get(user) else {
+                    continue;
+                };
+                let host = info.vip_host.as_deref();
+                if announced.contains(&plan.addr) && host != Some(self.ctx.me.as_str()) {
+                    changes.push(Change::Annotations {
+                        svc: obj.clone(),
+                        set: vec![(keys::VIP_HOST, Some(self.ctx.me.clone()))],
+                    });
+                    let (reason, note) = match host {
+                        Some(h) if !h.is_empty() => (
+                            "AddressMoved",
+                            format!("{} moved from {h} to {}", plan.addr, self.ctx.me),
+                        ),
+                        _ => (
+                            "AddressAnnounced",
+                            format!("{} announced by {}", plan.addr, self.ctx.me),
+                        ),
+                    };
+                    changes.push(Change::Event {
+                        svc: obj.clone(),
+                        warning: false,
+                        reason,
+                        note,
+                    });
+                } else if plan.eligible.is_none() && host.is_some() && self.leader_hold().is_some()
+                {
+                    changes.push(Change::Annotations {
+                        svc: obj.clone(),
+                        set: vec![(keys::VIP_HOST, None)],
+                    });
+                    changes.push(Change::Event {
+                        svc: obj.clone(),
+                        warning: true,
+                        reason: "NoEligibleNode",
+                        note: format!(
+                            "{} is withdrawn: no node may announce it (externalTrafficPolicy Local without a ready endpoint, or ServiceLB node labels)",
+                            plan.addr
+                        ),
+                    });
+                }
+            }
+        }
+        self.writer.apply(changes).await;
+    }
+
+    /// Claims the leader's addresses under the leader's deadline, or
+    /// withdraws them when not leading; returns the addresses claimed.
+    async fn set_leader_claims(&self, claims: Vec<Claim>) -> Vec<IpAddr> {
+        let _gate = self.leader.gate.lock().await;
+        match self.leader_hold() {
+            Some(hold) => {
+                let addrs = claims.iter().map(|c| c.addr).collect();
+                self.ctx
+                    .vips
+                    .set(Source::ServicesLeader, claims, Some(hold))
+                    .await;
+                addrs
+            }
+            None => {
+                self.ctx.vips.release(Source::ServicesLeader).await;
+                Vec::new()
+            }
+        }
+    }
+
+    /// The leader's part: every served Service's addresses, written.
+    fn decide(
+        &mut self,
+        infos: &[(Arc<Service>, SvcInfo)],
+        served: &[&(Arc<Service>, SvcInfo)],
+        changes: &mut Vec<Change>,
+    ) {
+        let served_infos: Vec<&SvcInfo> = served.iter().map(|(_, i)| i).collect();
+        let decisions = allocate(&served_infos, &self.pools);
+        let mut now_served = BTreeMap::new();
+        for (obj, info) in served {
+            let Some(decision) = decisions.get(&info.key) else {
+                continue;
+            };
+            match decision {
+                Ok(a) => {
+                    self.last_problem.remove(&info.key);
+                    now_served.insert(info.key.clone(), a.ips.clone());
+                    let joined = a
+                        .ips
+                        .iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    if matches!(a.origin, Origin::Pool(_))
+                        && info.requested.as_deref() != Some(joined.as_str())
+                    {
+                        changes.push(Change::Annotations {
+                            svc: obj.clone(),
+                            set: vec![(keys::LOADBALANCER_IPS, Some(joined.clone()))],
+                        });
+                    }
+                    let desired: Ingress =
+                        a.ips.iter().map(|ip| (*ip, info.ports.clone())).collect();
+                    if current_ingress(obj) != desired {
+                        let from = match &a.origin {
+                            Origin::Pool(k) => format!("from pool {k}"),
+                            Origin::Annotation => "from kube-vip.io/loadbalancerIPs".into(),
+                            Origin::Status => "kept from status".into(),
+                            Origin::LoadBalancerIp => "from spec.loadBalancerIP".into(),
+                        };
+                        info!(service = %info.key, addresses = %joined, "{from}");
+                        changes.push(Change::Ingress {
+                            svc: obj.clone(),
+                            ingress: desired,
+                        });
+                        changes.push(Change::Event {
+                            svc: obj.clone(),
+                            warning: false,
+                            reason: "AddressAssigned",
+                            note: format!("assigned {joined} ({from})"),
+                        });
+                    }
+                }
+                Err(p) => {
+                    let msg = p.message();
+                    if self.last_problem.get(&info.key) != Some(&msg) {
+                        warn!(service = %info.key, reason = p.reason(), "{msg}");
+                        self.last_problem.insert(info.key.clone(), msg.clone());
+                    }
+                    if !current_ingress(obj).is_empty() {
+                        changes.push(Change::Ingress {
+                            svc: obj.clone(),
+                            ingress: Vec::new(),
+                        });
+                    }
+                    if info.vip_host.is_some() {
+                        changes.push(Change::Annotations {
+                            svc: obj.clone(),
+                            set: vec![(keys::VIP_HOST, None)],
+                        });
+                    }
+                    changes.push(Change::Event {
+                        svc: obj.clone(),
+                        warning: true,
+                        reason: p.reason(),
+                        note: msg,
+                    });
+                }
+            }
+        }
+        // Released: served before, still there, no longer served (not a
+        // LoadBalancer any more, ignored, another class).
+        let existing: HashSet<SvcKey> = infos.iter().map(|(_, i)| i.key.clone()).collect();
+        for (key, ips) in &self.served_before {
+            if now_served.contains_key(key) {
+                continue;
+            }
+            if let Some((obj, _)) = infos.iter().find(|(_, i)| i.key == *key) {
+                let joined = ips
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                info!(service = %key, addresses = %joined, "released");
+                changes.push(Change::Event {
+                    svc: obj.clone(),
+                    warning: false,
+                    reason: "AddressReleased",
+                    note: format!("released {joined}: the Service is no longer served by vipd"),
+                });
+            } else if !existing.contains(key) {
+                info!(service = %key, "deleted: its addresses are released");
+            }
+        }
+        self.last_problem.retain(|k, _| existing.contains(k));
+        self.served_before = now_served;
+    }
+}

@@ -1,0 +1,252 @@
+//! What the Services controller reads from a Service, node and
+//! EndpointSlice, extracted once into plain values the decisions use.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// kube-vip's annotations and K3s ServiceLB's labels.
+pub mod keys {
+    pub const LOADBALANCER_IPS: &str = "kube-vip.io/loadbalancerIPs";
+    pub const IGNORE: &str = "kube-vip.io/ignore";
+    pub const SERVICE_INTERFACE: &str = "kube-vip.io/serviceInterface";
+    pub const VIP_HOST: &str = "kube-vip.io/vipHost";
+    pub const SERVICELB_ENABLE: &str = "svccontroller.k3s.cattle.io/enablelb";
+    pub const SERVICELB_POOL: &str = "svccontroller.k3s.cattle.io/lbpool";
+    pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+}
+
+/// `namespace/name` of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct SvcKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for SvcKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyPolicy {
+    SingleStack,
+    PreferDualStack,
+    RequireDualStack,
+}
+
+/// A port as far as sharing is concerned.
+pub type PortKey = (i32, String);
+
+/// One Service, as the decisions need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SvcInfo {
+    pub key: SvcKey,
+    /// For "older wins" when two Services want one address.
+    pub created: String,
+    pub is_load_balancer: bool,
+    pub class: Option<String>,
+    pub ignored: bool,
+    /// `kube-vip.io/loadbalancerIPs`, as written.
+    pub requested: Option<String>,
+    pub spec_ip: Option<String>,
+    pub status_ips: Vec<IpAddr>,
+    pub families: Vec<Family>,
+    pub family_policy: FamilyPolicy,
+    pub ports: Vec<PortKey>,
+    pub local_policy: bool,
+    pub lbpool: Option<String>,
+    pub interface: Option<String>,
+    pub vip_host: Option<String>,
+}
+
+fn family_of(s: &str) -> Option<Family> {
+    match s {
+        "IPv4" => Some(Family::V4),
+        "IPv6" => Some(Family::V6),
+        _ => None,
+    }
+}
+
+impl SvcInfo {
+    pub fn from_service(s: &Service) -> Option<SvcInfo> {
+        let meta = &s.metadata;
+        let key = SvcKey {
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+        };
+        let spec = s.spec.clone().unwrap_or_default();
+        let ann = meta.annotations.clone().unwrap_or_default();
+        let labels = meta.labels.clone().unwrap_or_default();
+        let status_ips = s
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .map(|ing| {
+                ing.iter()
+                    .filter_map(|i| i.ip.as_ref()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let families: Vec<Family> = spec
+            .ip_families
+            .as_ref()
+            .map(|f| f.iter().filter_map(|x| family_of(x)).collect())
+            .unwrap_or_default();
+        let family_policy = match spec.ip_family_policy.as_deref() {
+            Some("PreferDualStack") => FamilyPolicy::PreferDualStack,
+            Some("RequireDualStack") => FamilyPolicy::RequireDualStack,
+            _ => FamilyPolicy::SingleStack,
+        };
+        let ports = spec
+            .ports
+            .as_ref()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| (p.port, p.protocol.clone().unwrap_or_else(|| "TCP".into())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(SvcInfo {
+            key,
+            created: meta
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default(),
+            is_load_balancer: spec.type_.as_deref() == Some("LoadBalancer"),
+            class: spec.load_balancer_class.clone(),
+            ignored: ann.get(keys::IGNORE).is_some_and(|v| v == "true"),
+            requested: ann
+                .get(keys::LOADBALANCER_IPS)
+                .cloned()
+                .filter(|v| !v.trim().is_empty()),
+            spec_ip: spec.load_balancer_ip.clone().filter(|v| !v.is_empty()),
+            status_ips,
+            families,
+            family_policy,
+            ports,
+            local_policy: spec.external_traffic_policy.as_deref() == Some("Local"),
+            lbpool: labels
+                .get(keys::SERVICELB_POOL)
+                .or_else(|| ann.get(keys::SERVICELB_POOL))
+                .cloned(),
+            interface: ann
+                .get(keys::SERVICE_INTERFACE)
+                .cloned()
+                .filter(|v| !v.is_empty()),
+            vip_host: ann.get(keys::VIP_HOST).cloned(),
+        })
+    }
+}
+
+/// Which Services vipd serves (kube-vip's rules).
+#[derive(Debug, Clone)]
+pub struct ClassFilter {
+    pub class_name: String,
+    pub class_only: bool,
+    /// Only this namespace (`svc_namespace`), or all.
+    pub namespace: Option<String>,
+}
+
+impl ClassFilter {
+    pub fn serves(&self, s: &SvcInfo) -> bool {
+        if !s.is_load_balancer || s.ignored {
+            return false;
+        }
+        if self
+            .namespace
+            .as_ref()
+            .is_some_and(|ns| *ns != s.key.namespace)
+        {
+            return false;
+        }
+        match &s.class {
+            None => !self.class_only,
+            Some(c) => *c == self.class_name,
+        }
+    }
+}
+
+/// A node's labels that matter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub enablelb: bool,
+    pub lbpool: Option<String>,
+}
+
+impl NodeInfo {
+    pub fn from_node(n: &Node) -> Option<NodeInfo> {
+        let labels = n.metadata.labels.clone().unwrap_or_default();
+        Some(NodeInfo {
+            name: n.metadata.name.clone()?,
+            enablelb: labels
+                .get(keys::SERVICELB_ENABLE)
+                .is_some_and(|v| v == "true"),
+            lbpool: labels.get(keys::SERVICELB_POOL).cloned(),
+        })
+    }
+}
+
+/// Nodes with a ready endpoint, per Service.
+pub type ReadyNodes = BTreeMap<SvcKey, BTreeSet<String>>;
+
+/// Adds the ready endpoints' nodes of one EndpointSlice to `out`.
+pub fn add_ready_nodes(slice: &EndpointSlice, out: &mut ReadyNodes) {
+    let Some(ns) = slice.metadata.namespace.clone() else {
+        return;
+    };
+    let Some(svc) = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(keys::SERVICE_NAME_LABEL))
+        .cloned()
+    else {
+        return;
+    };
+    let entry = out
+        .entry(SvcKey {
+            namespace: ns,
+            name: svc,
+        })
+        .or_default();
+    for ep in slice.endpoints.iter().flatten() {
+        // A missing condition means ready (discovery.k8s.io/v1).
+        let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+        if let (true, Some(node)) = (ready, ep.node_name.as_ref()) {
+            entry.insert(node.clone());
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Writes to Services: annotations, `status.loadBalancer.ingress`, Events.
+//! Many at once (bounded), each a merge patch, never a read-modify-write, so
+//! they cannot conflict with other writers. A write identical to one made in
+//! the last seconds is skipped: the caches may not have caught up yet.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, Resource};
+use serde_json::{json, Value};
+use tracing::{debug, warn};
+
+use super::model::{PortKey, SvcKey};
+use crate::events::Events;
+
+/// How many writes are in flight at once.
+const CONCURRENCY: usize = 32;
+/// How long an identical write is considered done.
+const RECENT: Duration = Duration::from_secs(3);
+
+/// The ingress a Service should show: per address, its ports.
+pub type Ingress = Vec<(IpAddr, Vec<PortKey>)>;
+
+/// One change to make.
+pub enum Change {
+    /// Set (Some) or remove (None) annotations.
+    Annotations {
+        svc: Arc<Service>,
+        set: Vec<(&'static str, Option<String>)>,
+    },
+    Ingress {
+        svc: Arc<Service>,
+        ingress: Ingress,
+    },
+    Event {
+        svc: Arc<Service>,
+        warning: bool,
+        reason: &'static str,
+        note: String,
+    },
+}
+
+pub struct Writer {
+    client: Client,
+    pub events: Arc<Events>,
+    recent: Mutex<HashMap<(SvcKey, String), (String, Instant)>>,
+}
+
+fn key_of(svc: &Service) -> SvcKey {
+    SvcKey {
+        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// The ingress a Service shows now, reduced to what vipd writes.
+pub fn current_ingress(svc: &Service) -> Ingress {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| {
+            ing.iter()
+                .filter_map(|i| {
+                    let ip: IpAddr = i.ip.as_ref()?.parse().ok()?;
+                    let ports = i
+                        .ports
+                        .as_ref()
+                        .map(|ps| ps.iter().map(|p| (p.port, p.protocol.clone())).collect())
+                        .unwrap_or_default();
+                    Some((ip, ports))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Writer {
+    pub fn new(client: Client, events: Arc<Events>) -> Writer {
+        Writer {
+            client,
+            events,
+            recent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// True if this exact write was made recently (and records it if not).
+    fn seen_recently(&self, key: &SvcKey, kind: &str, value: &str) -> bool {
+        let mut recent = self.recent.lock().expect("not poisoned");
+        let now = Instant::now();
+        recent.retain(|_, (_, at)| now.duration_since(*at) < RECENT);
+        let k = (key.clone(), kind.to_string());
+        if recent.get(&k).is_some_and(|(v, _)| v == value) {
+            return true;
+        }
+        recent.insert(k, (value.to_string(), now));
+        false
+    }
+
+    fn forget(&self, key: &SvcKey, kind: &str) {
+        self.recent
+            .lock()
+            .expect("not poisoned")
+            .remove(&(key.clone(), kind.to_string()));
+    }
+
+    /// Makes every change; failures are logged and retried on the next pass.
+    pub async fn apply(&self, changes: Vec<Change>) {
+        futures::stream::iter(changes)
+            .for_each_concurrent(CONCURRENCY, |c| self.apply_one(c))
+            .await;
+    }
+
+    async fn apply_one(&self, change: Change) {
+        match change {
+            Change::Annotations { svc, set } => {
+                let key = key_of(&svc);
+                let mut ann = serde_json::Map::new();
+                for (k, v) in &set {
+                    ann.insert(
+                        k.to_string(),
+                        v.clone().map(Value::String).unwrap_or(Value::Null),
+                    );
+                }
+                let body = json!({ "metadata": { "annotations": ann } });
+                if self.seen_recently(&key, "annotations", &body.to_string()) {
+                    return;
+                }
+                let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
+                if let Err(e) = api
+                    .patch(&key.name, &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                {
+                    self.forget(&key, "annotations");
+                    log_write_error(&key, "annotations", e);
+                }
+            }
+            Change::Ingress { svc, ingress } => {
+                let key = key_of(&svc);
+                let entries: Vec<Value> = ingress
+                    .iter()
+                    .map(|(ip, ports)| {
+                        let ports: Vec<Value> = ports
+                            .iter()
+                            .map(|(p, proto)| json!({ "port": p, "protocol": proto }))
+                            .collect();
+                        if ports.is_empty() {
+                            json!({ "ip": ip.to_string() })
+                        } else {
+                            json!({ "ip": ip.to_string(), "ports": ports })
+                        }
+                    })
+                    .collect();
+                let body = json!({ "status": { "loadBalancer": { "ingress": entries } } });
+                if self.seen_recently(&key, "status", &body.to_string()) {
+                    return;
+                }
+                let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
+                if let Err(e) = api
+                    .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                {
+                    self.forget(&key, "status");
+                    log_write_error(&key, "status", e);
+                }
+            }
+            Change::Event {
+                svc,
+                warning,
+                reason,
+                note,
+            } => {
+                let reference = svc.object_ref(&());
+                self.events.publish(&reference, warning, reason, note).await;
+            }
+        }
+    }
+}
+
+fn log_write_error(key: &SvcKey, what: &str, e: kube::Error) {
+    match &e {
+        kube::Error::Api(s) if s.code == 404 => {
+            debug!(service = %key, "gone before its {what} was written")
+        }
+        _ => warn!(service = %key, error = %e, "could not write {what}; retrying"),
+    }
+}

@@ -1,0 +1,727 @@
+//! vipd --services as the cluster's LoadBalancer controller, in the lab:
+//! three nodes running vipd as `manifests/k3s/vipd-services-daemonset.yaml`
+//! (ServiceAccount and RBAC from `manifests/rbac.yaml`), a real API server,
+//! a client that connects to Service addresses.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+use vipd_testkit::apiserver::env;
+use vipd_testkit::failover::vipd_nodes;
+use vipd_testkit::probe::ask;
+use vipd_testkit::vipd::VipdNode;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vipd"))
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+struct Lab {
+    nodes: Vec<VipdNode>,
+    ns: String,
+    admin: Client,
+}
+
+/// Node objects n1..n3 with exactly `labels` (per node index).
+async fn nodes_with_labels(admin: &Client, labels: &[BTreeMap<&str, &str>]) {
+    let api: Api<Node> = Api::all(admin.clone());
+    for (i, l) in labels.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let want: BTreeMap<String, String> = l
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match api.get_opt(&name).await.unwrap() {
+            None => {
+                let n: Node =
+                    serde_json::from_value(json!({ "metadata": { "name": name, "labels": want } }))
+                        .unwrap();
+                api.create(&PostParams::default(), &n).await.unwrap();
+            }
+            Some(mut n) => {
+                n.metadata.labels = Some(want);
+                api.replace(&name, &PostParams::default(), &n)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// Three vipd nodes serving the Services of a fresh namespace (or of
+/// `namespace` when given), with the pools ConfigMap in that namespace.
+async fn lab(extra: &[(&str, &str)], namespace: Option<&str>) -> Lab {
+    let env = env();
+    let admin = env.admin().await;
+    let ns = match namespace {
+        Some(n) => n.to_string(),
+        None => env.namespace("svc").await,
+    };
+    let lease_ns = env.namespace("svclease").await;
+    // The manifests' pools Role, granted in the test's namespace too.
+    let rbac = std::fs::read_to_string(vipd_testkit::workspace_root().join("manifests/rbac.yaml"))
+        .unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&rbac) {
+        let mut v = serde_yaml::Value::deserialize(doc).unwrap();
+        if v["kind"] == "Role" || v["kind"] == "RoleBinding" {
+            v["metadata"]["namespace"] = ns.clone().into();
+            let path = vipd_testkit::run_dir().join(format!("role-{ns}.yaml"));
+            std::fs::write(&path, serde_yaml::to_string(&v).unwrap()).unwrap();
+            env.kubectl(&["apply", "-f", path.to_str().unwrap()])
+                .unwrap();
+        }
+    }
+    nodes_with_labels(&admin, &[BTreeMap::new(), BTreeMap::new(), BTreeMap::new()]).await;
+    let pools = format!("{ns}/kubevip");
+    let mut settings: Vec<(&str, &str)> = vec![
+        ("cp_namespace", &lease_ns),
+        ("svc_namespace", &ns),
+        ("svc_pool_configmap", &pools),
+    ];
+    settings.extend_from_slice(extra);
+    let nodes = vipd_nodes(
+        env,
+        3,
+        "manifests/k3s/vipd-services-daemonset.yaml",
+        bin(),
+        &settings,
+        &[80, 443],
+    )
+    .await
+    .unwrap();
+    Lab { nodes, ns, admin }
+}
+
+use serde::Deserialize;
+
+impl Lab {
+    fn svcs(&self) -> Api<Service> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    async fn create(&self, name: &str, annotations: serde_json::Value, spec: serde_json::Value) {
+        let mut s = json!({
+            "metadata": { "name": name, "annotations": annotations },
+            "spec": { "type": "LoadBalancer", "ports": [{ "name": "http", "port": 80, "protocol": "TCP" }] }
+        });
+        for (k, v) in spec.as_object().unwrap() {
+            s["spec"][k] = v.clone();
+        }
+        let svc: Service = serde_json::from_value(s).unwrap();
+        self.svcs()
+            .create(&PostParams::default(), &svc)
+            .await
+            .unwrap();
+    }
+
+    async fn pools(&self, data: serde_json::Value) {
+        let api: Api<ConfigMap> = Api::namespaced(self.admin.clone(), &self.ns);
+        let cm: ConfigMap =
+            serde_json::from_value(json!({ "metadata": { "name": "kubevip" }, "data": data }))
+                .unwrap();
+        match api.get_opt("kubevip").await.unwrap() {
+            None => {
+                api.create(&PostParams::default(), &cm).await.unwrap();
+            }
+            Some(_) => {
+                api.patch(
+                    "kubevip",
+                    &PatchParams::apply("test").force(),
+                    &Patch::Apply(&cm),
+                )
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    async fn get(&self, name: &str) -> Service {
+        self.svcs().get(name).await.unwrap()
+    }
+
+    fn ingress(s: &Service) -> Vec<IpAddr> {
+        s.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .map(|i| {
+                i.iter()
+                    .filter_map(|x| x.ip.as_ref()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn annotation(s: &Service, key: &str) -> Option<String> {
+        s.metadata.annotations.as_ref()?.get(key).cloned()
+    }
+
+    /// Waits for the Service's ingress to be non-empty.
+    async fn wait_ingress(&self, name: &str, timeout: Duration) -> Vec<IpAddr> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let i = Self::ingress(&self.get(name).await);
+            if !i.is_empty() {
+                return i;
+            }
+            if Instant::now() > deadline {
+                panic!("{name}: no ingress after {timeout:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {} ---\n{}", n.name(), n.log_tail(25)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn holders(&mut self, addr: IpAddr) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in self.nodes.iter_mut() {
+            if n.holds(addr).await {
+                out.push(n.name().to_string());
+            }
+        }
+        out
+    }
+
+    fn answer(&self, addr: IpAddr, port: u16) -> Option<String> {
+        env()
+            .client
+            .ns
+            .run(|| ask(SocketAddr::new(addr, port), Duration::from_millis(300)))
+    }
+
+    /// Waits until exactly one node holds `addr` and answers on port 80; its name.
+    async fn wait_announced(&mut self, addr: IpAddr, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let h = self.holders(addr).await;
+            if h.len() == 1 && self.answer(addr, 80).as_deref() == Some(h[0].as_str()) {
+                return h[0].clone();
+            }
+            assert!(h.len() <= 1, "{addr} held by {h:?}");
+            if Instant::now() > deadline {
+                panic!(
+                    "{addr} not announced after {timeout:?} (holders {h:?})\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_withdrawn(&mut self, addr: IpAddr, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.holders(addr).await.is_empty() {
+            if Instant::now() > deadline {
+                panic!("{addr} still held after {timeout:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The reasons of Events about Service `name`, oldest first.
+    async fn event_reasons(&self, name: &str) -> Vec<(String, String)> {
+        let api: Api<Event> = Api::namespaced(self.admin.clone(), &self.ns);
+        let mut evs: Vec<Event> = api
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect();
+        evs.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+        evs.into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    async fn wait_event(&self, name: &str, reason: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((_, note)) = self
+                .event_reasons(name)
+                .await
+                .into_iter()
+                .find(|(r, _)| r == reason)
+            {
+                return note;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{name}: no {reason} Event after {timeout:?}: {:?}\n{}",
+                    self.event_reasons(name).await,
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn endpoints(&self, svc: &str, ready_on: &[&str]) {
+        let api: Api<EndpointSlice> = Api::namespaced(self.admin.clone(), &self.ns);
+        let name = format!("{svc}-eps");
+        let endpoints: Vec<serde_json::Value> = ready_on
+            .iter()
+            .enumerate()
+            .map(|(i, n)| json!({ "addresses": [format!("10.42.0.{}", i + 10)], "conditions": { "ready": true }, "nodeName": n }))
+            .collect();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { "kubernetes.io/service-name": svc } },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{ "port": 80, "protocol": "TCP" }]
+        }))
+        .unwrap();
+        let _ = api.delete(&name, &DeleteParams::default()).await;
+        api.create(&PostParams::default(), &slice).await.unwrap();
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+/// The seed scenario: K3s' Traefik with a fixed VIP by annotation.
+#[test]
+fn traefik_gets_its_annotated_vip_and_survives_leader_loss() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let mut lab = lab(&[], Some("kube-system")).await;
+        let vip = ip("192.0.2.150");
+        let svcs = lab.svcs();
+        let _ = svcs.delete("traefik", &DeleteParams::default()).await;
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": { "name": "traefik", "annotations": { "kube-vip.io/loadbalancerIPs": "192.0.2.150" } },
+            "spec": { "type": "LoadBalancer", "ports": [
+                { "name": "web", "port": 80, "protocol": "TCP" },
+                { "name": "websecure", "port": 443, "protocol": "TCP" } ] }
+        }))
+        .unwrap();
+        svcs.create(&PostParams::default(), &svc).await.unwrap();
+        assert_eq!(lab.wait_ingress("traefik", Duration::from_secs(20)).await, vec![vip]);
+        let s = lab.get("traefik").await;
+        let ports: Vec<i32> = s.status.unwrap().load_balancer.unwrap().ingress.unwrap()[0]
+            .ports
+            .clone()
+            .unwrap()
+            .iter()
+            .map(|p| p.port)
+            .collect();
+        assert_eq!(ports, vec![80, 443]);
+        // `kubectl get svc` shows the EXTERNAL-IP.
+        let table = env.kubectl(&["get", "svc", "-n", "kube-system", "traefik"]).unwrap();
+        assert!(table.contains("192.0.2.150"), "{table}");
+
+        let holder = lab.wait_announced(vip, Duration::from_secs(20)).await;
+        assert_eq!(lab.answer(vip, 443).as_deref(), Some(holder.as_str()));
+        let s = lab.get("traefik").await;
+        for _ in 0..100 {
+            if Lab::annotation(&lab.get("traefik").await, "kube-vip.io/vipHost").as_deref() == Some(holder.as_str()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(Lab::annotation(&lab.get("traefik").await, "kube-vip.io/vipHost").as_deref(), Some(holder.as_str()), "{:?}", s.metadata.annotations);
+        lab.wait_event("traefik", "AddressAssigned", Duration::from_secs(5)).await;
+
+        // The announcing node's vipd dies: another node takes over.
+        let i = lab.nodes.iter().position(|n| n.name() == holder).unwrap();
+        lab.nodes[i].kill();
+        let t0 = Instant::now();
+        let mut new = String::new();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Some(a) = lab.answer(vip, 80) {
+                if a != holder {
+                    new = a;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!new.is_empty(), "nobody took over after 10 s\n{}", lab.logs());
+        assert!(t0.elapsed() < Duration::from_secs(6), "takeover took {:?}", t0.elapsed());
+        let note = lab.wait_event("traefik", "AddressMoved", Duration::from_secs(5)).await;
+        assert!(note.contains(&holder) && note.contains(&new), "{note}");
+        svcs.delete("traefik", &DeleteParams::default()).await.unwrap();
+        lab.wait_withdrawn(vip, Duration::from_secs(3)).await;
+    });
+}
+
+#[test]
+fn pool_allocation_sharing_release_and_restart() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let mut lab = lab(&[], None).await;
+        let ns = lab.ns.clone();
+        lab.pools(json!({
+            format!("range-{ns}"): "192.0.2.160-192.0.2.162",
+            format!("allow-share-{ns}"): "true"
+        }))
+        .await;
+        lab.create("web", json!({}), json!({})).await;
+        let web = lab.wait_ingress("web", Duration::from_secs(20)).await;
+        assert_eq!(web, vec![ip("192.0.2.160")]);
+        // Allocation is recorded in the annotation, so it survives restarts.
+        assert_eq!(
+            Lab::annotation(&lab.get("web").await, "kube-vip.io/loadbalancerIPs").as_deref(),
+            Some("192.0.2.160")
+        );
+        lab.wait_event("web", "AddressAssigned", Duration::from_secs(5))
+            .await;
+
+        // Another port: shares the address. The same port: its own address.
+        lab.create(
+            "tls",
+            json!({}),
+            json!({ "ports": [{ "port": 443, "protocol": "TCP" }] }),
+        )
+        .await;
+        lab.create("web2", json!({}), json!({})).await;
+        assert_eq!(
+            lab.wait_ingress("tls", Duration::from_secs(10)).await,
+            vec![ip("192.0.2.160")]
+        );
+        assert_eq!(
+            lab.wait_ingress("web2", Duration::from_secs(10)).await,
+            vec![ip("192.0.2.161")]
+        );
+        let holder = lab
+            .wait_announced(ip("192.0.2.160"), Duration::from_secs(10))
+            .await;
+        assert_eq!(
+            lab.answer(ip("192.0.2.160"), 443).as_deref(),
+            Some(holder.as_str())
+        );
+        lab.wait_announced(ip("192.0.2.161"), Duration::from_secs(10))
+            .await;
+
+        // Deleting a Service withdraws its address at once and frees it.
+        lab.svcs()
+            .delete("web2", &DeleteParams::default())
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        lab.wait_withdrawn(ip("192.0.2.161"), Duration::from_secs(2))
+            .await;
+        eprintln!("withdrawn {:?} after delete", t0.elapsed());
+        lab.create("late", json!({}), json!({})).await;
+        assert_eq!(
+            lab.wait_ingress("late", Duration::from_secs(10)).await,
+            vec![ip("192.0.2.161")]
+        );
+
+        // Every agent restarts: no address changes, everything answers again.
+        let mut before_ips = Vec::new();
+        for n in ["web", "tls", "late"] {
+            before_ips.push((n.to_string(), Lab::ingress(&lab.get(n).await)));
+        }
+        for node in lab.nodes.iter_mut() {
+            node.kill();
+        }
+        for node in lab.nodes.iter_mut() {
+            node.start().unwrap();
+        }
+        for a in ["192.0.2.160", "192.0.2.161"] {
+            lab.wait_announced(ip(a), Duration::from_secs(20)).await;
+        }
+        for (n, ips) in before_ips {
+            assert_eq!(
+                Lab::ingress(&lab.get(&n).await),
+                ips,
+                "{n} changed address across a restart"
+            );
+        }
+    });
+}
+
+#[test]
+fn local_policy_follows_ready_endpoints() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let mut lab = lab(&[], None).await;
+        let vip = ip("192.0.2.170");
+        lab.create(
+            "local",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.170" }),
+            json!({ "externalTrafficPolicy": "Local" }),
+        )
+        .await;
+        lab.wait_ingress("local", Duration::from_secs(20)).await;
+        // No endpoint anywhere: nobody announces.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(lab.holders(vip).await.is_empty());
+        lab.endpoints("local", &["n2"]).await;
+        assert_eq!(lab.wait_announced(vip, Duration::from_secs(10)).await, "n2");
+        lab.endpoints("local", &["n3"]).await;
+        let t0 = Instant::now();
+        loop {
+            if lab.holders(vip).await == vec!["n3".to_string()]
+                && lab.answer(vip, 80).as_deref() == Some("n3")
+            {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "did not follow the endpoint to n3\n{}",
+                lab.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        lab.endpoints("local", &[]).await;
+        lab.wait_withdrawn(vip, Duration::from_secs(5)).await;
+        lab.wait_event("local", "NoEligibleNode", Duration::from_secs(5))
+            .await;
+    });
+}
+
+#[test]
+fn class_and_ignore_filtering() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let mut lab = lab(&[], None).await;
+        lab.create("plain", json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.171" }), json!({})).await;
+        lab.create(
+            "ours",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.172" }),
+            json!({ "loadBalancerClass": "kube-vip.io/kube-vip-class" }),
+        )
+        .await;
+        lab.create(
+            "theirs",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.173" }),
+            json!({ "loadBalancerClass": "example.com/other" }),
+        )
+        .await;
+        lab.create("ignored", json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.174", "kube-vip.io/ignore": "true" }), json!({}))
+            .await;
+        lab.wait_ingress("plain", Duration::from_secs(20)).await;
+        lab.wait_ingress("ours", Duration::from_secs(10)).await;
+        lab.wait_announced(ip("192.0.2.171"), Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(Lab::ingress(&lab.get("theirs").await).is_empty());
+        assert!(Lab::ingress(&lab.get("ignored").await).is_empty());
+        assert!(lab.holders(ip("192.0.2.173")).await.is_empty());
+        assert!(lab.holders(ip("192.0.2.174")).await.is_empty());
+
+        // A Service that stops being a LoadBalancer loses its address at once.
+        lab.svcs()
+            .patch("plain", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "type": "ClusterIP", "ports": [{ "name": "http", "port": 80, "protocol": "TCP" }] } })))
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        lab.wait_withdrawn(ip("192.0.2.171"), Duration::from_secs(2)).await;
+        eprintln!("withdrawn {:?} after the type change", t0.elapsed());
+    });
+}
+
+#[test]
+fn class_only_serves_only_the_named_class() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let mut lab = lab(
+            &[
+                ("lb_class_only", "true"),
+                ("lb_class_name", "example.com/vipd"),
+            ],
+            None,
+        )
+        .await;
+        lab.create(
+            "plain",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.175" }),
+            json!({}),
+        )
+        .await;
+        lab.create(
+            "named",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.176" }),
+            json!({ "loadBalancerClass": "example.com/vipd" }),
+        )
+        .await;
+        lab.wait_ingress("named", Duration::from_secs(20)).await;
+        lab.wait_announced(ip("192.0.2.176"), Duration::from_secs(10))
+            .await;
+        assert!(Lab::ingress(&lab.get("plain").await).is_empty());
+        assert!(lab.holders(ip("192.0.2.175")).await.is_empty());
+    });
+}
+
+#[test]
+fn servicelb_node_labels_choose_the_announcers() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let mut lab = lab(&[], None).await;
+        let enable = "svccontroller.k3s.cattle.io/enablelb";
+        let pool = "svccontroller.k3s.cattle.io/lbpool";
+        nodes_with_labels(
+            &lab.admin,
+            &[
+                BTreeMap::new(),
+                BTreeMap::from([(enable, "true"), (pool, "blue")]),
+                BTreeMap::from([(enable, "true"), (pool, "green")]),
+            ],
+        )
+        .await;
+        lab.create("any", json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.177" }), json!({})).await;
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": { "name": "green", "labels": { pool: "green" }, "annotations": { "kube-vip.io/loadbalancerIPs": "192.0.2.178" } },
+            "spec": { "type": "LoadBalancer", "ports": [{ "port": 80, "protocol": "TCP" }] }
+        }))
+        .unwrap();
+        lab.svcs().create(&PostParams::default(), &svc).await.unwrap();
+        lab.wait_ingress("any", Duration::from_secs(20)).await;
+        let a = lab.wait_announced(ip("192.0.2.177"), Duration::from_secs(10)).await;
+        assert!(a == "n2" || a == "n3", "only enablelb nodes announce, got {a}");
+        assert_eq!(lab.wait_announced(ip("192.0.2.178"), Duration::from_secs(10)).await, "n3");
+        // The green node's vipd dies: no other green node, so nobody announces.
+        lab.nodes[2].kill();
+        lab.wait_withdrawn(ip("192.0.2.178"), Duration::from_secs(10)).await;
+        let a = lab.wait_announced(ip("192.0.2.177"), Duration::from_secs(10)).await;
+        assert_eq!(a, "n2");
+        nodes_with_labels(&lab.admin, &[BTreeMap::new(), BTreeMap::new(), BTreeMap::new()]).await;
+    });
+}
+
+#[test]
+fn bad_input_becomes_events_and_the_rest_keeps_working() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let mut lab = lab(&[], None).await;
+        let ns = lab.ns.clone();
+        lab.pools(json!({ format!("range-{ns}"): "192.0.2.180-192.0.2.181" })).await;
+        lab.create("good", json!({}), json!({})).await;
+        assert_eq!(lab.wait_ingress("good", Duration::from_secs(20)).await, vec![ip("192.0.2.180")]);
+        lab.create("malformed", json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.999" }), json!({})).await;
+        lab.create("outside", json!({ "kube-vip.io/loadbalancerIPs": "198.51.100.7" }), json!({})).await;
+        lab.create("family", json!({ "kube-vip.io/loadbalancerIPs": "2001:db8::181" }), json!({})).await;
+        lab.create("taken", json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.180" }), json!({})).await;
+        lab.create("second", json!({}), json!({})).await;
+        assert_eq!(lab.wait_ingress("second", Duration::from_secs(10)).await, vec![ip("192.0.2.181")]);
+        lab.create("exhausted", json!({}), json!({})).await;
+        for (name, reason) in [
+            ("malformed", "InvalidAnnotation"),
+            ("outside", "AddressNotInPool"),
+            ("family", "AddressFamilyMismatch"),
+            ("taken", "AddressInUse"),
+            ("exhausted", "PoolExhausted"),
+        ] {
+            let note = lab.wait_event(name, reason, Duration::from_secs(10)).await;
+            assert!(note.len() > 20, "{name}: {note}");
+            assert!(Lab::ingress(&lab.get(name).await).is_empty(), "{name} must stay pending");
+        }
+        // A malformed pool ConfigMap: Event, and the last good pools stay.
+        lab.pools(json!({ format!("range-{ns}"): "192.0.2.190-192.0.2.180" })).await;
+        let api: Api<Event> = Api::namespaced(lab.admin.clone(), &ns);
+        let t0 = Instant::now();
+        loop {
+            let evs = api.list(&Default::default()).await.unwrap().items;
+            if evs.iter().any(|e| e.reason.as_deref() == Some("InvalidPoolConfig")) {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "no InvalidPoolConfig Event");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        lab.create("after", json!({}), json!({})).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(Lab::ingress(&lab.get("after").await).is_empty(), "old pool is full; no new pool was adopted");
+        lab.wait_event("after", "PoolExhausted", Duration::from_secs(5)).await;
+        // Everything good still works.
+        lab.wait_announced(ip("192.0.2.180"), Duration::from_secs(10)).await;
+        lab.wait_announced(ip("192.0.2.181"), Duration::from_secs(10)).await;
+        // Fixing the pool and the annotation fixes the Services.
+        lab.pools(json!({ format!("range-{ns}"): "192.0.2.180-192.0.2.185" })).await;
+        assert!(!lab.wait_ingress("exhausted", Duration::from_secs(10)).await.is_empty());
+        assert!(!lab.wait_ingress("after", Duration::from_secs(10)).await.is_empty());
+        lab.svcs()
+            .patch(
+                "malformed",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": { "kube-vip.io/loadbalancerIPs": "192.0.2.185" } } })),
+            )
+            .await
+            .unwrap();
+        assert_eq!(lab.wait_ingress("malformed", Duration::from_secs(10)).await, vec![ip("192.0.2.185")]);
+        lab.wait_announced(ip("192.0.2.185"), Duration::from_secs(10)).await;
+    });
+}
+
+#[test]
+fn per_address_election_spreads_and_fails_over() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let mut lab = lab(&[("svc_election", "true")], None).await;
+        let addrs: Vec<IpAddr> = (0..6)
+            .map(|i| ip(&format!("192.0.2.{}", 190 + i)))
+            .collect();
+        for (i, a) in addrs.iter().enumerate() {
+            lab.create(
+                &format!("s{i}"),
+                json!({ "kube-vip.io/loadbalancerIPs": a.to_string() }),
+                json!({}),
+            )
+            .await;
+        }
+        let mut by_node: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for a in &addrs {
+            let h = lab.wait_announced(*a, Duration::from_secs(20)).await;
+            by_node.entry(h).or_default().push(*a);
+        }
+        assert!(by_node.len() >= 2, "addresses not spread: {by_node:?}");
+        // One announcer dies: its addresses move to the others.
+        let (victim, moved) = by_node
+            .iter()
+            .next()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .unwrap();
+        let i = lab.nodes.iter().position(|n| n.name() == victim).unwrap();
+        lab.nodes[i].kill();
+        let t0 = Instant::now();
+        for a in &moved {
+            loop {
+                let h = lab.holders(*a).await;
+                assert!(h.len() <= 1, "{a} held by {h:?}");
+                if h.len() == 1
+                    && h[0] != victim
+                    && lab.answer(*a, 80).as_deref() == Some(h[0].as_str())
+                {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(12),
+                    "{a} did not move off {victim}\n{}",
+                    lab.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        eprintln!(
+            "{} addresses moved off {victim} within {:?}",
+            moved.len(),
+            t0.elapsed()
+        );
+    });
+}
