@@ -70,18 +70,7 @@ async fn lab(extra: &[(&str, &str)], namespace: Option<&str>) -> Lab {
     };
     let lease_ns = env.namespace("svclease").await;
     // The manifests' pools Role, granted in the test's namespace too.
-    let rbac = std::fs::read_to_string(vipd_testkit::workspace_root().join("manifests/rbac.yaml"))
-        .unwrap();
-    for doc in serde_yaml::Deserializer::from_str(&rbac) {
-        let mut v = serde_yaml::Value::deserialize(doc).unwrap();
-        if v["kind"] == "Role" || v["kind"] == "RoleBinding" {
-            v["metadata"]["namespace"] = ns.clone().into();
-            let path = vipd_testkit::run_dir().join(format!("role-{ns}.yaml"));
-            std::fs::write(&path, serde_yaml::to_string(&v).unwrap()).unwrap();
-            env.kubectl(&["apply", "-f", path.to_str().unwrap()])
-                .unwrap();
-        }
-    }
+    vipd_testkit::failover::grant_pools_role(env, &ns).unwrap();
     nodes_with_labels(&admin, &[BTreeMap::new(), BTreeMap::new(), BTreeMap::new()]).await;
     let pools = format!("{ns}/kubevip");
     let mut settings: Vec<(&str, &str)> = vec![
@@ -103,7 +92,6 @@ async fn lab(extra: &[(&str, &str)], namespace: Option<&str>) -> Lab {
     Lab { nodes, ns, admin }
 }
 
-use serde::Deserialize;
 
 impl Lab {
     fn svcs(&self) -> Api<Service> {
@@ -723,5 +711,30 @@ fn per_address_election_spreads_and_fails_over() {
             moved.len(),
             t0.elapsed()
         );
+    });
+}
+
+#[test]
+fn dual_stack_service_gets_and_announces_both_families() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let mut lab = lab(&[], None).await;
+        let ns = lab.ns.clone();
+        lab.pools(json!({ format!("cidr-{ns}"): "192.0.2.200/31,2001:db8::200/127" })).await;
+        lab.create(
+            "ds",
+            json!({}),
+            json!({ "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv6", "IPv4"] }),
+        )
+        .await;
+        let ips = lab.wait_ingress("ds", Duration::from_secs(20)).await;
+        assert_eq!(ips, vec![ip("2001:db8::200"), ip("192.0.2.200")], "the Service's family order");
+        let a = lab.wait_announced(ip("192.0.2.200"), Duration::from_secs(10)).await;
+        let b = lab.wait_announced(ip("2001:db8::200"), Duration::from_secs(10)).await;
+        assert_eq!(a, b, "one announcer for both families");
+        // An IPv4-only Service from the same pool gets the other IPv4 address only.
+        lab.create("v4", json!({}), json!({})).await;
+        assert_eq!(lab.wait_ingress("v4", Duration::from_secs(10)).await, vec![ip("192.0.2.201")]);
     });
 }

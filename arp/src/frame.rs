@@ -109,6 +109,29 @@ fn unsolicited_na(ip: Ipv6Addr, mac: MacAddr) -> Vec<u8> {
     buf
 }
 
+/// An ARP request from `sender` (`mac`, `ip`) asking who has `target`
+/// (RFC 826), broadcast; used to check that an address answers.
+pub fn build_arp_request(mac: MacAddr, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut buf = gratuitous_arp(sender, mac);
+    let mut arp = MutableArpPacket::new(&mut buf[ETH_HEADER..ETH_HEADER + ARP_LEN])
+        .expect("buffer fits an ARP packet");
+    arp.set_target_proto_addr(target);
+    buf
+}
+
+/// Reads an ARP reply: who (`ip`) is at which MAC.
+pub fn parse_arp_reply(frame: &[u8]) -> Option<Announcement> {
+    let eth = EthernetPacket::new(frame)?;
+    if eth.get_ethertype() != EtherTypes::Arp {
+        return None;
+    }
+    let arp = ArpPacket::new(eth.payload())?;
+    if arp.get_operation() != ArpOperations::Reply || arp.get_protocol_type() != EtherTypes::Ipv4 {
+        return None;
+    }
+    Some(Announcement { ip: IpAddr::V4(arp.get_sender_proto_addr()), mac: arp.get_sender_hw_addr() })
+}
+
 /// Reads a received Ethernet frame: `Some` when it announces an address
 /// (a gratuitous ARP request or reply, or a Neighbour Advertisement with the
 /// Override flag and a target link-layer address), else `None`.
@@ -217,6 +240,32 @@ mod tests {
             sum = (sum & 0xffff) + (sum >> 16);
         }
         assert_eq!(sum, 0xffff);
+    }
+
+    #[test]
+    fn arp_request_bytes_and_reply_parse() {
+        let req = build_arp_request(MAC, "192.0.2.3".parse().unwrap(), "192.0.2.150".parse().unwrap());
+        #[rustfmt::skip]
+        let expected: [u8; 42] = [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, 0x08, 0x06,
+            0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01,
+            0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, 192, 0, 2, 3,
+            0, 0, 0, 0, 0, 0, 192, 0, 2, 150,
+        ];
+        assert_eq!(&req[..42], &expected[..]);
+        assert_eq!(parse_arp_reply(&req), None, "a request is not a reply");
+        // The reply a Linux host sends back (opcode 2, sender = the asked-for address).
+        #[rustfmt::skip]
+        let reply: [u8; 42] = [
+            0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x08, 0x06,
+            0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x02,
+            0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 192, 0, 2, 150,
+            0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, 192, 0, 2, 3,
+        ];
+        assert_eq!(
+            parse_arp_reply(&reply),
+            Some(Announcement { ip: "192.0.2.150".parse().unwrap(), mac: MacAddr(0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f) })
+        );
     }
 
     #[test]

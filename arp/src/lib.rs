@@ -17,6 +17,8 @@ pub mod frame;
 pub mod schedule;
 pub mod socket;
 
-pub use frame::{build_announcement, parse_announcement, Announcement, MacAddr};
+pub use frame::{
+    build_announcement, build_arp_request, parse_announcement, parse_arp_reply, Announcement, MacAddr,
+};
 pub use schedule::Schedule;
 pub use socket::{Capture, Sender};

@@ -76,6 +76,14 @@ impl Capture {
     /// The next announcement seen, with the time it was read; `Ok(None)`
     /// when the read timeout passed without one.
     pub fn next(&self) -> io::Result<Option<(SystemTime, Announcement)>> {
+        self.next_matching(parse_announcement)
+    }
+
+    /// The next frame `parse` accepts, with the time it was read.
+    pub fn next_matching(
+        &self,
+        parse: impl Fn(&[u8]) -> Option<Announcement>,
+    ) -> io::Result<Option<(SystemTime, Announcement)>> {
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
         loop {
             let n = match self.socket.recv(&mut buf) {
@@ -96,7 +104,7 @@ impl Capture {
                 .iter()
                 .map(|b| unsafe { b.assume_init() })
                 .collect();
-            if let Some(a) = parse_announcement(&frame) {
+            if let Some(a) = parse(&frame) {
                 return Ok(Some((at, a)));
             }
         }

@@ -82,7 +82,7 @@ func (f *serverFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.etcdCluster, "etcd-initial-cluster", "", "name=peerURL,... of every member; default this member alone")
 	fs.StringVar(&f.etcdState, "etcd-cluster-state", "new", "new or existing")
 	fs.IntVar(&f.etcdPort, "etcd-client-port", 0, "port of etcd's client listener on 127.0.0.1; 0 picks a free one")
-	fs.StringVar(&f.serviceCIDR, "service-cidr", "10.43.0.0/16", "Service ClusterIP range (K3s' default)")
+	fs.StringVar(&f.serviceCIDR, "service-cidr", "10.43.0.0/16,2001:db8:43::/112", "Service ClusterIP ranges: K3s' IPv4 default and an IPv6 documentation range (dual-stack)")
 	fs.IntVar(&f.readyTimeout, "ready-timeout", 180, "seconds `start` waits for /readyz")
 	fs.StringVar(&f.extraAPIFlags, "apiserver-flags", "", "extra space-separated kube-apiserver flags")
 }

@@ -51,8 +51,10 @@ func runServe(args []string) error {
 	defer etcd.Close()
 
 	sans := []string{host, advertise, "127.0.0.1", "::1", "localhost", "kubernetes",
-		"kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
-		firstServiceIP(f.serviceCIDR)}
+		"kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}
+	for _, cidr := range strings.Split(f.serviceCIDR, ",") {
+		sans = append(sans, firstServiceIP(cidr))
+	}
 	sans = append(sans, strings.Split(f.tlsSANs, ",")...)
 	certPath, keyPath, err := servingCert(f.pki, f.dir, sans)
 	if err != nil {

@@ -337,3 +337,20 @@ pub async fn lease_cluster(
         lease_ns,
     ))
 }
+
+/// Grants the pools Role of `manifests/rbac.yaml` in namespace `ns` too (the
+/// manifest grants it in kube-system, where the pools ConfigMap lives by default).
+pub fn grant_pools_role(env: &crate::apiserver::Env, ns: &str) -> Result<()> {
+    use serde::Deserialize;
+    let rbac = std::fs::read_to_string(crate::workspace_root().join("manifests/rbac.yaml"))?;
+    for doc in serde_yaml::Deserializer::from_str(&rbac) {
+        let mut v = serde_yaml::Value::deserialize(doc)?;
+        if v["kind"] == "Role" || v["kind"] == "RoleBinding" {
+            v["metadata"]["namespace"] = ns.into();
+            let path = crate::run_dir().join(format!("{}-{ns}.yaml", v["kind"].as_str().unwrap_or("x")));
+            std::fs::write(&path, serde_yaml::to_string(&v)?)?;
+            env.kubectl(&["apply", "-f", path.to_str().expect("utf-8")])?;
+        }
+    }
+    Ok(())
+}

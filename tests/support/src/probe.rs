@@ -347,3 +347,44 @@ impl Drop for AnnouncementCapture {
         }
     }
 }
+
+// ---------------------------------------------------------------- ARP
+
+/// Asks "who has X?" on a host's `eth0` and waits for the answer.
+pub struct ArpProber {
+    sender: vipd_arp::Sender,
+    capture: vipd_arp::Capture,
+    mac: vipd_arp::MacAddr,
+    ip: std::net::Ipv4Addr,
+}
+
+impl ArpProber {
+    pub fn open(host: &Host) -> ArpProber {
+        let json = crate::netns::output("ip", &["-n", host.ns.name(), "-j", "link", "show", "eth0"]).expect("ip link");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        let mac: vipd_arp::MacAddr = v[0]["address"].as_str().expect("mac").parse().expect("mac parses");
+        let (sender, capture) = host.ns.run(|| {
+            let idx = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+            (
+                vipd_arp::Sender::open(idx).expect("raw socket"),
+                vipd_arp::Capture::open(idx, Duration::from_millis(2)).expect("capture"),
+            )
+        });
+        ArpProber { sender, capture, mac, ip: host.v4 }
+    }
+
+    /// The MAC that answers for `target` within `timeout`, if any.
+    pub fn ask(&self, target: std::net::Ipv4Addr, timeout: Duration) -> Option<vipd_arp::MacAddr> {
+        let frame = vipd_arp::build_arp_request(self.mac, self.ip, target);
+        self.sender.send(&frame).ok()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some((_, a))) = self.capture.next_matching(vipd_arp::parse_arp_reply) {
+                if a.ip == IpAddr::V4(target) {
+                    return Some(a.mac);
+                }
+            }
+        }
+        None
+    }
+}

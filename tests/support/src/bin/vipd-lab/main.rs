@@ -16,6 +16,8 @@ use clap::{Parser, Subcommand};
 use vipd_testkit::apiserver::env;
 use vipd_testkit::failover::{lease_cluster, median_worst, Disruption, Outcome, VipCluster};
 
+mod services_bench;
+
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Parser)]
@@ -47,6 +49,16 @@ enum Bench {
         rounds: usize,
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+    },
+    /// LoadBalancer Services: create-to-ingress and create-to-ARP one by one,
+    /// then a burst created at once, then the leader's death.
+    Services {
+        /// Services created one after the other (IPv4, from a pool).
+        #[arg(long, default_value_t = 200)]
+        sequential: usize,
+        /// Services created at once (IPv6, from a pool).
+        #[arg(long, default_value_t = 1000)]
+        burst: usize,
     },
 }
 
@@ -93,6 +105,9 @@ fn main() {
         Cmd::Bench {
             what: Bench::Failover { rounds, nodes },
         } => run_interruptible(bench_failover(vipd, rounds, nodes)),
+        Cmd::Bench {
+            what: Bench::Services { sequential, burst },
+        } => run_interruptible(services_bench::run(vipd, sequential, burst)),
     };
     match result {
         Ok(()) => {}

@@ -1,0 +1,232 @@
+//! `vipd-lab bench services`: how fast Services get addresses and answer,
+//! how vipd copes with a thousand at once, and how fast they all move when
+//! the leader dies.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use vipd_testkit::apiserver::env;
+use vipd_testkit::failover::{grant_pools_role, median_worst, vipd_nodes};
+use vipd_testkit::netns::ip;
+use vipd_testkit::probe::ArpProber;
+
+fn pct(mut v: Vec<Duration>, p: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1000.0
+}
+
+fn ingress(s: &Service) -> Vec<IpAddr> {
+    s.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .map(|i| i.iter().filter_map(|x| x.ip.as_ref()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn svc(name: &str, v6: bool) -> Service {
+    let families = if v6 { json!(["IPv6"]) } else { json!(["IPv4"]) };
+    serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": { "type": "LoadBalancer", "ipFamilies": families, "ipFamilyPolicy": "SingleStack",
+                  "ports": [{ "port": 80, "protocol": "TCP" }] }
+    }))
+    .expect("service")
+}
+
+/// Who answers TCP on `addr`:80 from the client (this runtime lives there).
+async fn who(addr: IpAddr) -> Option<String> {
+    let connect = tokio::net::TcpStream::connect(SocketAddr::new(addr, 80));
+    let mut s = tokio::time::timeout(Duration::from_millis(500), connect).await.ok()?.ok()?;
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_millis(500), s.read_to_string(&mut buf)).await.ok()?.ok()?;
+    let b = buf.trim().to_string();
+    (!b.is_empty()).then_some(b)
+}
+
+/// How many of `addrs` answer, and from whom (not `not_from`).
+async fn answering(addrs: &[IpAddr], not_from: Option<&str>) -> usize {
+    futures::stream::iter(addrs.iter().copied())
+        .map(|a| async move { who(a).await })
+        .buffer_unordered(100)
+        .filter(|w| {
+            let ok = w.as_deref().is_some_and(|w| Some(w) != not_from);
+            async move { ok }
+        })
+        .count()
+        .await
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
+    if sequential == 0 || burst == 0 || burst > 4000 {
+        bail!("--sequential must be at least 1 and --burst 1 to 4000");
+    }
+    let env = env();
+    let admin = env.admin().await;
+    let ns = env.namespace("bench").await;
+    let lease_ns = env.namespace("benchlease").await;
+    grant_pools_role(env, &ns)?;
+    let client = env.client.ns.name().to_string();
+    // Service addresses outside the hosts' subnet are on-link for the client.
+    ip(&["-n", &client, "route", "add", "198.51.100.0/24", "dev", "eth0"])?;
+    ip(&["-n", &client, "-6", "route", "add", "2001:db8:100::/64", "dev", "eth0"])?;
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns);
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "kubevip" },
+        "data": { format!("range-{ns}"): "198.51.100.1-198.51.100.254,2001:db8:100::1-2001:db8:100::fff" }
+    }))?;
+    cms.create(&PostParams::default(), &cm).await?;
+    let pools = format!("{ns}/kubevip");
+    let settings: Vec<(&str, &str)> = vec![
+        ("cp_namespace", &lease_ns),
+        ("svc_namespace", &ns),
+        ("svc_pool_configmap", &pools),
+        ("vip_loglevel", "info"),
+    ];
+    let mut nodes =
+        vipd_nodes(env, 3, "manifests/k3s/vipd-services-daemonset.yaml", &vipd, &settings, &[80]).await?;
+    let svcs: Api<Service> = Api::namespaced(admin.clone(), &ns);
+    // Let a Services leader be elected.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 1. One at a time: create -> ingress -> answers ARP.
+    let prober = ArpProber::open(&env.client);
+    let mut to_ingress = Vec::new();
+    let mut to_arp = Vec::new();
+    for i in 0..sequential {
+        let name = format!("seq-{i}");
+        let t0 = Instant::now();
+        svcs.create(&PostParams::default(), &svc(&name, false)).await?;
+        let addr = loop {
+            if let Some(a) = ingress(&svcs.get(&name).await?).first() {
+                break *a;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("{name}: no ingress after 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        to_ingress.push(t0.elapsed());
+        let IpAddr::V4(v4) = addr else { bail!("{name}: got {addr}, expected IPv4") };
+        loop {
+            if prober.ask(v4, Duration::from_millis(5)).is_some() {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("{name}: {addr} does not answer ARP after 30 s");
+            }
+        }
+        to_arp.push(t0.elapsed());
+    }
+    println!("Services created one at a time ({sequential}, IPv4 from a pool, 3 nodes):");
+    println!("| | median | p99 | worst |");
+    println!("|---|---|---|---|");
+    for (what, v) in [("create -> status.loadBalancer.ingress", &to_ingress), ("create -> answers ARP", &to_arp)] {
+        let (_, worst) = median_worst(v);
+        println!("| {what} | {:.0} ms | {:.0} ms | {worst:.0} ms |", pct(v.clone(), 0.5), pct(v.clone(), 0.99));
+    }
+    // Clean slate for the burst.
+    futures::stream::iter(0..sequential)
+        .for_each_concurrent(32, |i| {
+            let svcs = svcs.clone();
+            async move {
+                let _ = svcs.delete(&format!("seq-{i}"), &Default::default()).await;
+            }
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let base: Vec<(u64, u64)> = nodes.iter().map(|n| rss_kib(n.proc.as_ref().and_then(|p| p.pid()).unwrap_or(0))).collect();
+
+    // 2. A burst created at once.
+    let t0 = Instant::now();
+    futures::stream::iter(0..burst)
+        .map(|i| {
+            let svcs = svcs.clone();
+            async move { svcs.create(&PostParams::default(), &svc(&format!("burst-{i}"), true)).await }
+        })
+        .buffer_unordered(64)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                eprintln!("create failed: {e}");
+            }
+        })
+        .await;
+    let created = t0.elapsed();
+    let mut addrs: Vec<IpAddr>;
+    loop {
+        let list = svcs.list(&ListParams::default().labels("")).await?;
+        addrs = list.items.iter().flat_map(ingress).collect();
+        if addrs.len() >= burst {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(300) {
+            bail!("only {} of {burst} Services got an address in 300 s", addrs.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_ingress = t0.elapsed();
+    loop {
+        let n = answering(&addrs, None).await;
+        if n == addrs.len() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(300) {
+            bail!("only {n} of {} addresses answer after 300 s", addrs.len());
+        }
+    }
+    let all_answer = t0.elapsed();
+    let after: Vec<(u64, u64)> = nodes.iter().map(|n| rss_kib(n.proc.as_ref().and_then(|p| p.pid()).unwrap_or(0))).collect();
+    println!("\n{burst} Services created at once (IPv6 from a pool; 64 API clients in parallel):");
+    println!("| | time |");
+    println!("|---|---|");
+    println!("| all {burst} created (API) | {:.1} s |", created.as_secs_f64());
+    println!("| all have status.loadBalancer.ingress | {:.1} s |", all_ingress.as_secs_f64());
+    println!("| all {burst} addresses answer TCP from the client | {:.1} s |", all_answer.as_secs_f64());
+    println!("\nvipd memory (KiB) per node: RSS before the burst -> RSS after, peak (VmHWM):");
+    for (i, ((b, _), (a, hwm))) in base.iter().zip(after.iter()).enumerate() {
+        println!("- n{}: {b} -> {a}, peak {hwm}", i + 1);
+    }
+
+    // 3. The leader dies: how long until every address answers from another node.
+    let leader = who(addrs[0]).await.context("first address does not answer")?;
+    let i = nodes.iter().position(|n| n.name() == leader).context("leader is a node")?;
+    let t0 = Instant::now();
+    nodes[i].kill();
+    let mut first_all = None;
+    while t0.elapsed() < Duration::from_secs(120) {
+        if answering(&addrs, Some(&leader)).await == addrs.len() {
+            first_all = Some(t0.elapsed());
+            break;
+        }
+    }
+    match first_all {
+        Some(t) => println!(
+            "\nThe leader ({leader}) is killed: all {} addresses answer from another node after {:.1} s.",
+            addrs.len(),
+            t.as_secs_f64()
+        ),
+        None => bail!("not all addresses moved off {leader} within 120 s"),
+    }
+    Ok(())
+}
