@@ -164,7 +164,7 @@ pub fn cluster_role_rules() -> Value {
         {
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
-            "verbs": ["get", "list", "watch", "create", "update"]
+            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]
         },
         {
             "apiGroups": ["", "events.k8s.io"],

@@ -92,7 +92,6 @@ async fn lab(extra: &[(&str, &str)], namespace: Option<&str>) -> Lab {
     Lab { nodes, ns, admin }
 }
 
-
 impl Lab {
     fn svcs(&self) -> Api<Service> {
         Api::namespaced(self.admin.clone(), &self.ns)
@@ -721,7 +720,8 @@ fn dual_stack_service_gets_and_announces_both_families() {
     env.run(async move {
         let mut lab = lab(&[], None).await;
         let ns = lab.ns.clone();
-        lab.pools(json!({ format!("cidr-{ns}"): "192.0.2.200/31,2001:db8::200/127" })).await;
+        lab.pools(json!({ format!("cidr-{ns}"): "192.0.2.200/31,2001:db8::200/127" }))
+            .await;
         lab.create(
             "ds",
             json!({}),
@@ -729,12 +729,23 @@ fn dual_stack_service_gets_and_announces_both_families() {
         )
         .await;
         let ips = lab.wait_ingress("ds", Duration::from_secs(20)).await;
-        assert_eq!(ips, vec![ip("2001:db8::200"), ip("192.0.2.200")], "the Service's family order");
-        let a = lab.wait_announced(ip("192.0.2.200"), Duration::from_secs(10)).await;
-        let b = lab.wait_announced(ip("2001:db8::200"), Duration::from_secs(10)).await;
+        assert_eq!(
+            ips,
+            vec![ip("2001:db8::200"), ip("192.0.2.200")],
+            "the Service's family order"
+        );
+        let a = lab
+            .wait_announced(ip("192.0.2.200"), Duration::from_secs(10))
+            .await;
+        let b = lab
+            .wait_announced(ip("2001:db8::200"), Duration::from_secs(10))
+            .await;
         assert_eq!(a, b, "one announcer for both families");
         // An IPv4-only Service from the same pool gets the other IPv4 address only.
         lab.create("v4", json!({}), json!({})).await;
-        assert_eq!(lab.wait_ingress("v4", Duration::from_secs(10)).await, vec![ip("192.0.2.201")]);
+        assert_eq!(
+            lab.wait_ingress("v4", Duration::from_secs(10)).await,
+            vec![ip("192.0.2.201")]
+        );
     });
 }

@@ -129,7 +129,10 @@ pub fn parse_arp_reply(frame: &[u8]) -> Option<Announcement> {
     if arp.get_operation() != ArpOperations::Reply || arp.get_protocol_type() != EtherTypes::Ipv4 {
         return None;
     }
-    Some(Announcement { ip: IpAddr::V4(arp.get_sender_proto_addr()), mac: arp.get_sender_hw_addr() })
+    Some(Announcement {
+        ip: IpAddr::V4(arp.get_sender_proto_addr()),
+        mac: arp.get_sender_hw_addr(),
+    })
 }
 
 /// Reads a received Ethernet frame: `Some` when it announces an address
@@ -244,7 +247,11 @@ mod tests {
 
     #[test]
     fn arp_request_bytes_and_reply_parse() {
-        let req = build_arp_request(MAC, "192.0.2.3".parse().unwrap(), "192.0.2.150".parse().unwrap());
+        let req = build_arp_request(
+            MAC,
+            "192.0.2.3".parse().unwrap(),
+            "192.0.2.150".parse().unwrap(),
+        );
         #[rustfmt::skip]
         let expected: [u8; 42] = [
             0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, 0x08, 0x06,
@@ -264,7 +271,10 @@ mod tests {
         ];
         assert_eq!(
             parse_arp_reply(&reply),
-            Some(Announcement { ip: "192.0.2.150".parse().unwrap(), mac: MacAddr(0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f) })
+            Some(Announcement {
+                ip: "192.0.2.150".parse().unwrap(),
+                mac: MacAddr(0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f)
+            })
         );
     }
 

@@ -1,6 +1,109 @@
-//! `vipctl`: the operator's view of vipd (see `vipctl status`).
+//! `vipctl status`: who leads, which node holds which VIP, every Service's
+//! address, every vipd instance and its BGP peers. Exit status 1 when
+//! something is wrong (a Service pending, a VIP held by no node or by two),
+//! 2 when vipctl itself could not find out.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("vipctl: `vipctl status` comes with the status work (issue 7)");
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use vipd::status::StatusDoc;
+use vipd::vipctl::{http, render, report};
+
+#[derive(Parser)]
+#[command(version, about = "The operator's view of vipd")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The state of every VIP, Service and vipd instance.
+    Status {
+        /// kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+        #[arg(long)]
+        kubeconfig: Option<std::path::PathBuf>,
+        /// Services of this namespace only.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// vipd's namespace (`cp_namespace`): instance records and the control-plane Lease.
+        #[arg(long, default_value = "kube-system")]
+        vipd_namespace: String,
+        /// The control-plane Lease (`vip_leasename`).
+        #[arg(long, default_value = "plndr-cp-lock")]
+        lease: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        /// Only this node's vipd, from its status server (no API needed).
+        #[arg(long)]
+        local: bool,
+        /// The local status server (`prometheus_server`).
+        #[arg(long, default_value = "http://127.0.0.1:2112")]
+        url: String,
+    },
+}
+
+fn print<T: serde::Serialize>(v: &T, out: Output, table: impl FnOnce(&T) -> String) {
+    match out {
+        Output::Table => print!("{}", table(v)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(v).expect("serialisable")),
+        Output::Yaml => print!("{}", serde_yaml::to_string(v).expect("serialisable")),
+    }
+}
+
+async fn status(cli: Cmd) -> Result<bool, String> {
+    let Cmd::Status {
+        kubeconfig,
+        namespace,
+        vipd_namespace,
+        lease,
+        output,
+        local,
+        url,
+    } = cli;
+    if local {
+        let url = format!("{}/status", url.trim_end_matches('/'));
+        let doc: StatusDoc = http::get_json(&url, Duration::from_secs(3))
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        print(&doc, output, render::local);
+        return Ok(doc.ready);
+    }
+    let client = vipd::kubeclient::connect(kubeconfig.as_deref())
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let scope = report::Scope {
+        vipd_namespace,
+        lease,
+        namespace,
+    };
+    let r = report::gather(client, &scope)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    print(&r, output, render::report);
+    Ok(r.problems.is_empty())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match rt.block_on(status(cli.cmd)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("vipctl: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -12,6 +12,7 @@
 //!   (per-address Leases of Services spread over nodes that way).
 
 pub mod record;
+pub mod reported;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -37,6 +37,7 @@ use tracing::{info, warn};
 use crate::config::{ServicesConfig, Subnets};
 use crate::election::{Leadership, LeaseElection};
 use crate::events::Events;
+use crate::status::{Announced, ServicesSummary, Status};
 use crate::vips::{Claim, Source, VipHandle};
 use address_leases::{AddressLeases, Want, STAGGER};
 use allocate::{allocate, Origin};
@@ -56,6 +57,7 @@ pub struct Context {
     pub subnets: Subnets,
     pub vips: VipHandle,
     pub events: Arc<Events>,
+    pub status: Arc<Status>,
 }
 
 /// The Services leader's state, shared with its election: `hold` is the
@@ -134,6 +136,8 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         pools_version: None,
         served_before: BTreeMap::new(),
         last_problem: BTreeMap::new(),
+        pending_reasons: BTreeMap::new(),
+        reconciles: 0,
     };
     info!("Services: waiting for the first lists of Services, EndpointSlices, Nodes and pools");
     c.informers.ready().await;
@@ -162,6 +166,9 @@ struct Controller {
     served_before: BTreeMap<SvcKey, Vec<IpAddr>>,
     /// Leader: the last problem logged per Service.
     last_problem: BTreeMap<SvcKey, String>,
+    /// Leader: pending Services by reason, as of the last pass.
+    pending_reasons: BTreeMap<String, u64>,
+    reconciles: u64,
 }
 
 impl Controller {
@@ -256,6 +263,18 @@ impl Controller {
     }
 
     async fn reconcile(&mut self) {
+        let started = Instant::now();
+        self.reconcile_once().await;
+        let took = started.elapsed();
+        self.reconciles += 1;
+        self.ctx
+            .status
+            .metrics
+            .reconcile
+            .observe(took.as_secs_f64());
+    }
+
+    async fn reconcile_once(&mut self) {
         self.refresh_pools().await;
         let objects: Vec<Arc<Service>> = self.informers.services.state();
         let infos: Vec<(Arc<Service>, SvcInfo)> = objects
@@ -365,6 +384,41 @@ impl Controller {
             }
         }
         self.writer.apply(changes).await;
+        self.publish_summary(&served_infos, &plans, &announced);
+    }
+
+    /// What `/status` and `/metrics` say about Services.
+    fn publish_summary(
+        &self,
+        served: &[&SvcInfo],
+        plans: &[AddressPlan],
+        announced: &BTreeSet<IpAddr>,
+    ) {
+        let withdrawn: BTreeSet<&SvcKey> = plans
+            .iter()
+            .filter(|p| p.eligible.is_none())
+            .flat_map(|p| p.users.iter())
+            .collect();
+        let pending = served.iter().filter(|s| s.status_ips.is_empty()).count();
+        let announced_here = plans
+            .iter()
+            .filter(|p| announced.contains(&p.addr))
+            .map(|p| Announced {
+                address: p.addr,
+                services: p.users.iter().map(|k| k.to_string()).collect(),
+            })
+            .collect();
+        self.ctx.status.set_services(ServicesSummary {
+            served: served.len(),
+            ready: served.len() - pending - withdrawn.len(),
+            pending,
+            withdrawn: withdrawn.len(),
+            announced_here,
+            problems_by_reason: self.pending_reasons.clone(),
+            reconcile_errors: self.writer.failures(),
+            reconciles: self.reconciles,
+            last_reconcile_ms: 0.0,
+        });
     }
 
     /// Claims the leader's addresses under the leader's deadline, or
@@ -397,6 +451,7 @@ impl Controller {
         let served_infos: Vec<&SvcInfo> = served.iter().map(|(_, i)| i).collect();
         let decisions = allocate(&served_infos, &self.pools);
         let mut now_served = BTreeMap::new();
+        self.pending_reasons.clear();
         for (obj, info) in served {
             let Some(decision) = decisions.get(&info.key) else {
                 continue;
@@ -442,6 +497,10 @@ impl Controller {
                     }
                 }
                 Err(p) => {
+                    *self
+                        .pending_reasons
+                        .entry(p.reason().to_string())
+                        .or_default() += 1;
                     let msg = p.message();
                     if self.last_problem.get(&info.key) != Some(&msg) {
                         warn!(service = %info.key, reason = p.reason(), "{msg}");

@@ -14,6 +14,8 @@ pub mod keys {
     pub const IGNORE: &str = "kube-vip.io/ignore";
     pub const SERVICE_INTERFACE: &str = "kube-vip.io/serviceInterface";
     pub const VIP_HOST: &str = "kube-vip.io/vipHost";
+    /// Written by vipd: the pool a Service's addresses came from.
+    pub const POOL: &str = "vipd.dev/pool";
     pub const SERVICELB_ENABLE: &str = "svccontroller.k3s.cattle.io/enablelb";
     pub const SERVICELB_POOL: &str = "svccontroller.k3s.cattle.io/lbpool";
     pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -49,6 +49,7 @@ pub struct Writer {
     client: Client,
     pub events: Arc<Events>,
     recent: Mutex<HashMap<(SvcKey, String), (String, Instant)>>,
+    failures: std::sync::atomic::AtomicU64,
 }
 
 fn key_of(svc: &Service) -> SvcKey {
@@ -86,6 +87,7 @@ impl Writer {
             client,
             events,
             recent: Mutex::new(HashMap::new()),
+            failures: Default::default(),
         }
     }
 
@@ -100,6 +102,20 @@ impl Writer {
         }
         recent.insert(k, (value.to_string(), now));
         false
+    }
+
+    /// Writes that failed so far (other than to Services already gone).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn failed(&self, key: &SvcKey, what: &str, e: kube::Error) {
+        self.forget(key, what);
+        if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        log_write_error(key, what, e);
     }
 
     fn forget(&self, key: &SvcKey, kind: &str) {
@@ -136,8 +152,7 @@ impl Writer {
                     .patch(&key.name, &PatchParams::default(), &Patch::Merge(&body))
                     .await
                 {
-                    self.forget(&key, "annotations");
-                    log_write_error(&key, "annotations", e);
+                    self.failed(&key, "annotations", e);
                 }
             }
             Change::Ingress { svc, ingress } => {
@@ -165,8 +180,7 @@ impl Writer {
                     .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&body))
                     .await
                 {
-                    self.forget(&key, "status");
-                    log_write_error(&key, "status", e);
+                    self.failed(&key, "status", e);
                 }
             }
             Change::Event {

@@ -16,9 +16,9 @@
 
 mod plan;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
@@ -68,6 +68,9 @@ pub struct Held {
     pub addresses: BTreeMap<IpAddr, HeldAddr>,
     /// Addresses claimed now (whether or not the kernel has them yet).
     pub claimed: BTreeMap<IpAddr, Want>,
+    /// Watched addresses (the VIPs) on this node although nobody here
+    /// claims them: somebody configured them by hand, or a split brain.
+    pub stray: BTreeSet<IpAddr>,
 }
 
 /// How the owner works.
@@ -77,6 +80,8 @@ pub struct OwnerConfig {
     pub arp_rate: Duration,
     /// Kernel lifetime of added addresses; None: permanent.
     pub lifetime: Option<Duration>,
+    /// Addresses to report as stray when present unclaimed (the VIPs).
+    pub watch: Vec<IpAddr>,
 }
 
 enum Command {
@@ -100,6 +105,64 @@ pub struct VipHandle {
     tx: mpsc::UnboundedSender<Command>,
     held: watch::Receiver<Held>,
     pub stats: Arc<AnnounceStats>,
+    pub readiness: Arc<Mutex<Readiness>>,
+}
+
+/// Whether this node really has every address it claims, and every time it
+/// did not (a gap closed in a millisecond is still on record).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Why not, when not.
+    pub missing: Vec<String>,
+    pub since: SystemTime,
+    pub not_ready_total: u64,
+    pub last_not_ready: Option<NotReady>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NotReady {
+    pub at: SystemTime,
+    pub reason: String,
+    /// How long it lasted; None while it lasts.
+    pub lasted_ms: Option<f64>,
+}
+
+impl Readiness {
+    fn new() -> Readiness {
+        Readiness {
+            ready: true,
+            missing: Vec::new(),
+            since: SystemTime::now(),
+            not_ready_total: 0,
+            last_not_ready: None,
+        }
+    }
+
+    fn record(&mut self, missing: Vec<String>) {
+        let ready = missing.is_empty();
+        let now = SystemTime::now();
+        if ready != self.ready {
+            if ready {
+                if let Some(n) = self.last_not_ready.as_mut() {
+                    n.lasted_ms = now
+                        .duration_since(n.at)
+                        .ok()
+                        .map(|d| d.as_secs_f64() * 1000.0);
+                }
+            } else {
+                self.not_ready_total += 1;
+                self.last_not_ready = Some(NotReady {
+                    at: now,
+                    reason: missing.join("; "),
+                    lasted_ms: None,
+                });
+            }
+            self.ready = ready;
+            self.since = now;
+        }
+        self.missing = missing;
+    }
 }
 
 impl VipHandle {
@@ -139,6 +202,7 @@ impl VipHandle {
 pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, NetlinkError> {
     let events = kernel_events()?;
     let stats = Arc::new(AnnounceStats::default());
+    let readiness = Arc::new(Mutex::new(Readiness::new()));
     let (tx, rx) = mpsc::unbounded_channel();
     let (held_tx, held_rx) = watch::channel(Held::default());
     let mut owner = Owner {
@@ -151,6 +215,7 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         since: HashMap::new(),
         stats: stats.clone(),
         held: held_tx,
+        readiness: readiness.clone(),
     };
     owner.refresh_kernel_view().await?;
     let stale: Vec<KernelAddr> = owner.have.iter().filter(|k| k.ours).copied().collect();
@@ -166,6 +231,7 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         tx,
         held: held_rx,
         stats,
+        readiness,
     })
 }
 
@@ -180,6 +246,7 @@ struct Owner {
     since: HashMap<IpAddr, SystemTime>,
     stats: Arc<AnnounceStats>,
     held: watch::Sender<Held>,
+    readiness: Arc<Mutex<Readiness>>,
 }
 
 impl Owner {
@@ -257,13 +324,20 @@ impl Owner {
                 self.have
                     .retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
                 self.have.push(k);
+                if self.config.watch.contains(&k.addr) {
+                    self.publish(wanted(Instant::now(), &self.claims));
+                }
             }
             KernelEvent::AddressRemoved(k) => {
                 self.have
                     .retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
                 if self.claimed_now(k.addr) {
                     warn!(addr = %k.addr, "a held address was removed from the interface; adding it back");
+                    // Record the gap before closing it: readiness tells the truth.
+                    self.publish(wanted(Instant::now(), &self.claims));
                     self.converge().await;
+                } else if self.config.watch.contains(&k.addr) {
+                    self.publish(wanted(Instant::now(), &self.claims));
                 }
             }
             KernelEvent::LinkChanged(link) => {
@@ -455,8 +529,25 @@ impl Owner {
                 }
             }
         }
+        let missing: Vec<String> = claimed
+            .iter()
+            .filter(|(a, _)| !addresses.contains_key(*a))
+            .map(|(a, w)| format!("{a} is not on {}", w.interface))
+            .collect();
+        self.readiness.lock().expect("not poisoned").record(missing);
+        let stray: BTreeSet<IpAddr> = self
+            .config
+            .watch
+            .iter()
+            .filter(|a| !claimed.contains_key(a) && self.have.iter().any(|k| k.addr == **a))
+            .copied()
+            .collect();
         self.held.send_if_modified(|h| {
-            let new = Held { addresses, claimed };
+            let new = Held {
+                addresses,
+                claimed,
+                stray,
+            };
             if *h != new {
                 *h = new;
                 true

@@ -284,9 +284,6 @@ pub async fn vipd_nodes(
         kubeconfig.to_str().expect("utf-8"),
     );
     set_env(&mut base, "vip_loglevel", "debug");
-    // Each node runs in its own namespace: no port clashes, but keep the
-    // status server off until a test wants it.
-    set_env(&mut base, "prometheus_server", "");
     for (k, v) in extra {
         set_env(&mut base, k, v);
     }
@@ -347,7 +344,8 @@ pub fn grant_pools_role(env: &crate::apiserver::Env, ns: &str) -> Result<()> {
         let mut v = serde_yaml::Value::deserialize(doc)?;
         if v["kind"] == "Role" || v["kind"] == "RoleBinding" {
             v["metadata"]["namespace"] = ns.into();
-            let path = crate::run_dir().join(format!("{}-{ns}.yaml", v["kind"].as_str().unwrap_or("x")));
+            let path =
+                crate::run_dir().join(format!("{}-{ns}.yaml", v["kind"].as_str().unwrap_or("x")));
             std::fs::write(&path, serde_yaml::to_string(&v)?)?;
             env.kubectl(&["apply", "-f", path.to_str().expect("utf-8")])?;
         }

@@ -104,6 +104,7 @@ impl Lab {
             "nodad",
         ])?;
         ip(&["-n", ns.name(), "link", "set", "eth0", "up"])?;
+        announce_self(&ns, v4, v6)?;
         Ok(Host {
             name: name.to_string(),
             ns,
@@ -113,6 +114,28 @@ impl Lab {
             switch: sw.to_string(),
         })
     }
+}
+
+/// Tells the segment that `v4` and `v6` now live at this host's MAC, so
+/// neighbours forget a previous host with the same address (a test that ran
+/// before) at once instead of after their ARP timeout.
+fn announce_self(ns: &Netns, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<()> {
+    let json = output("ip", &["-n", ns.name(), "-j", "link", "show", "eth0"])?;
+    let v: serde_json::Value = serde_json::from_str(&json)?;
+    let mac: vipd_arp::MacAddr = v[0]["address"].as_str().unwrap_or_default().parse()?;
+    ns.run(|| -> Result<()> {
+        let idx = nix::net::if_::if_nametoindex("eth0")?;
+        let sender = vipd_arp::Sender::open(idx)?;
+        for round in 0..3 {
+            for ip in [IpAddr::V4(v4), IpAddr::V6(v6)] {
+                sender.send(&vipd_arp::build_announcement(ip, mac))?;
+            }
+            if round < 2 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    })
 }
 
 /// One host of a lab.

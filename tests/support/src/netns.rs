@@ -59,8 +59,7 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates the namespace with its loopback up and IPv6 DAD off (lab
-    /// addresses are unique by construction, and DAD would delay them).
+    /// Creates the namespace with its loopback up.
     pub fn create(name: &str) -> Result<Netns> {
         ip(&["netns", "add", name])?;
         let ns = Netns {

@@ -360,9 +360,15 @@ pub struct ArpProber {
 
 impl ArpProber {
     pub fn open(host: &Host) -> ArpProber {
-        let json = crate::netns::output("ip", &["-n", host.ns.name(), "-j", "link", "show", "eth0"]).expect("ip link");
+        let json =
+            crate::netns::output("ip", &["-n", host.ns.name(), "-j", "link", "show", "eth0"])
+                .expect("ip link");
         let v: serde_json::Value = serde_json::from_str(&json).expect("json");
-        let mac: vipd_arp::MacAddr = v[0]["address"].as_str().expect("mac").parse().expect("mac parses");
+        let mac: vipd_arp::MacAddr = v[0]["address"]
+            .as_str()
+            .expect("mac")
+            .parse()
+            .expect("mac parses");
         let (sender, capture) = host.ns.run(|| {
             let idx = nix::net::if_::if_nametoindex("eth0").expect("eth0");
             (
@@ -370,7 +376,12 @@ impl ArpProber {
                 vipd_arp::Capture::open(idx, Duration::from_millis(2)).expect("capture"),
             )
         });
-        ArpProber { sender, capture, mac, ip: host.v4 }
+        ArpProber {
+            sender,
+            capture,
+            mac,
+            ip: host.v4,
+        }
     }
 
     /// The MAC that answers for `target` within `timeout`, if any.

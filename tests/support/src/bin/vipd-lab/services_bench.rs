@@ -28,7 +28,11 @@ fn ingress(s: &Service) -> Vec<IpAddr> {
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|l| l.ingress.as_ref())
-        .map(|i| i.iter().filter_map(|x| x.ip.as_ref()?.parse().ok()).collect())
+        .map(|i| {
+            i.iter()
+                .filter_map(|x| x.ip.as_ref()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -45,9 +49,15 @@ fn svc(name: &str, v6: bool) -> Service {
 /// Who answers TCP on `addr`:80 from the client (this runtime lives there).
 async fn who(addr: IpAddr) -> Option<String> {
     let connect = tokio::net::TcpStream::connect(SocketAddr::new(addr, 80));
-    let mut s = tokio::time::timeout(Duration::from_millis(500), connect).await.ok()?.ok()?;
+    let mut s = tokio::time::timeout(Duration::from_millis(500), connect)
+        .await
+        .ok()?
+        .ok()?;
     let mut buf = String::new();
-    tokio::time::timeout(Duration::from_millis(500), s.read_to_string(&mut buf)).await.ok()?.ok()?;
+    tokio::time::timeout(Duration::from_millis(500), s.read_to_string(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
     let b = buf.trim().to_string();
     (!b.is_empty()).then_some(b)
 }
@@ -89,8 +99,25 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
     grant_pools_role(env, &ns)?;
     let client = env.client.ns.name().to_string();
     // Service addresses outside the hosts' subnet are on-link for the client.
-    ip(&["-n", &client, "route", "add", "198.51.100.0/24", "dev", "eth0"])?;
-    ip(&["-n", &client, "-6", "route", "add", "2001:db8:100::/64", "dev", "eth0"])?;
+    ip(&[
+        "-n",
+        &client,
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "dev",
+        "eth0",
+    ])?;
+    ip(&[
+        "-n",
+        &client,
+        "-6",
+        "route",
+        "add",
+        "2001:db8:100::/64",
+        "dev",
+        "eth0",
+    ])?;
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns);
     let cm: ConfigMap = serde_json::from_value(json!({
         "metadata": { "name": "kubevip" },
@@ -104,8 +131,15 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
         ("svc_pool_configmap", &pools),
         ("vip_loglevel", "info"),
     ];
-    let mut nodes =
-        vipd_nodes(env, 3, "manifests/k3s/vipd-services-daemonset.yaml", &vipd, &settings, &[80]).await?;
+    let mut nodes = vipd_nodes(
+        env,
+        3,
+        "manifests/k3s/vipd-services-daemonset.yaml",
+        &vipd,
+        &settings,
+        &[80],
+    )
+    .await?;
     let svcs: Api<Service> = Api::namespaced(admin.clone(), &ns);
     // Let a Services leader be elected.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -117,7 +151,8 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
     for i in 0..sequential {
         let name = format!("seq-{i}");
         let t0 = Instant::now();
-        svcs.create(&PostParams::default(), &svc(&name, false)).await?;
+        svcs.create(&PostParams::default(), &svc(&name, false))
+            .await?;
         let addr = loop {
             if let Some(a) = ingress(&svcs.get(&name).await?).first() {
                 break *a;
@@ -128,7 +163,9 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
         to_ingress.push(t0.elapsed());
-        let IpAddr::V4(v4) = addr else { bail!("{name}: got {addr}, expected IPv4") };
+        let IpAddr::V4(v4) = addr else {
+            bail!("{name}: got {addr}, expected IPv4")
+        };
         loop {
             if prober.ask(v4, Duration::from_millis(5)).is_some() {
                 break;
@@ -142,9 +179,16 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
     println!("Services created one at a time ({sequential}, IPv4 from a pool, 3 nodes):");
     println!("| | median | p99 | worst |");
     println!("|---|---|---|---|");
-    for (what, v) in [("create -> status.loadBalancer.ingress", &to_ingress), ("create -> answers ARP", &to_arp)] {
+    for (what, v) in [
+        ("create -> status.loadBalancer.ingress", &to_ingress),
+        ("create -> answers ARP", &to_arp),
+    ] {
         let (_, worst) = median_worst(v);
-        println!("| {what} | {:.0} ms | {:.0} ms | {worst:.0} ms |", pct(v.clone(), 0.5), pct(v.clone(), 0.99));
+        println!(
+            "| {what} | {:.0} ms | {:.0} ms | {worst:.0} ms |",
+            pct(v.clone(), 0.5),
+            pct(v.clone(), 0.99)
+        );
     }
     // Clean slate for the burst.
     futures::stream::iter(0..sequential)
@@ -156,14 +200,20 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
         })
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let base: Vec<(u64, u64)> = nodes.iter().map(|n| rss_kib(n.proc.as_ref().and_then(|p| p.pid()).unwrap_or(0))).collect();
+    let base: Vec<(u64, u64)> = nodes
+        .iter()
+        .map(|n| rss_kib(n.proc.as_ref().and_then(|p| p.pid()).unwrap_or(0)))
+        .collect();
 
     // 2. A burst created at once.
     let t0 = Instant::now();
     futures::stream::iter(0..burst)
         .map(|i| {
             let svcs = svcs.clone();
-            async move { svcs.create(&PostParams::default(), &svc(&format!("burst-{i}"), true)).await }
+            async move {
+                svcs.create(&PostParams::default(), &svc(&format!("burst-{i}"), true))
+                    .await
+            }
         })
         .buffer_unordered(64)
         .for_each(|r| async move {
@@ -181,7 +231,10 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
             break;
         }
         if t0.elapsed() > Duration::from_secs(300) {
-            bail!("only {} of {burst} Services got an address in 300 s", addrs.len());
+            bail!(
+                "only {} of {burst} Services got an address in 300 s",
+                addrs.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -196,21 +249,38 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
         }
     }
     let all_answer = t0.elapsed();
-    let after: Vec<(u64, u64)> = nodes.iter().map(|n| rss_kib(n.proc.as_ref().and_then(|p| p.pid()).unwrap_or(0))).collect();
+    let after: Vec<(u64, u64)> = nodes
+        .iter()
+        .map(|n| rss_kib(n.proc.as_ref().and_then(|p| p.pid()).unwrap_or(0)))
+        .collect();
     println!("\n{burst} Services created at once (IPv6 from a pool; 64 API clients in parallel):");
     println!("| | time |");
     println!("|---|---|");
-    println!("| all {burst} created (API) | {:.1} s |", created.as_secs_f64());
-    println!("| all have status.loadBalancer.ingress | {:.1} s |", all_ingress.as_secs_f64());
-    println!("| all {burst} addresses answer TCP from the client | {:.1} s |", all_answer.as_secs_f64());
+    println!(
+        "| all {burst} created (API) | {:.1} s |",
+        created.as_secs_f64()
+    );
+    println!(
+        "| all have status.loadBalancer.ingress | {:.1} s |",
+        all_ingress.as_secs_f64()
+    );
+    println!(
+        "| all {burst} addresses answer TCP from the client | {:.1} s |",
+        all_answer.as_secs_f64()
+    );
     println!("\nvipd memory (KiB) per node: RSS before the burst -> RSS after, peak (VmHWM):");
     for (i, ((b, _), (a, hwm))) in base.iter().zip(after.iter()).enumerate() {
         println!("- n{}: {b} -> {a}, peak {hwm}", i + 1);
     }
 
     // 3. The leader dies: how long until every address answers from another node.
-    let leader = who(addrs[0]).await.context("first address does not answer")?;
-    let i = nodes.iter().position(|n| n.name() == leader).context("leader is a node")?;
+    let leader = who(addrs[0])
+        .await
+        .context("first address does not answer")?;
+    let i = nodes
+        .iter()
+        .position(|n| n.name() == leader)
+        .context("leader is a node")?;
     let t0 = Instant::now();
     nodes[i].kill();
     let mut first_all = None;

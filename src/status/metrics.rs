@@ -1,0 +1,275 @@
+//! Prometheus metrics, read from [`Status`] at scrape time (so they can
+//! never disagree with `/status`), in the text format. Where kube-vip has a
+//! metric with the same meaning, it is exported under kube-vip's name too.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::Status;
+
+/// Metrics updated as things happen (not derivable from state).
+#[derive(Debug)]
+pub struct Histograms {
+    /// Seconds one Services reconcile pass takes.
+    pub reconcile: Histogram,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Histograms {
+            reconcile: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+        }
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+fn l(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn gauges(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    // An unlabelled sample is written without braces.
+    if let [(labels, v)] = rows {
+        if labels.is_empty() {
+            return ConstGauge::new(*v).encode(m);
+        }
+    }
+    for (labels, v) in rows {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    // An unlabelled sample is written without braces.
+    if let [(labels, v)] = rows {
+        if labels.is_empty() {
+            return ConstCounter::new(*v).encode(m);
+        }
+    }
+    for (labels, v) in rows {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+struct StatusCollector(Arc<Status>);
+
+impl std::fmt::Debug for StatusCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StatusCollector({})", self.0.node)
+    }
+}
+
+impl Collector for StatusCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let node = s.node.as_str();
+        let elections = s.elections();
+        let leader: Vec<(Labels, i64)> = elections
+            .iter()
+            .map(|e| (l(&[("lease", &e.lease)]), e.leading as i64))
+            .collect();
+        gauges(
+            &mut enc,
+            "vipd_leader",
+            "1 while this node leads the election",
+            &leader,
+        )?;
+        let kv_leader: Vec<(Labels, i64)> = elections
+            .iter()
+            .map(|e| {
+                (
+                    l(&[("node", node), ("lease_name", &e.lease)]),
+                    e.leading as i64,
+                )
+            })
+            .collect();
+        gauges(
+            &mut enc,
+            "kube_vip_is_leader",
+            "1 if this node currently holds the lease (kube-vip's name)",
+            &kv_leader,
+        )?;
+        let transitions: Vec<(Labels, u64)> = elections
+            .iter()
+            .map(|e| (l(&[("lease", &e.lease)]), e.transitions))
+            .collect();
+        counters(
+            &mut enc,
+            "vipd_leader_transitions",
+            "times this node started or stopped leading",
+            &transitions,
+        )?;
+        let kv_transitions: Vec<(Labels, u64)> = elections
+            .iter()
+            .map(|e| (l(&[("lease_name", &e.lease)]), e.transitions))
+            .collect();
+        counters(
+            &mut enc,
+            "kube_vip_leader_election_transitions",
+            "leadership transitions of this node (kube-vip's name)",
+            &kv_transitions,
+        )?;
+
+        let held = s.vips.held().borrow().clone();
+        gauges(
+            &mut enc,
+            "vipd_addresses_held",
+            "addresses on this node's interfaces held by vipd",
+            &[(vec![], held.addresses.len() as i64)],
+        )?;
+        let per_addr: Vec<(Labels, i64)> = held
+            .addresses
+            .values()
+            .map(|h| {
+                (
+                    l(&[
+                        ("address", &h.addr.to_string()),
+                        ("interface", &h.interface),
+                    ]),
+                    1,
+                )
+            })
+            .collect();
+        gauges(
+            &mut enc,
+            "vipd_address_held",
+            "1 for each address held here",
+            &per_addr,
+        )?;
+
+        let r = s.readiness();
+        gauges(
+            &mut enc,
+            "vipd_ready",
+            "1 when every claimed address is on its interface (or announced to peers)",
+            &[(vec![], r.ready as i64)],
+        )?;
+        counters(
+            &mut enc,
+            "vipd_not_ready",
+            "times this node became not ready",
+            &[(vec![], r.not_ready_total)],
+        )?;
+
+        let sent = s.vips.stats.sent.load(std::sync::atomic::Ordering::Relaxed);
+        let errors = s
+            .vips
+            .stats
+            .errors
+            .load(std::sync::atomic::Ordering::Relaxed);
+        counters(
+            &mut enc,
+            "vipd_arp_announcements",
+            "gratuitous ARPs and unsolicited NAs sent",
+            &[(vec![], sent)],
+        )?;
+        counters(
+            &mut enc,
+            "vipd_arp_announcement_errors",
+            "announcements that could not be sent",
+            &[(vec![], errors)],
+        )?;
+
+        if let Some(svc) = s.services() {
+            let states: Vec<(Labels, i64)> = [
+                ("ready", svc.ready),
+                ("pending", svc.pending),
+                ("withdrawn", svc.withdrawn),
+            ]
+            .iter()
+            .map(|(st, n)| (l(&[("state", st)]), *n as i64))
+            .collect();
+            gauges(
+                &mut enc,
+                "vipd_services",
+                "served LoadBalancer Services by state",
+                &states,
+            )?;
+            let problems: Vec<(Labels, u64)> = svc
+                .problems_by_reason
+                .iter()
+                .map(|(r, n)| (l(&[("reason", r)]), *n))
+                .collect();
+            counters(
+                &mut enc,
+                "vipd_service_problems",
+                "Services left pending, by reason, as counted per reconcile",
+                &problems,
+            )?;
+            counters(
+                &mut enc,
+                "vipd_reconcile_errors",
+                "Services reconcile passes with a failed write",
+                &[(vec![], svc.reconcile_errors)],
+            )?;
+        }
+
+        let peers = s.bgp_peers();
+        let sessions: Vec<(Labels, i64)> = peers
+            .iter()
+            .map(|p| (l(&[("peer", &p.address), ("state", &p.state)]), 1))
+            .collect();
+        gauges(
+            &mut enc,
+            "vipd_bgp_session",
+            "1 for the current state of each BGP peer's session",
+            &sessions,
+        )?;
+        gauges(
+            &mut enc,
+            "kube_vip_manager_bgp_session_info",
+            "state of each BGP session, 1 for the current state (kube-vip's name)",
+            &sessions,
+        )?;
+        Ok(())
+    }
+}
+
+/// The registry for `/metrics`.
+pub fn registry(status: Arc<Status>) -> Registry {
+    let mut r = Registry::default();
+    r.register(
+        "vipd_reconcile_duration_seconds",
+        "seconds one Services reconcile pass takes",
+        status.metrics.reconcile.clone(),
+    );
+    r.register(
+        "kube_vip_service_reconcile_duration_seconds",
+        "seconds one Services reconcile pass takes (kube-vip's name)",
+        status.metrics.reconcile.clone(),
+    );
+    r.register_collector(Box::new(StatusCollector(status)));
+    r
+}
+
+/// The text exposition.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String");
+    out
+}

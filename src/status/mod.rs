@@ -1,0 +1,224 @@
+//! What this vipd knows about itself, for operators and monitoring.
+//!
+//! [`Status`] is the one place the status server reads: the address owner's
+//! view of held addresses and readiness, the elections' state, the Services
+//! controller's summary. Components write their part; the server only reads
+//! and never decides. [`server`] serves `/metrics`, `/healthz`, `/readyz` and
+//! `/status` (the JSON [`StatusDoc`] that `vipctl status --local` reads).
+
+pub mod metrics;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::vips::{Readiness, VipHandle};
+
+/// One election as this node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ElectionState {
+    /// `namespace/name` of the Lease (or `raft`).
+    pub lease: String,
+    pub leading: bool,
+    /// The holder as last seen.
+    pub holder: Option<String>,
+    /// Times this node started or stopped leading.
+    pub transitions: u64,
+    pub since: SystemTime,
+}
+
+/// One Service address this node announces.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Announced {
+    pub address: IpAddr,
+    pub services: Vec<String>,
+}
+
+/// The Services controller's summary, as of its last pass.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServicesSummary {
+    pub served: usize,
+    pub ready: usize,
+    pub pending: usize,
+    /// Assigned but announced by nobody (no eligible node).
+    pub withdrawn: usize,
+    pub announced_here: Vec<Announced>,
+    pub problems_by_reason: BTreeMap<String, u64>,
+    pub reconcile_errors: u64,
+    pub reconciles: u64,
+    pub last_reconcile_ms: f64,
+}
+
+/// The control-plane VIP's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ControlPlaneInfo {
+    pub vips: Vec<IpAddr>,
+    /// `lease`, `raft` or `none`.
+    pub election: String,
+    pub lease: Option<String>,
+}
+
+/// An address held, for the document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeldDoc {
+    pub address: IpAddr,
+    pub interface: String,
+    pub since: SystemTime,
+    pub ours: bool,
+}
+
+/// A BGP peer's session, as the speaker reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerDoc {
+    pub address: String,
+    pub asn: u32,
+    pub state: String,
+    pub prefixes_sent: u64,
+}
+
+/// The JSON status document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusDoc {
+    pub node: String,
+    pub version: String,
+    pub uptime_seconds: f64,
+    pub ready: bool,
+    /// Why not ready, when not.
+    pub not_ready: Vec<String>,
+    pub not_ready_total: u64,
+    pub last_not_ready: Option<NotReadyDoc>,
+    pub control_plane: Option<ControlPlaneInfo>,
+    pub elections: Vec<ElectionState>,
+    pub addresses: Vec<HeldDoc>,
+    /// VIPs present on this node although it does not claim them.
+    pub stray_addresses: Vec<IpAddr>,
+    pub services: Option<ServicesSummary>,
+    pub announcements_sent: u64,
+    pub announcement_errors: u64,
+    pub bgp_peers: Vec<PeerDoc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NotReadyDoc {
+    pub at: SystemTime,
+    pub reason: String,
+    pub lasted_ms: Option<f64>,
+}
+
+/// The shared status.
+pub struct Status {
+    pub node: String,
+    pub started: SystemTime,
+    pub vips: VipHandle,
+    pub control_plane: Option<ControlPlaneInfo>,
+    elections: Mutex<BTreeMap<String, ElectionState>>,
+    services: Mutex<Option<ServicesSummary>>,
+    bgp: Mutex<Vec<PeerDoc>>,
+    pub metrics: metrics::Histograms,
+}
+
+impl Status {
+    pub fn new(node: &str, vips: VipHandle, control_plane: Option<ControlPlaneInfo>) -> Status {
+        Status {
+            node: node.to_string(),
+            started: SystemTime::now(),
+            vips,
+            control_plane,
+            elections: Mutex::new(BTreeMap::new()),
+            services: Mutex::new(None),
+            bgp: Mutex::new(Vec::new()),
+            metrics: metrics::Histograms::default(),
+        }
+    }
+
+    /// Records a change of leadership (or of the observed holder).
+    pub fn election(&self, lease: &str, leading: bool, holder: Option<&str>) {
+        let mut e = self.elections.lock().expect("not poisoned");
+        let entry = e.entry(lease.to_string()).or_insert_with(|| ElectionState {
+            lease: lease.to_string(),
+            leading: false,
+            holder: None,
+            transitions: 0,
+            since: SystemTime::now(),
+        });
+        if entry.leading != leading {
+            entry.transitions += 1;
+            entry.since = SystemTime::now();
+        }
+        entry.leading = leading;
+        entry.holder = holder.map(String::from);
+    }
+
+    pub fn elections(&self) -> Vec<ElectionState> {
+        self.elections
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn set_services(&self, s: ServicesSummary) {
+        *self.services.lock().expect("not poisoned") = Some(s);
+    }
+
+    pub fn services(&self) -> Option<ServicesSummary> {
+        self.services.lock().expect("not poisoned").clone()
+    }
+
+    pub fn set_bgp_peers(&self, peers: Vec<PeerDoc>) {
+        *self.bgp.lock().expect("not poisoned") = peers;
+    }
+
+    pub fn bgp_peers(&self) -> Vec<PeerDoc> {
+        self.bgp.lock().expect("not poisoned").clone()
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.vips.readiness.lock().expect("not poisoned").clone()
+    }
+
+    pub fn document(&self) -> StatusDoc {
+        let r = self.readiness();
+        let held = self.vips.held().borrow().clone();
+        StatusDoc {
+            node: self.node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: self
+                .started
+                .elapsed()
+                .unwrap_or(Duration::ZERO)
+                .as_secs_f64(),
+            ready: r.ready,
+            not_ready: r.missing.clone(),
+            not_ready_total: r.not_ready_total,
+            last_not_ready: r.last_not_ready.map(|n| NotReadyDoc {
+                at: n.at,
+                reason: n.reason,
+                lasted_ms: n.lasted_ms,
+            }),
+            control_plane: self.control_plane.clone(),
+            elections: self.elections(),
+            addresses: held
+                .addresses
+                .values()
+                .map(|h| HeldDoc {
+                    address: h.addr,
+                    interface: h.interface.clone(),
+                    since: h.since,
+                    ours: h.ours,
+                })
+                .collect(),
+            stray_addresses: held.stray.iter().copied().collect(),
+            services: self.services(),
+            announcements_sent: self.vips.stats.sent.load(Ordering::Relaxed),
+            announcement_errors: self.vips.stats.errors.load(Ordering::Relaxed),
+            bgp_peers: self.bgp_peers(),
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The cluster-wide report behind `vipctl status`: gathered from the API
+//! (vipd's instance records, the control-plane Lease, Services and their
+//! Events) and from each instance's live `/status` when it can be reached,
+//! then judged: what is wrong makes `vipctl` exit non-zero.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+use kube::Client;
+use serde::{Deserialize, Serialize};
+
+use super::http::get_json;
+use crate::instance;
+use crate::services::model::keys;
+use crate::status::StatusDoc;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VipRow {
+    pub vip: String,
+    /// The Lease holder (or Raft leader).
+    pub leader: Option<String>,
+    /// Nodes that really have the address.
+    pub held_by: Vec<String>,
+    /// Seconds since the holder acquired the Lease.
+    pub moved_seconds_ago: Option<f64>,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceRow {
+    pub namespace: String,
+    pub name: String,
+    pub addresses: Vec<String>,
+    /// `kube-vip.io/vipHost`.
+    pub announced_by: Option<String>,
+    /// Nodes that really have the addresses.
+    pub held_by: Vec<String>,
+    pub pool: Option<String>,
+    /// Ready, Pending, Unannounced or Conflict.
+    pub state: String,
+    pub last_event: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstanceRow {
+    pub node: String,
+    pub alive: bool,
+    pub ready: Option<bool>,
+    pub held: Vec<String>,
+    /// VIPs on the node that it does not claim (by hand, or a split brain).
+    pub stray: Vec<String>,
+    pub version: Option<String>,
+    pub seconds_since_seen: Option<f64>,
+    pub bgp_peers: Vec<String>,
+    /// Whether the live `/status` answered (else the record was used).
+    pub live: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub control_plane: Vec<VipRow>,
+    pub services: Vec<ServiceRow>,
+    pub instances: Vec<InstanceRow>,
+    /// What is wrong, in words; empty when all is well.
+    pub problems: Vec<String>,
+}
+
+/// Where to look.
+pub struct Scope {
+    /// vipd's namespace (instance records, control-plane Lease).
+    pub vipd_namespace: String,
+    pub lease: String,
+    /// Services of this namespace only, or all.
+    pub namespace: Option<String>,
+}
+
+fn seconds_since(t: &k8s_openapi::jiff::Timestamp) -> f64 {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    (now.as_millisecond() - t.as_millisecond()) as f64 / 1000.0
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &scope.vipd_namespace);
+    let records = leases
+        .list(&ListParams::default().labels(instance::LABEL))
+        .await?
+        .items;
+
+    // Instances: the record, refined by the live /status where reachable.
+    let mut instances = Vec::new();
+    let mut cp_vips: BTreeSet<String> = BTreeSet::new();
+    for r in &records {
+        let ann = r.metadata.annotations.clone().unwrap_or_default();
+        let spec = r.spec.clone().unwrap_or_default();
+        let node = spec.holder_identity.clone().unwrap_or_default();
+        let seen = spec.renew_time.as_ref().map(|t| seconds_since(&t.0));
+        let alive = seen.is_some_and(|s| s < f64::from(instance::STALE_AFTER));
+        let mut row = InstanceRow {
+            node,
+            alive,
+            ready: ann.get(instance::READY).map(|v| v == "true"),
+            held: ann.get(instance::HELD).map(|v| list(v)).unwrap_or_default(),
+            stray: ann
+                .get(instance::STRAY)
+                .map(|v| list(v))
+                .unwrap_or_default(),
+            version: ann.get(instance::VERSION).cloned(),
+            seconds_since_seen: seen,
+            bgp_peers: ann
+                .get(instance::BGP_PEERS)
+                .and_then(|v| serde_json::from_str::<Vec<crate::status::PeerDoc>>(v).ok())
+                .map(|ps| {
+                    ps.iter()
+                        .map(|p| format!("{} {}", p.address, p.state))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            live: false,
+        };
+        if let Some(v) = ann.get(instance::CP_VIPS) {
+            cp_vips.extend(list(v));
+        }
+        if let Some(url) = ann.get(instance::STATUS_URL) {
+            match get_json::<StatusDoc>(url, Duration::from_secs(1)).await {
+                Ok(doc) => {
+                    row.live = true;
+                    row.alive = true;
+                    row.ready = Some(doc.ready);
+                    row.held = doc
+                        .addresses
+                        .iter()
+                        .map(|h| h.address.to_string())
+                        .collect();
+                    row.stray = doc.stray_addresses.iter().map(|a| a.to_string()).collect();
+                    row.bgp_peers = doc
+                        .bgp_peers
+                        .iter()
+                        .map(|p| format!("{} {}", p.address, p.state))
+                        .collect();
+                }
+                // It says where it answers and does not: what it held is unknown.
+                Err(_) => {
+                    row.alive = false;
+                    row.held.clear();
+                    row.stray.clear();
+                }
+            }
+        }
+        instances.push(row);
+    }
+    instances.sort_by(|a, b| a.node.cmp(&b.node));
+    let holders_of = |addr: &str| -> Vec<String> {
+        instances
+            .iter()
+            .filter(|i| i.alive && i.held.iter().chain(i.stray.iter()).any(|h| h == addr))
+            .map(|i| i.node.clone())
+            .collect()
+    };
+
+    let mut report = Report::default();
+    // The control-plane VIP.
+    let cp_lease = leases.get_opt(&scope.lease).await?;
+    let (leader, moved) = match cp_lease.as_ref().and_then(|l| l.spec.clone()) {
+        Some(s) => (
+            s.holder_identity.filter(|h| !h.is_empty()),
+            s.acquire_time.as_ref().map(|t| seconds_since(&t.0)),
+        ),
+        None => (None, None),
+    };
+    for vip in &cp_vips {
+        let held_by = holders_of(vip);
+        let ok = held_by.len() == 1 && leader.as_ref().is_none_or(|l| held_by[0] == *l);
+        if held_by.is_empty() {
+            report
+                .problems
+                .push(format!("control-plane VIP {vip} is held by no node"));
+        } else if held_by.len() > 1 {
+            report.problems.push(format!(
+                "control-plane VIP {vip} is held by {} nodes: {}",
+                held_by.len(),
+                held_by.join(", ")
+            ));
+        }
+        report.control_plane.push(VipRow {
+            vip: vip.clone(),
+            leader: leader.clone(),
+            held_by,
+            moved_seconds_ago: moved,
+            ok,
+        });
+    }
+
+    // Services.
+    let svcs: Api<Service> = match &scope.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let mut last_events: BTreeMap<(String, String), (k8s_openapi::jiff::Timestamp, String)> =
+        BTreeMap::new();
+    let events: Api<Event> = match &scope.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    for e in events.list(&ListParams::default()).await?.items {
+        if e.reporting_controller.as_deref() != Some("vipd") {
+            continue;
+        }
+        let Some(r) = &e.regarding else { continue };
+        if r.kind.as_deref() != Some("Service") {
+            continue;
+        }
+        let key = (
+            r.namespace.clone().unwrap_or_default(),
+            r.name.clone().unwrap_or_default(),
+        );
+        let at = e
+            .event_time
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            .unwrap_or_default();
+        let text = format!(
+            "{}: {}",
+            e.reason.clone().unwrap_or_default(),
+            e.note.clone().unwrap_or_default()
+        );
+        match last_events.get(&key) {
+            Some((t, _)) if *t >= at => {}
+            _ => {
+                last_events.insert(key, (at, text));
+            }
+        }
+    }
+    for s in svcs.list(&ListParams::default()).await?.items {
+        let spec = s.spec.clone().unwrap_or_default();
+        if spec.type_.as_deref() != Some("LoadBalancer") {
+            continue;
+        }
+        let ann = s.metadata.annotations.clone().unwrap_or_default();
+        if ann.get(keys::IGNORE).is_some_and(|v| v == "true") {
+            continue;
+        }
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let ours = ann.contains_key(keys::VIP_HOST)
+            || ann.contains_key(keys::LOADBALANCER_IPS)
+            || last_events.contains_key(&(ns.clone(), name.clone()));
+        if !ours {
+            continue;
+        }
+        let addresses: Vec<String> = s
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .map(|ing| ing.iter().filter_map(|i| i.ip.clone()).collect())
+            .unwrap_or_default();
+        let mut held_by: BTreeSet<String> = BTreeSet::new();
+        let mut state = "Ready";
+        for a in &addresses {
+            let h = holders_of(a);
+            if h.is_empty() {
+                state = "Unannounced";
+            } else if h.len() > 1 {
+                state = "Conflict";
+            }
+            held_by.extend(h);
+        }
+        if addresses.is_empty() {
+            state = "Pending";
+        }
+        let key = format!("{ns}/{name}");
+        match state {
+            "Pending" => report.problems.push(format!("Service {key} is pending")),
+            "Unannounced" => report
+                .problems
+                .push(format!("Service {key}: an address is held by no node")),
+            "Conflict" => report
+                .problems
+                .push(format!("Service {key}: an address is held by two nodes")),
+            _ => {}
+        }
+        report.services.push(ServiceRow {
+            last_event: last_events
+                .get(&(ns.clone(), name.clone()))
+                .map(|(_, t)| t.clone()),
+            namespace: ns,
+            name,
+            addresses,
+            announced_by: ann.get(keys::VIP_HOST).cloned(),
+            held_by: held_by.into_iter().collect(),
+            pool: ann.get(keys::POOL).cloned(),
+            state: state.to_string(),
+        });
+    }
+    report
+        .services
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    for i in &instances {
+        if !i.stray.is_empty() {
+            report.problems.push(format!(
+                "{} has {} on its interface without holding it",
+                i.node,
+                i.stray.join(",")
+            ));
+        }
+        if !i.alive {
+            report.problems.push(format!(
+                "vipd on {} is not answering (or has not reported for {} s)",
+                i.node,
+                instance::STALE_AFTER
+            ));
+        } else if i.ready == Some(false) {
+            report
+                .problems
+                .push(format!("vipd on {} is not ready", i.node));
+        }
+    }
+    report.instances = instances;
+    Ok(report)
+}
