@@ -62,7 +62,17 @@ fn container(layers: &Layers, image: &str, kubeconfig: Option<&str>) -> Value {
         "securityContext": {
             "capabilities": { "add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"] }
         },
-        "resources": { "requests": { "cpu": "10m", "memory": "16Mi" } }
+        "resources": { "requests": { "cpu": "10m", "memory": "32Mi" } },
+        // The status server (prometheus_server, :2112 by default).
+        "livenessProbe": {
+            "httpGet": { "path": "/healthz", "port": 2112 },
+            "periodSeconds": 10,
+            "failureThreshold": 3
+        },
+        "readinessProbe": {
+            "httpGet": { "path": "/readyz", "port": 2112 },
+            "periodSeconds": 5
+        }
     });
     if let Some(path) = kubeconfig {
         c["volumeMounts"] = json!([{ "name": "kubeconfig", "mountPath": path, "readOnly": true }]);
