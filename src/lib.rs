@@ -15,6 +15,7 @@ pub mod config;
 pub mod controlplane;
 pub mod election;
 pub mod events;
+pub mod guardian;
 pub mod instance;
 pub mod kubeclient;
 pub mod manager;

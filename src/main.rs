@@ -43,6 +43,7 @@ fn cli() -> Command {
                 .arg(Arg::new("config").long("config").value_name("FILE").help("YAML file of settings by environment name"))
                 .args(setting_args()),
         )
+        .subcommand(Command::new("guard").hide(true).about("The guardian process vipd manager starts (internal)"))
         .subcommand(
             Command::new("manifest")
                 .about("Print deployment YAML; settings given as flags become the container environment")
@@ -119,6 +120,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(&format!("{e:#}")),
             }
         }
+        Some(("guard", _)) => vipd::guardian::run_guard(),
         Some(("manifest", sub)) => {
             // Only flags: the manifest must not pick up this shell's variables.
             let layers = match layers(sub, false) {

@@ -1,50 +1,44 @@
 //! `vipd manager`: checks the host, starts the address owner, then the
-//! elections that claim addresses, and on SIGTERM takes everything down in
-//! the safe order (withdraw addresses, then release Leases).
+//! elections that claim addresses and the Services controller, and on
+//! SIGTERM takes everything down in the safe order (withdraw addresses,
+//! then release Leases / hand Raft leadership over).
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kube::Api;
-use tracing::{info, warn};
+use kube::{Api, Client};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
 
-use crate::config::{Config, Election};
+use crate::config::{Config, ControlPlane, Election, RaftSettings};
 use crate::controlplane::{self, VipLeadership};
 use crate::election::reported::Reported;
 use crate::election::LeaseElection;
 use crate::events::Events;
 use crate::netlink::Netlink;
 use crate::status::{self, ControlPlaneInfo, Status};
-use crate::vips::{self, OwnerConfig, Source};
+use crate::vips::{self, Claim, OwnerConfig, Source, VipHandle};
 use crate::{instance, kubeclient, services, shutdown};
-use std::sync::Arc;
 
-/// Runs until SIGTERM / SIGINT.
+/// Runs until SIGTERM / SIGINT, or until a part fails for good.
 pub async fn run(config: Config) -> Result<()> {
     // Every check first: nothing on the host changes if the configuration is wrong.
     let netlink = Netlink::connect().context("opening netlink")?;
     let interface = pick_interface(&netlink, config.interface.as_deref(), "vip_interface").await?;
-    let control_plane = match &config.control_plane {
-        Some(cp) => {
-            let addrs = controlplane::resolve(&cp.addresses).await?;
-            let client = match &cp.election {
-                Election::Lease(_) => {
-                    Some(kubeclient::connect(config.kubeconfig.as_deref()).await?)
-                }
-                Election::None => None,
-            };
-            Some((cp, addrs, client))
-        }
-        None => None,
+    let cp_vips = match &config.control_plane {
+        Some(cp) => controlplane::resolve(&cp.addresses).await?,
+        None => Vec::new(),
     };
-    let services_client = match &config.services {
-        Some(_) => Some(
-            match control_plane.as_ref().and_then(|(_, _, c)| c.clone()) {
-                Some(c) => c,
-                None => kubeclient::connect(config.kubeconfig.as_deref()).await?,
-            },
-        ),
-        None => None,
+    let needs_api = config.services.is_some()
+        || matches!(
+            config.control_plane.as_ref().map(|c| &c.election),
+            Some(Election::Lease(_))
+        );
+    let client = match needs_api {
+        true => Some(kubeclient::connect(config.kubeconfig.as_deref()).await?),
+        false => None,
     };
     let shutdown = shutdown::on_signal()?;
 
@@ -54,61 +48,34 @@ pub async fn run(config: Config) -> Result<()> {
             announce: config.announce,
             arp_rate: config.arp_rate,
             lifetime: config.addr_lifetime,
-            watch: control_plane
-                .as_ref()
-                .map(|(_, a, _)| a.clone())
-                .unwrap_or_default(),
+            watch: cp_vips.clone(),
+            guardian: true,
         },
     )
     .await
     .context("starting the address owner")?;
     info!(node = %config.node_name, interface = %interface, "vipd started");
 
-    let client = control_plane
-        .as_ref()
-        .and_then(|(_, _, c)| c.clone())
-        .or(services_client);
     let events = client
         .clone()
         .map(|c| Arc::new(Events::new(c, &config.node_name)));
-    let cp_info = control_plane
-        .as_ref()
-        .map(|(cp, addrs, _)| ControlPlaneInfo {
-            vips: addrs.clone(),
-            election: match &cp.election {
-                Election::Lease(_) => "lease".into(),
-                Election::None => "none".into(),
-            },
-            lease: match &cp.election {
-                Election::Lease(l) => Some(format!("{}/{}", l.namespace, l.name)),
-                Election::None => None,
-            },
-        });
+    let cp_info = config.control_plane.as_ref().map(|cp| ControlPlaneInfo {
+        vips: cp_vips.clone(),
+        election: match &cp.election {
+            Election::Lease(_) => "lease".into(),
+            Election::Raft(_) => "raft".into(),
+            Election::None => "none".into(),
+        },
+        lease: match &cp.election {
+            Election::Lease(l) => Some(format!("{}/{}", l.namespace, l.name)),
+            _ => None,
+        },
+    });
     let status = Arc::new(Status::new(&config.node_name, vips.clone(), cp_info));
+    // A part that fails for good (Raft cannot bind its port...) stops vipd.
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(1);
 
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(client) = client.clone() {
-        let namespace = config
-            .control_plane
-            .as_ref()
-            .and_then(|cp| match &cp.election {
-                Election::Lease(l) => Some(l.namespace.clone()),
-                Election::None => None,
-            })
-            .or_else(|| config.services.as_ref().map(|s| s.lease.namespace.clone()))
-            .unwrap_or_else(|| "kube-system".into());
-        let own = own_address(&netlink, &interface).await;
-        let url = config
-            .status_addr
-            .and_then(|a| instance::status_url(a, own));
-        tasks.spawn(instance::run(
-            client,
-            namespace,
-            status.clone(),
-            url,
-            shutdown.clone(),
-        ));
-    }
     if let Some(addr) = config.status_addr {
         tokio::spawn(status::server::serve(
             addr,
@@ -119,48 +86,39 @@ pub async fn run(config: Config) -> Result<()> {
     if let Some(port) = config.health_port {
         tokio::spawn(status::server::serve_health(port, shutdown.clone()));
     }
-    if let Some((cp, addrs, client)) = control_plane {
-        let claims = controlplane::claims(&addrs, config.subnets, &interface);
-        let (leader_tx, _leader_rx) = tokio::sync::watch::channel(None);
-        match (&cp.election, client) {
-            (Election::Lease(lease), Some(client)) => {
-                let election = LeaseElection {
-                    api: Api::namespaced(client, &lease.namespace),
-                    name: lease.name.clone(),
-                    me: config.node_name.clone(),
-                    timing: lease.timing,
-                    acquire_delay: Duration::ZERO,
-                    labels: Default::default(),
-                };
-                info!(
-                    lease = %format!("{}/{}", lease.namespace, lease.name),
-                    vip = ?addrs,
-                    duration = ?lease.timing.lease_duration,
-                    renew_deadline = ?lease.timing.renew_deadline,
-                    retry = ?lease.timing.retry_period,
-                    "control-plane VIP: Lease election"
-                );
-                let leadership = Reported {
-                    inner: VipLeadership {
-                        vips: vips.clone(),
-                        claims,
-                        leader: leader_tx,
-                        me: config.node_name.clone(),
-                    },
-                    status: status.clone(),
-                    lease: format!("{}/{}", lease.namespace, lease.name),
-                    me: config.node_name.clone(),
-                    events: events.clone(),
-                };
-                tasks.spawn(election.run(leadership, shutdown.clone()));
-            }
-            _ => {
-                warn!("vip_leaderelection is off: this node holds the VIP unconditionally (single node only)");
-                vips.set(Source::ControlPlane, claims, None).await;
-            }
-        }
+    if let Some(client) = client.clone() {
+        let own = own_address(&netlink, &interface).await;
+        let url = config
+            .status_addr
+            .and_then(|a| instance::status_url(a, own));
+        let ns = vipd_namespace(&config);
+        tasks.spawn(instance::run(
+            client,
+            ns,
+            status.clone(),
+            url,
+            shutdown.clone(),
+        ));
     }
-
+    if let Some(cp) = &config.control_plane {
+        let claims = controlplane::claims(&cp_vips, config.subnets, &interface);
+        let parts = Parts {
+            vips: &vips,
+            status: &status,
+            events: &events,
+            me: &config.node_name,
+        };
+        start_control_plane(
+            cp,
+            claims,
+            client.clone(),
+            parts,
+            &mut tasks,
+            shutdown.clone(),
+            fatal_tx.clone(),
+        )
+        .await;
+    }
     if let (Some(svc), Some(client), Some(events)) =
         (&config.services, client.clone(), events.clone())
     {
@@ -184,12 +142,14 @@ pub async fn run(config: Config) -> Result<()> {
     }
 
     let mut stop = shutdown.clone();
-    while !*stop.borrow() {
-        if stop.changed().await.is_err() {
-            break;
-        }
-    }
+    let failure = tokio::select! {
+        _ = stop.wait_for(|s| *s) => None,
+        f = fatal_rx.recv() => f,
+    };
     // Elections withdraw their claims and release their Leases.
+    if failure.is_some() {
+        tasks.abort_all();
+    }
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(5), drain)
         .await
@@ -198,14 +158,113 @@ pub async fn run(config: Config) -> Result<()> {
         warn!("elections did not stop within 5 s");
     }
     vips.release_all().await;
-    info!("stopped");
-    Ok(())
+    match failure {
+        Some(f) => bail!("{f}"),
+        None => {
+            info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// What elections share.
+struct Parts<'a> {
+    vips: &'a VipHandle,
+    status: &'a Arc<Status>,
+    events: &'a Option<Arc<Events>>,
+    me: &'a str,
+}
+
+async fn start_control_plane(
+    cp: &ControlPlane,
+    claims: Vec<Claim>,
+    client: Option<Client>,
+    p: Parts<'_>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    shutdown: watch::Receiver<bool>,
+    fatal: mpsc::Sender<String>,
+) {
+    let (leader_tx, _leader_rx) = watch::channel(None);
+    let vips_of: Vec<IpAddr> = claims.iter().map(|c| c.addr).collect();
+    let leadership = |lease: String| Reported {
+        inner: VipLeadership {
+            vips: p.vips.clone(),
+            claims: claims.clone(),
+            leader: leader_tx.clone(),
+            me: p.me.to_string(),
+        },
+        status: p.status.clone(),
+        lease,
+        me: p.me.to_string(),
+        events: p.events.clone(),
+    };
+    match (&cp.election, client) {
+        (Election::Lease(lease), Some(client)) => {
+            let election = LeaseElection {
+                api: Api::namespaced(client, &lease.namespace),
+                name: lease.name.clone(),
+                me: p.me.to_string(),
+                timing: lease.timing,
+                acquire_delay: Duration::ZERO,
+                labels: Default::default(),
+            };
+            info!(
+                lease = %format!("{}/{}", lease.namespace, lease.name),
+                vip = ?vips_of,
+                duration = ?lease.timing.lease_duration,
+                renew_deadline = ?lease.timing.renew_deadline,
+                retry = ?lease.timing.retry_period,
+                "control-plane VIP: Lease election"
+            );
+            let l = leadership(format!("{}/{}", lease.namespace, lease.name));
+            tasks.spawn(election.run(l, shutdown));
+        }
+        (Election::Raft(raft), _) => {
+            info!(vip = ?vips_of, peers = %raft.peers, "control-plane VIP: Raft election");
+            let cfg = raft_config(raft, p.me);
+            let l = leadership("raft".into());
+            tasks.spawn(async move {
+                if let Err(e) = vipd_raft::run(cfg, l, shutdown).await {
+                    error!("{e}");
+                    let _ = fatal.send(format!("Raft: {e}")).await;
+                }
+            });
+        }
+        _ => {
+            warn!("no election (vip_leaderelection and vip_raft are off): this node holds the VIP unconditionally (single node only)");
+            p.vips.set(Source::ControlPlane, claims, None).await;
+        }
+    }
+}
+
+fn raft_config(r: &RaftSettings, me: &str) -> vipd_raft::RaftConfig {
+    vipd_raft::RaftConfig {
+        me: me.to_string(),
+        peers: r.peers.clone(),
+        tick: r.tick,
+        heartbeat_ticks: r.heartbeat_ticks,
+        election_ticks: r.election_ticks,
+        state_dir: r.state_dir.clone(),
+    }
+}
+
+/// vipd's namespace: where its Leases and instance records live.
+fn vipd_namespace(config: &Config) -> String {
+    config
+        .control_plane
+        .as_ref()
+        .and_then(|cp| match &cp.election {
+            Election::Lease(l) => Some(l.namespace.clone()),
+            _ => None,
+        })
+        .or_else(|| config.services.as_ref().map(|s| s.lease.namespace.clone()))
+        .unwrap_or_else(|| "kube-system".into())
 }
 
 /// This node's own address on `interface` (not one vipd added), IPv4 first.
-async fn own_address(netlink: &Netlink, interface: &str) -> Option<std::net::IpAddr> {
+async fn own_address(netlink: &Netlink, interface: &str) -> Option<IpAddr> {
     let link = netlink.link_by_name(interface).await.ok()??;
-    let mut addrs: Vec<std::net::IpAddr> = netlink
+    let mut addrs: Vec<IpAddr> = netlink
         .addresses()
         .await
         .ok()?
@@ -213,7 +272,7 @@ async fn own_address(netlink: &Netlink, interface: &str) -> Option<std::net::IpA
         .filter(|k| k.ifindex == link.index && !k.ours)
         .map(|k| k.addr)
         .filter(|a| match a {
-            std::net::IpAddr::V6(v) => (v.segments()[0] & 0xffc0) != 0xfe80,
+            IpAddr::V6(v) => (v.segments()[0] & 0xffc0) != 0xfe80,
             _ => true,
         })
         .collect();
@@ -233,7 +292,9 @@ async fn pick_interface(netlink: &Netlink, name: Option<&str>, setting: &str) ->
                 info!(interface = %n, "{setting} not set: using the default route's interface");
                 Ok(n)
             }
-            None => bail!("invalid configuration: {setting} is not set and this node has no default route: set {setting}"),
+            None => bail!(
+                "invalid configuration: {setting} is not set and this node has no default route: set {setting}"
+            ),
         },
     }
 }

@@ -65,14 +65,18 @@ fn container(layers: &Layers, image: &str, kubeconfig: Option<&str>) -> Value {
         "resources": { "requests": { "cpu": "10m", "memory": "32Mi" } }
     });
     // Probes on the status server (prometheus_server, :2112 by default; none when it is off).
-    let port = match layers.get("prometheus_server").map(|g| g.value.trim().to_string()) {
+    let port = match layers
+        .get("prometheus_server")
+        .map(|g| g.value.trim().to_string())
+    {
         None => Some(2112),
         Some(v) if v.is_empty() => None,
         Some(v) => v.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()),
     };
     if let Some(port) = port {
         c["livenessProbe"] = json!({ "httpGet": { "path": "/healthz", "port": port }, "periodSeconds": 10, "failureThreshold": 3 });
-        c["readinessProbe"] = json!({ "httpGet": { "path": "/readyz", "port": port }, "periodSeconds": 5 });
+        c["readinessProbe"] =
+            json!({ "httpGet": { "path": "/readyz", "port": port }, "periodSeconds": 5 });
     }
     if let Some(path) = kubeconfig {
         c["volumeMounts"] = json!([{ "name": "kubeconfig", "mountPath": path, "readOnly": true }]);

@@ -62,8 +62,19 @@ pub enum Announce {
 pub enum Election {
     /// A `coordination.k8s.io` Lease.
     Lease(LeaseConfig),
+    /// Raft among the control-plane peers (no API server needed).
+    Raft(RaftSettings),
     /// No election: this node always holds the VIP (single-node use).
     None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftSettings {
+    pub peers: vipd_raft::Peers,
+    pub state_dir: PathBuf,
+    pub tick: Duration,
+    pub heartbeat_ticks: usize,
+    pub election_ticks: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -463,10 +474,20 @@ impl Config {
             if port == 0 {
                 return Err(r.err("port", "expected a port number 1-65535"));
             }
-            let election = if r.bool("vip_leaderelection", false)? {
-                Election::Lease(lease_config(&r, "vip_leasename", "plndr-cp-lock")?)
-            } else {
-                Election::None
+            let lease = r.bool("vip_leaderelection", false)?;
+            let raft = r.bool("vip_raft", false)?;
+            let election = match (lease, raft) {
+                (true, true) => {
+                    return Err(ConfigError::new(
+                        "vip_leaderelection and vip_raft",
+                        "both are true: choose one election (a Lease, or Raft among the peers)",
+                    ))
+                }
+                (true, false) => {
+                    Election::Lease(lease_config(&r, "vip_leasename", "plndr-cp-lock")?)
+                }
+                (false, true) => Election::Raft(raft_settings(&r, &node_name)?),
+                (false, false) => Election::None,
             };
             Some(ControlPlane {
                 addresses,
@@ -608,6 +629,53 @@ fn lease_config(
         namespace,
         name,
         timing,
+    })
+}
+
+fn raft_settings(r: &Reader, me: &str) -> Result<RaftSettings, ConfigError> {
+    let peers = match r.string("vip_raft_peers") {
+        None => {
+            return Err(r.err(
+                "vip_raft_peers",
+                "vip_raft=true needs the peer list: NAME=HOST:PORT,...",
+            ))
+        }
+        Some(v) => vipd_raft::Peers::parse(&v).map_err(|m| r.err("vip_raft_peers", m))?,
+    };
+    if peers.by_name(me).is_none() {
+        return Err(r.err(
+            "vip_raft_peers",
+            format!("this node ({me}, from vip_nodename or the host name) is not in the list"),
+        ));
+    }
+    let tick = r.duration("vip_raft_tick", Duration::from_millis(50))?;
+    if tick < Duration::from_millis(10) || tick > Duration::from_secs(5) {
+        return Err(r.err("vip_raft_tick", "must be between 10ms and 5s"));
+    }
+    let heartbeat_ticks = r.number(
+        "vip_raft_heartbeat_ticks",
+        2usize,
+        "a whole number of ticks",
+    )?;
+    let election_ticks = r.number("vip_raft_election_ticks", 8usize, "a whole number of ticks")?;
+    if heartbeat_ticks == 0 {
+        return Err(r.err("vip_raft_heartbeat_ticks", "must be at least 1"));
+    }
+    if election_ticks < heartbeat_ticks * 3 {
+        return Err(r.err(
+            "vip_raft_election_ticks",
+            format!("must be at least 3 heartbeats ({} ticks): a follower must hear several before it gives up on the leader", heartbeat_ticks * 3),
+        ));
+    }
+    let state_dir = r
+        .string("vip_raft_state_dir")
+        .unwrap_or_else(|| "/var/lib/vipd/raft".into());
+    Ok(RaftSettings {
+        peers,
+        state_dir: PathBuf::from(state_dir),
+        tick,
+        heartbeat_ticks,
+        election_ticks,
     })
 }
 

@@ -61,6 +61,13 @@ pub const SETTINGS: &[Setting] = &[
     s("vip_leaseduration", "leaseDuration", "Lease duration, seconds or with unit (vipd default 4s)"),
     s("vip_renewdeadline", "leaseRenewDuration", "leader gives up the VIP if it cannot renew for this long (vipd default 2500ms)"),
     s("vip_retryperiod", "leaseRetry", "renew / retry period (vipd default 500ms)"),
+    // Raft election (vipd).
+    b("vip_raft", "raft", "elect the control-plane VIP holder with Raft among vip_raft_peers: no API server needed (default false)"),
+    s("vip_raft_peers", "raftPeers", "NAME=HOST:PORT of every control-plane node, comma separated; the same list, in the same order, on every node"),
+    s("vip_raft_state_dir", "raftStateDir", "where Raft keeps term, vote and log (default /var/lib/vipd/raft)"),
+    s("vip_raft_tick", "raftTick", "Raft tick (default 50ms)"),
+    s("vip_raft_heartbeat_ticks", "raftHeartbeatTicks", "ticks between leader heartbeats (default 2)"),
+    s("vip_raft_election_ticks", "raftElectionTicks", "ticks without a leader before a follower campaigns; randomized up to twice this (default 8)"),
     // ARP.
     s("vip_arpRate", "arpRate", "milliseconds between refresh announcements (default 3000; below 500 means 3000)"),
     s("vip_addr_lifetime", "addressLifetime", "kernel lifetime of held addresses, refreshed while leading; 0 = permanent (vipd default: lease duration - 2s, at least 1s)"),

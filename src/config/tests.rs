@@ -259,3 +259,69 @@ fn services_settings() {
         assert!(e.contains(k), "{k}: {e}");
     }
 }
+
+#[test]
+fn raft_settings() {
+    let peers = "n1=192.0.2.11:7946,n2=192.0.2.12:7946,n3=192.0.2.13:7946";
+    let c = cp_arp(&[
+        ("vip_raft", "true"),
+        ("vip_raft_peers", peers),
+        ("vip_nodename", "n2"),
+    ])
+    .unwrap();
+    let Election::Raft(r) = c.control_plane.unwrap().election else {
+        panic!()
+    };
+    assert_eq!(r.peers.list.len(), 3);
+    assert_eq!(
+        (r.tick, r.heartbeat_ticks, r.election_ticks),
+        (Duration::from_millis(50), 2, 8)
+    );
+    assert_eq!(r.state_dir, PathBuf::from("/var/lib/vipd/raft"));
+
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("vip_raft", "true")], "vip_raft_peers"),
+        (
+            &[
+                ("vip_raft", "true"),
+                ("vip_raft_peers", peers),
+                ("vip_nodename", "n9"),
+            ],
+            "not in the list",
+        ),
+        (
+            &[("vip_raft", "true"), ("vip_raft_peers", "n1=192.0.2.11")],
+            "not HOST:PORT",
+        ),
+        (
+            &[
+                ("vip_raft", "true"),
+                ("vip_leaderelection", "true"),
+                ("vip_raft_peers", peers),
+            ],
+            "choose one election",
+        ),
+        (
+            &[
+                ("vip_raft", "true"),
+                ("vip_raft_peers", peers),
+                ("vip_nodename", "n1"),
+                ("vip_raft_tick", "1ms"),
+            ],
+            "vip_raft_tick",
+        ),
+        (
+            &[
+                ("vip_raft", "true"),
+                ("vip_raft_peers", peers),
+                ("vip_nodename", "n1"),
+                ("vip_raft_election_ticks", "4"),
+            ],
+            "vip_raft_election_ticks",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let e = err(extra);
+        assert!(e.contains(needle), "{extra:?}: {e}");
+    }
+}

@@ -29,17 +29,8 @@ use tracing::{debug, info, warn};
 use crate::config::LeaseTiming;
 use record::{Observation, View};
 
-/// What the election tells its user.
-pub trait Leadership: Send {
-    /// This node leads until `hold_until` unless renewed.
-    fn started(&mut self, hold_until: Instant) -> impl Future<Output = ()> + Send;
-    /// Renewed: leads until `hold_until`.
-    fn renewed(&mut self, hold_until: Instant);
-    /// This node no longer leads. Must withdraw everything the lead allowed.
-    fn stopped(&mut self) -> impl Future<Output = ()> + Send;
-    /// The holder as last seen (None: nobody), for logs and status.
-    fn observed(&mut self, _holder: Option<&str>) {}
-}
+/// What an election tells its user; shared with the Raft election.
+pub use vipd_raft::Leadership;
 
 /// A Lease election for identity `me`.
 pub struct LeaseElection {

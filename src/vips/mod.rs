@@ -31,6 +31,7 @@ pub use plan::{plan, wanted, ClaimSet, Plan, Want};
 
 use crate::announce::{self, AnnounceStats};
 use crate::config::Announce;
+use crate::guardian::Guardian;
 use crate::netlink::{kernel_events, KernelAddr, KernelEvent, Link, Netlink, NetlinkError};
 
 /// Who claims an address.
@@ -82,6 +83,8 @@ pub struct OwnerConfig {
     pub lifetime: Option<Duration>,
     /// Addresses to report as stray when present unclaimed (the VIPs).
     pub watch: Vec<IpAddr>,
+    /// Run the guardian process (see `guardian`).
+    pub guardian: bool,
 }
 
 enum Command {
@@ -205,7 +208,19 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
     let readiness = Arc::new(Mutex::new(Readiness::new()));
     let (tx, rx) = mpsc::unbounded_channel();
     let (held_tx, held_rx) = watch::channel(Held::default());
+    let guardian = if config.guardian {
+        match Guardian::spawn() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                warn!(error = %e, "cannot start the guardian; addresses rely on their kernel lifetime alone");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut owner = Owner {
+        guardian,
         netlink,
         config,
         claims: BTreeMap::new(),
@@ -236,6 +251,7 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
 }
 
 struct Owner {
+    guardian: Option<Guardian>,
     netlink: Netlink,
     config: OwnerConfig,
     claims: BTreeMap<Source, ClaimSet>,
@@ -266,6 +282,7 @@ impl Owner {
         let mut refresh = tokio::time::interval(period.max(Duration::from_millis(200)));
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.update_guardian();
             let deadline = self.next_deadline();
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -279,8 +296,15 @@ impl Owner {
                         let _ = done.send(());
                     }
                     Some(Command::Extend { source, hold_until }) => {
+                        let now = Instant::now();
+                        let mut lapsed = false;
                         if let Some(set) = self.claims.get_mut(&source) {
+                            lapsed = set.hold_until.is_some_and(|t| t <= now);
                             set.hold_until = Some(hold_until);
+                        }
+                        // A claim that had lapsed (and was withdrawn) comes back.
+                        if lapsed {
+                            self.converge().await;
                         }
                     }
                     Some(Command::ReleaseAll { done }) => {
@@ -306,6 +330,22 @@ impl Owner {
                 _ = sleep_until(deadline) => self.converge().await,
             }
         }
+    }
+
+    /// Tells the guardian the earliest deadline of the claims in force.
+    fn update_guardian(&mut self) {
+        let Some(g) = self.guardian.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let deadline = self
+            .claims
+            .values()
+            .filter(|c| !c.claims.is_empty())
+            .filter_map(|c| c.hold_until)
+            .filter(|t| *t > now)
+            .min();
+        g.set(deadline.map(|d| d - now));
     }
 
     /// The earliest claim deadline still ahead.

@@ -352,3 +352,76 @@ pub fn grant_pools_role(env: &crate::apiserver::Env, ns: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// A lab of its own with `n` vipd nodes electing the VIP with Raft, and a
+/// client; no API server anywhere. Field order is drop order: the cluster's
+/// hosts go before the segment. Run futures with `rt.block_on`: the
+/// cluster's probes open their sockets inside the right namespaces.
+pub struct RaftLab {
+    pub cluster: VipCluster,
+    pub lab: crate::lab::Lab,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl RaftLab {
+    /// `extra` overrides settings on every node.
+    pub fn start(
+        n: usize,
+        vip: IpAddr,
+        bin: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> Result<RaftLab> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        crate::netns::reap_leftovers();
+        let prefix = format!(
+            "{}r{}",
+            crate::run_prefix(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = crate::lab::Lab::new(&prefix)?;
+        let client = lab.add_host("client", 3)?;
+        let peers: Vec<String> = (1..=n)
+            .map(|i| format!("n{i}={}:7946", crate::lab::host_v4(10 + i as u8)))
+            .collect();
+        let peers = peers.join(",");
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let name = format!("n{i}");
+            let host = lab.add_host(&name, 10 + i as u8)?;
+            let state = crate::run_dir().join(format!("raft-{prefix}-{name}"));
+            let mut env: Vec<(String, String)> = [
+                ("vip_arp", "true"),
+                ("cp_enable", "true"),
+                ("vip_interface", "eth0"),
+                ("vip_raft", "true"),
+                ("vip_loglevel", "debug"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            crate::vipd::set_env(&mut env, "address", &vip.to_string());
+            crate::vipd::set_env(&mut env, "vip_raft_peers", &peers);
+            crate::vipd::set_env(&mut env, "vip_nodename", &name);
+            crate::vipd::set_env(
+                &mut env,
+                "vip_raft_state_dir",
+                state.to_str().expect("utf-8"),
+            );
+            for (k, v) in extra {
+                crate::vipd::set_env(&mut env, k, v);
+            }
+            let mut node = VipdNode::new(host, bin, env, &[6443]);
+            node.start()?;
+            nodes.push(node);
+        }
+        let rt = client.ns.runtime(2)?;
+        let cluster = VipCluster {
+            nodes,
+            client: HostRef::Owned(client),
+            vip,
+            port: 6443,
+        };
+        Ok(RaftLab { cluster, lab, rt })
+    }
+}

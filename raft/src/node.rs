@@ -1,0 +1,313 @@
+//! The raft-rs loop: tick, step received messages, handle `Ready`
+//! (persist, then send), and tell the user when this node leads and until
+//! when it may hold the VIP.
+//!
+//! Order matters for fencing: when a step makes this node lose leadership,
+//! `stopped` (which withdraws the VIP) completes before any message of that
+//! step is sent, so the vote that elects the next leader leaves only after
+//! the VIP is gone here.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::{ConfState, Message, MessageType};
+use raft::storage::MemStorage;
+use raft::{Config, RawNode, StateRole};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::lease::LeaseTracker;
+use crate::peers::Peers;
+use crate::storage::Persisted;
+use crate::transport::{Inbound, Transport};
+
+/// What an election tells its user (shared with vipd's Lease election).
+pub trait Leadership: Send {
+    /// This node leads and may hold the VIP until `hold_until` unless renewed.
+    fn started(&mut self, hold_until: Instant) -> impl Future<Output = ()> + Send;
+    /// Still leading: may hold until `hold_until`.
+    fn renewed(&mut self, hold_until: Instant);
+    /// No longer leading: withdraw everything the lead allowed.
+    fn stopped(&mut self) -> impl Future<Output = ()> + Send;
+    /// The leader as last seen (None: nobody), for logs and status.
+    fn observed(&mut self, _leader: Option<&str>) {}
+}
+
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    /// This node's name in `peers`.
+    pub me: String,
+    pub peers: Peers,
+    pub tick: Duration,
+    pub heartbeat_ticks: usize,
+    pub election_ticks: usize,
+    pub state_dir: PathBuf,
+}
+
+impl RaftConfig {
+    pub fn election_timeout(&self) -> Duration {
+        self.tick * self.election_ticks as u32
+    }
+}
+
+/// A Raft failure, in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RaftError(pub String);
+
+fn stamp(epoch: Instant) -> Vec<u8> {
+    (epoch.elapsed().as_micros() as u64).to_be_bytes().to_vec()
+}
+
+struct Loop<L> {
+    node: RawNode<MemStorage>,
+    disk: Persisted,
+    transport: Transport,
+    leadership: L,
+    peers: Peers,
+    epoch: Instant,
+    lease: LeaseTracker,
+    leading: bool,
+    claimed_until: Option<Instant>,
+    last_leader: u64,
+}
+
+/// Runs this node's Raft until `shutdown`; a leader then withdraws and hands
+/// leadership to the most up-to-date follower.
+pub async fn run<L: Leadership>(
+    cfg: RaftConfig,
+    leadership: L,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), RaftError> {
+    let me = cfg
+        .peers
+        .by_name(&cfg.me)
+        .ok_or_else(|| {
+            RaftError(format!(
+                "vip_nodename {:?} is not in vip_raft_peers ({})",
+                cfg.me, cfg.peers
+            ))
+        })?
+        .clone();
+    let disk = Persisted::open(
+        &cfg.state_dir,
+        &cfg.peers.fingerprint(),
+        &cfg.peers.to_string(),
+        &cfg.me,
+    )
+    .map_err(RaftError)?;
+    let voters: Vec<u64> = cfg.peers.list.iter().map(|p| p.id).collect();
+    let storage = MemStorage::new_with_conf_state(ConfState::from((voters, vec![])));
+    {
+        let mut w = storage.wl();
+        w.append(&disk.entries())
+            .map_err(|e| RaftError(format!("Raft state: {e}")))?;
+        w.set_hardstate(disk.hard_state());
+    }
+    let config = Config {
+        id: me.id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: cfg.heartbeat_ticks,
+        pre_vote: true,
+        check_quorum: true,
+        applied: disk.hard_state().commit,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    };
+    config
+        .validate()
+        .map_err(|e| RaftError(format!("Raft timing: {e}")))?;
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let node =
+        RawNode::new(&config, storage, &logger).map_err(|e| RaftError(format!("Raft: {e}")))?;
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(4096);
+    let transport = Transport::start(&me, &cfg.peers, in_tx)
+        .await
+        .map_err(RaftError)?;
+    info!(
+        me = %cfg.me,
+        term = disk.hard_state().term,
+        election_timeout = ?cfg.election_timeout(),
+        heartbeat = ?(cfg.tick * cfg.heartbeat_ticks as u32),
+        "Raft election started"
+    );
+    let mut l = Loop {
+        node,
+        disk,
+        transport,
+        leadership,
+        peers: cfg.peers.clone(),
+        epoch: Instant::now(),
+        // Margin: two ticks, for tick jitter and message delays.
+        lease: LeaseTracker::new(cfg.peers.quorum(), cfg.election_timeout(), cfg.tick * 2),
+        leading: false,
+        claimed_until: None,
+        last_leader: 0,
+    };
+    let mut ticker = tokio::time::interval(cfg.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                l.node.tick();
+            }
+            Some(inb) = in_rx.recv() => {
+                l.receive(inb);
+                // Take what else has arrived before handling Ready once.
+                while let Ok(more) = in_rx.try_recv() {
+                    l.receive(more);
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+        l.handle_ready().await?;
+        l.update_hold().await;
+    }
+    l.hand_over().await?;
+    Ok(())
+}
+
+impl<L: Leadership> Loop<L> {
+    fn receive(&mut self, inb: Inbound) {
+        if self.leading
+            && inb.msg.get_msg_type() == MessageType::MsgHeartbeatResponse
+            && inb.msg.context.len() == 8
+        {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&inb.msg.context);
+            self.lease.ack(
+                inb.from,
+                self.epoch + Duration::from_micros(u64::from_be_bytes(b)),
+            );
+        }
+        // Errors here are messages from unknown or removed peers: ignore.
+        let _ = self.node.step(inb.msg);
+    }
+
+    fn send(&self, msgs: Vec<Message>) {
+        for mut m in msgs {
+            if m.get_msg_type() == MessageType::MsgHeartbeat && m.context.is_empty() {
+                m.context = stamp(self.epoch).into();
+            }
+            self.transport.send(m);
+        }
+    }
+
+    async fn handle_ready(&mut self) -> Result<(), RaftError> {
+        // Leadership first: a lost lead is withdrawn before anything is sent.
+        let is_leader = self.node.raft.state == StateRole::Leader;
+        if self.leading && !is_leader {
+            self.leading = false;
+            self.claimed_until = None;
+            warn!(term = self.node.raft.term, "no longer the Raft leader");
+            self.leadership.stopped().await;
+        } else if !self.leading && is_leader {
+            self.leading = true;
+            self.lease.reset();
+            info!(term = self.node.raft.term, "became the Raft leader");
+            // Heartbeats now: their acknowledgements start the VIP's lease.
+            self.node.ping();
+        }
+        let leader = self.node.raft.leader_id;
+        if leader != self.last_leader {
+            self.last_leader = leader;
+            let name = self.peers.by_id(leader).map(|p| p.name.clone());
+            self.leadership.observed(name.as_deref());
+        }
+
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.node.ready();
+        self.send(ready.take_messages());
+        let _ = ready.take_committed_entries();
+        let mut dirty = false;
+        if !ready.entries().is_empty() {
+            self.disk.append(ready.entries());
+            self.node
+                .store()
+                .wl()
+                .append(ready.entries())
+                .map_err(|e| RaftError(format!("Raft log: {e}")))?;
+            dirty = true;
+        }
+        if let Some(hs) = ready.hs() {
+            self.disk.set_hard_state(hs);
+            self.node.store().wl().set_hardstate(hs.clone());
+            dirty = true;
+        }
+        if dirty {
+            self.disk
+                .write()
+                .map_err(|e| RaftError(format!("cannot persist the Raft state: {e}")))?;
+        }
+        self.send(ready.take_persisted_messages());
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.disk.set_commit(commit);
+            self.node.store().wl().mut_hard_state().commit = commit;
+            self.disk
+                .write()
+                .map_err(|e| RaftError(format!("cannot persist the Raft state: {e}")))?;
+        }
+        self.send(light.take_messages());
+        let _ = light.take_committed_entries();
+        self.node.advance_apply();
+        Ok(())
+    }
+
+    /// Claims or extends the VIP while a quorum keeps acknowledging.
+    async fn update_hold(&mut self) {
+        if !self.leading {
+            return;
+        }
+        let now = Instant::now();
+        let Some(hold) = self.lease.hold_until(now).filter(|h| *h > now) else {
+            return;
+        };
+        match self.claimed_until {
+            // First claim, or the previous hold lapsed (a quorum was silent
+            // for a while and is back): claim again.
+            None => {
+                self.leadership.started(hold).await;
+                self.claimed_until = Some(hold);
+            }
+            Some(c) if c <= now => {
+                self.leadership.started(hold).await;
+                self.claimed_until = Some(hold);
+            }
+            Some(c) if hold > c => {
+                self.leadership.renewed(hold);
+                self.claimed_until = Some(hold);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Graceful stop: withdraw, then let the best follower take over now.
+    async fn hand_over(&mut self) -> Result<(), RaftError> {
+        if !self.leading {
+            return Ok(());
+        }
+        self.leadership.stopped().await;
+        self.leading = false;
+        let me = self.node.raft.id;
+        let best = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .max_by_key(|(_, p)| p.matched)
+            .map(|(id, _)| *id);
+        if let Some(target) = best {
+            info!(to = ?self.peers.by_id(target).map(|p| &p.name), "handing Raft leadership over");
+            self.node.transfer_leader(target);
+            self.handle_ready().await?;
+            // Let the transport write it before the process ends.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,240 @@
+//! Raft state on disk: term, vote, commit index and the log, in one small
+//! JSON file written atomically (temporary file, fsync, rename, fsync of the
+//! directory). Written only when raft says so (a new term, a vote, a new
+//! leader's entry), never per heartbeat.
+//!
+//! The file also records the peer list's fingerprint: started with another
+//! peer list, a node refuses to run instead of mixing two configurations.
+//! Elections append one empty entry per term, so the log stays tiny.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use raft::eraftpb::{Entry, EntryType, HardState};
+use serde::{Deserialize, Serialize};
+
+const FILE: &str = "raft-state.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct DiskEntry {
+    index: u64,
+    term: u64,
+    normal: bool,
+    data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct OnDisk {
+    version: u32,
+    /// The peer list it belongs to.
+    fingerprint: String,
+    peers: String,
+    me: String,
+    term: u64,
+    vote: u64,
+    commit: u64,
+    entries: Vec<DiskEntry>,
+}
+
+#[derive(Debug)]
+pub struct Persisted {
+    path: PathBuf,
+    disk: OnDisk,
+}
+
+impl Persisted {
+    /// Loads the state in `dir`, or starts a new one. Errors are one line.
+    pub fn open(dir: &Path, fingerprint: &str, peers: &str, me: &str) -> Result<Persisted, String> {
+        fs::create_dir_all(dir).map_err(|e| {
+            format!(
+                "cannot create the Raft state directory {}: {e}",
+                dir.display()
+            )
+        })?;
+        let path = dir.join(FILE);
+        let disk = match fs::read_to_string(&path) {
+            Ok(text) => {
+                let d: OnDisk = serde_json::from_str(&text).map_err(|e| {
+                    format!(
+                        "{} is damaged ({e}): remove it to rejoin as a new member",
+                        path.display()
+                    )
+                })?;
+                if d.fingerprint != fingerprint {
+                    return Err(format!(
+                        "the peer list changed since {} was written (was {}, now {}): give every node the same list, or remove the state of every node to start a new cluster",
+                        path.display(),
+                        d.peers,
+                        peers
+                    ));
+                }
+                if d.me != me {
+                    return Err(format!("{} belongs to {}, not {me}", path.display(), d.me));
+                }
+                d
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => OnDisk {
+                version: 1,
+                fingerprint: fingerprint.to_string(),
+                peers: peers.to_string(),
+                me: me.to_string(),
+                term: 0,
+                vote: 0,
+                commit: 0,
+                entries: Vec::new(),
+            },
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let p = Persisted { path, disk };
+        p.write()
+            .map_err(|e| format!("cannot write {}: {e}", p.path.display()))?;
+        Ok(p)
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        let mut hs = HardState::default();
+        hs.term = self.disk.term;
+        hs.vote = self.disk.vote;
+        hs.commit = self.disk.commit;
+        hs
+    }
+
+    pub fn entries(&self) -> Vec<Entry> {
+        self.disk
+            .entries
+            .iter()
+            .map(|d| {
+                let mut e = Entry::default();
+                e.index = d.index;
+                e.term = d.term;
+                e.set_entry_type(if d.normal {
+                    EntryType::EntryNormal
+                } else {
+                    EntryType::EntryConfChange
+                });
+                e.data = d.data.clone().into();
+                e
+            })
+            .collect()
+    }
+
+    pub fn set_hard_state(&mut self, hs: &HardState) {
+        self.disk.term = hs.term;
+        self.disk.vote = hs.vote;
+        self.disk.commit = hs.commit;
+    }
+
+    pub fn set_commit(&mut self, commit: u64) {
+        self.disk.commit = commit;
+    }
+
+    /// Appends `entries`, replacing any entries from the first new index on.
+    pub fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        self.disk.entries.retain(|d| d.index < first.index);
+        for e in entries {
+            self.disk.entries.push(DiskEntry {
+                index: e.index,
+                term: e.term,
+                normal: e.get_entry_type() == EntryType::EntryNormal,
+                data: e.data.to_vec(),
+            });
+        }
+    }
+
+    /// Writes the state to disk, atomically and durably.
+    pub fn write(&self) -> io::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        let text = serde_json::to_vec(&self.disk).map_err(io::Error::other)?;
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vipd-raft-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e
+    }
+
+    #[test]
+    fn survives_a_restart() {
+        let d = dir("restart");
+        let mut p = Persisted::open(&d, "fp", "a=1", "n1").unwrap();
+        let mut hs = HardState::default();
+        hs.term = 7;
+        hs.vote = 2;
+        p.set_hard_state(&hs);
+        p.append(&[entry(1, 1), entry(2, 7)]);
+        p.set_commit(2);
+        p.write().unwrap();
+        let q = Persisted::open(&d, "fp", "a=1", "n1").unwrap();
+        assert_eq!(
+            (
+                q.hard_state().term,
+                q.hard_state().vote,
+                q.hard_state().commit
+            ),
+            (7, 2, 2)
+        );
+        assert_eq!(
+            q.entries()
+                .iter()
+                .map(|e| (e.index, e.term))
+                .collect::<Vec<_>>(),
+            vec![(1, 1), (2, 7)]
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn conflicting_suffix_is_replaced() {
+        let d = dir("suffix");
+        let mut p = Persisted::open(&d, "fp", "a=1", "n1").unwrap();
+        p.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]);
+        p.append(&[entry(2, 3)]);
+        assert_eq!(
+            p.entries()
+                .iter()
+                .map(|e| (e.index, e.term))
+                .collect::<Vec<_>>(),
+            vec![(1, 1), (2, 3)]
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn another_peer_list_or_node_is_refused() {
+        let d = dir("refuse");
+        Persisted::open(&d, "fp1", "n1=192.0.2.11:7946", "n1").unwrap();
+        let e = Persisted::open(&d, "fp2", "n1=192.0.2.11:7947", "n1").unwrap_err();
+        assert!(e.contains("peer list changed") && e.contains("7947"), "{e}");
+        let e = Persisted::open(&d, "fp1", "n1=192.0.2.11:7946", "n2").unwrap_err();
+        assert!(e.contains("belongs to n1"), "{e}");
+        fs::write(d.join(FILE), "{broken").unwrap();
+        assert!(Persisted::open(&d, "fp1", "x", "n1")
+            .unwrap_err()
+            .contains("damaged"));
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,181 @@
+//! The guardian: a dead man's switch for held addresses, in a process of
+//! its own.
+//!
+//! A killed vipd cannot remove its addresses, and a frozen one (SIGSTOP, a
+//! stalled node) cannot notice that its lead ran out; the kernel's address
+//! lifetime catches both, but only in whole seconds. The guardian is a small
+//! child process (`vipd guard`) that the address owner keeps told of the
+//! earliest claim deadline. When vipd dies (its end of the pipe closes) or a
+//! deadline passes without a newer one, the guardian deletes every address
+//! carrying vipd's mark, within milliseconds. Killing the whole container
+//! takes the guardian too; then the kernel lifetime remains.
+
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use crate::netlink::Netlink;
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in both processes.
+fn mono_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// vipd's end: tells the guardian the current deadline.
+pub struct Guardian {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    last: Option<Option<u64>>,
+}
+
+impl Guardian {
+    /// Starts `vipd guard` from this executable.
+    pub fn spawn() -> io::Result<Guardian> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg("guard")
+            .stdin(Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        Ok(Guardian {
+            child,
+            stdin,
+            last: None,
+        })
+    }
+
+    /// Sets the deadline: `Some(remaining)` from now, or None (no deadline).
+    pub fn set(&mut self, remaining: Option<Duration>) {
+        let at = remaining.map(|r| mono_ns() + r.as_nanos() as u64);
+        // Deadlines within 1 ms of the last sent are not worth a write.
+        let same = match (self.last, at) {
+            (Some(None), None) => true,
+            (Some(Some(a)), Some(b)) => a.abs_diff(b) < 1_000_000,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let line = match at {
+            Some(ns) => format!("until {ns}\n"),
+            None => "none\n".to_string(),
+        };
+        if let Some(s) = self.stdin.as_mut() {
+            if let Err(e) = s.write_all(line.as_bytes()) {
+                warn!(error = %e, "the guardian is gone; addresses rely on their kernel lifetime alone");
+                self.stdin = None;
+                return;
+            }
+        }
+        self.last = Some(at);
+    }
+}
+
+impl Drop for Guardian {
+    fn drop(&mut self) {
+        // Closing the pipe tells it to clean up and exit.
+        self.stdin.take();
+        let _ = self.child.wait();
+    }
+}
+
+/// Removes every address carrying vipd's mark.
+fn remove_ours() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(_) => return,
+    };
+    rt.block_on(async {
+        let Ok(nl) = Netlink::connect() else { return };
+        let Ok(addrs) = nl.addresses().await else {
+            return;
+        };
+        for k in addrs.into_iter().filter(|k| k.ours) {
+            let _ = nl.del_address(k.ifindex, k.addr, k.prefix).await;
+            eprintln!("vipd guard: removed {} (vipd stopped renewing it)", k.addr);
+        }
+    });
+}
+
+/// `vipd guard`: runs until vipd's end of the pipe closes. When vipd is
+/// gone, the addresses stay until the last deadline it gave (its lead was
+/// guaranteed until then), then go.
+pub fn run_guard() -> ! {
+    let fd = io::stdin().as_raw_fd();
+    let mut deadline: Option<u64> = None;
+    let mut pending = String::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let timeout_ms: i32 = match deadline {
+            None => -1,
+            Some(d) => {
+                let now = mono_ns();
+                if now >= d {
+                    remove_ours();
+                    deadline = None;
+                    continue;
+                }
+                ((d - now) / 1_000_000 + 1).min(i32::MAX as u64) as i32
+            }
+        };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n == 0 {
+            continue; // the deadline is checked at the top
+        }
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            remove_ours();
+            std::process::exit(1);
+        }
+        // SAFETY: reading into our own buffer from stdin's descriptor.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        match r {
+            r if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {
+                continue
+            }
+            r if r <= 0 => {
+                // vipd is gone (killed, crashed, or stopped cleanly).
+                if let Some(d) = deadline {
+                    let now = mono_ns();
+                    if d > now {
+                        std::thread::sleep(Duration::from_nanos(d - now));
+                    }
+                }
+                remove_ours();
+                std::process::exit(0);
+            }
+            k => {
+                let k = k as usize;
+                pending.push_str(&String::from_utf8_lossy(&buf[..k]));
+                while let Some(i) = pending.find('\n') {
+                    let line: String = pending.drain(..=i).collect();
+                    let line = line.trim();
+                    if line == "none" {
+                        deadline = None;
+                    } else if let Some(ns) =
+                        line.strip_prefix("until ").and_then(|v| v.parse().ok())
+                    {
+                        deadline = Some(ns);
+                    } else {
+                        debug!(line, "guardian: unknown line");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The control-plane VIP with Raft election, with no API server anywhere:
+//! 3 and 5 peers; the leader killed, frozen and thawed, cut off and
+//! reconnected; a minority partition; the whole cluster restarted; peers
+//! configured inconsistently. Each time the VIP answers again quickly and no
+//! sample ever shows two holders.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use vipd_testkit::failover::{Disruption, Outcome, RaftLab};
+use vipd_testkit::probe::{max_holders, HolderSampler};
+
+const VIP: &str = "192.0.2.100";
+
+/// Lab tests share addresses and CPU: one at a time.
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vipd"))
+}
+
+fn vip() -> IpAddr {
+    VIP.parse().unwrap()
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn check(o: &Outcome, limit: Duration) {
+    eprintln!("{o:?}");
+    assert!(o.holder_samples > 30, "too few samples");
+    assert!(
+        o.max_holders <= 1,
+        "{:?}: two nodes held the VIP at once",
+        o.disruption
+    );
+    assert!(
+        o.takeover <= limit,
+        "{:?}: takeover took {:?}",
+        o.disruption,
+        o.takeover
+    );
+    assert_ne!(o.new, o.old);
+}
+
+fn failover(n: usize, what: Disruption, limit: Duration) {
+    let _l = lock();
+    let mut lab = RaftLab::start(n, vip(), bin(), &[]).unwrap();
+    let c = &mut lab.cluster;
+    lab.rt.block_on(async {
+        let (o, old) = c
+            .disrupt(
+                what,
+                limit + Duration::from_secs(5),
+                Duration::from_millis(500),
+            )
+            .await
+            .unwrap();
+        check(&o, limit);
+        // The old leader comes back: never two holders, no flapping back.
+        let hosts: Vec<&vipd_testkit::lab::Host> = c.nodes.iter().map(|n| &n.host).collect();
+        let sampler = HolderSampler::start(&hosts, vip(), Duration::from_millis(10));
+        c.restore(what, old).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let samples = sampler.finish().await;
+        assert!(
+            max_holders(&samples) <= 1,
+            "two holders after the old leader came back"
+        );
+        let now = c.wait_stable(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(c.nodes[now].name(), o.new, "leadership moved back");
+    });
+}
+
+#[test]
+fn three_peers_leader_killed() {
+    failover(3, Disruption::Kill, Duration::from_secs(2));
+}
+
+#[test]
+fn three_peers_leader_frozen_then_thawed() {
+    failover(3, Disruption::Freeze, Duration::from_secs(2));
+}
+
+#[test]
+fn three_peers_leader_cut_off_then_reconnected() {
+    failover(3, Disruption::LinkDown, Duration::from_secs(2));
+}
+
+#[test]
+fn three_peers_graceful_handover_on_sigterm() {
+    failover(3, Disruption::Term, Duration::from_millis(500));
+}
+
+#[test]
+fn five_peers_leader_killed() {
+    failover(5, Disruption::Kill, Duration::from_secs(2));
+}
+
+#[test]
+fn five_peers_leader_frozen() {
+    failover(5, Disruption::Freeze, Duration::from_secs(2));
+}
+
+/// Two of five nodes, the leader among them, lose the segment: the three
+/// others elect a leader; the two can never hold the VIP meanwhile. When
+/// they return, they follow.
+#[test]
+fn minority_partition_with_the_leader() {
+    let _l = lock();
+    let mut lab = RaftLab::start(5, vip(), bin(), &[]).unwrap();
+    let c = &mut lab.cluster;
+    lab.rt.block_on(async {
+        let leader = c.wait_stable(Duration::from_secs(20)).await.unwrap();
+        let other = (leader + 1) % 5;
+        let hosts: Vec<&vipd_testkit::lab::Host> = c.nodes.iter().map(|n| &n.host).collect();
+        let sampler = HolderSampler::start(&hosts, vip(), Duration::from_millis(10));
+        let t0 = Instant::now();
+        c.nodes[leader].host.link_down().unwrap();
+        c.nodes[other].host.link_down().unwrap();
+        let mut new = None;
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Some(a) = c.answer() {
+                if a != c.nodes[leader].name() {
+                    new = Some(a);
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let new = new.expect("the majority elected a leader");
+        eprintln!("majority took over after {:?}", t0.elapsed());
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        c.nodes[leader].host.link_up().unwrap();
+        c.nodes[other].host.link_up().unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let samples = sampler.finish().await;
+        assert!(
+            max_holders(&samples) <= 1,
+            "two holders during or after the partition"
+        );
+        let now = c.wait_stable(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(c.nodes[now].name(), new);
+    });
+}
+
+/// Two followers of five lose the segment: the leader keeps its quorum and
+/// the VIP never stops answering.
+#[test]
+fn minority_partition_without_the_leader_changes_nothing() {
+    let _l = lock();
+    let mut lab = RaftLab::start(5, vip(), bin(), &[]).unwrap();
+    let c = &mut lab.cluster;
+    lab.rt.block_on(async {
+        let leader = c.wait_stable(Duration::from_secs(20)).await.unwrap();
+        let prober =
+            vipd_testkit::probe::Prober::start(&c.client, c.target(), Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (a, b) = ((leader + 1) % 5, (leader + 2) % 5);
+        c.nodes[a].host.link_down().unwrap();
+        c.nodes[b].host.link_down().unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        c.nodes[a].host.link_up().unwrap();
+        c.nodes[b].host.link_up().unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let s = prober.finish();
+        assert!(
+            s.longest_outage() < Duration::from_millis(100),
+            "outage {:?}",
+            s.longest_outage()
+        );
+        assert_eq!(c.wait_stable(Duration::from_secs(2)).await.unwrap(), leader);
+    });
+}
+
+/// Every node restarts at once: the cluster elects a leader again, in a
+/// later term (term and vote were kept on disk).
+#[test]
+fn the_whole_cluster_restarts() {
+    let _l = lock();
+    let mut lab = RaftLab::start(3, vip(), bin(), &[]).unwrap();
+    let c = &mut lab.cluster;
+    lab.rt.block_on(async {
+        c.wait_stable(Duration::from_secs(20)).await.unwrap();
+        let term_of = |c: &vipd_testkit::failover::VipCluster, i: usize| -> u64 {
+            let dir = c.nodes[i]
+                .env
+                .iter()
+                .find(|(k, _)| k == "vip_raft_state_dir")
+                .unwrap()
+                .1
+                .clone();
+            let text = std::fs::read_to_string(Path::new(&dir).join("raft-state.json")).unwrap();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["term"]
+                .as_u64()
+                .unwrap()
+        };
+        let before = (0..3).map(|i| term_of(c, i)).max().unwrap();
+        for n in c.nodes.iter_mut() {
+            n.kill();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t0 = Instant::now();
+        for n in c.nodes.iter_mut() {
+            n.start().unwrap();
+        }
+        c.wait_stable(Duration::from_secs(20)).await.unwrap();
+        eprintln!("answering again {:?} after the restart", t0.elapsed());
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        let after = (0..3).map(|i| term_of(c, i)).max().unwrap();
+        assert!(after > before, "term went from {before} to {after}");
+        // One restarted follower rejoins without disturbing the leader.
+        let leader = c.wait_stable(Duration::from_secs(5)).await.unwrap();
+        let f = (leader + 1) % 3;
+        c.nodes[f].terminate(Duration::from_secs(5)).unwrap();
+        c.nodes[f].start().unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(c.wait_stable(Duration::from_secs(5)).await.unwrap(), leader);
+    });
+}
+
+/// A node given another peer list is refused (one clear line in its log),
+/// and the others carry on; a node restarted with a list other than the one
+/// its state was written with stops with one clear line.
+#[test]
+fn inconsistent_peer_lists_are_refused_clearly() {
+    let _l = lock();
+    let mut lab = RaftLab::start(3, vip(), bin(), &[]).unwrap();
+    let c = &mut lab.cluster;
+    lab.rt.block_on(async {
+        let leader = c.wait_stable(Duration::from_secs(20)).await.unwrap();
+        let f = (leader + 1) % 3;
+        // Same nodes, another order: another configuration.
+        c.nodes[f].kill();
+        let list = c.nodes[f]
+            .env
+            .iter()
+            .find(|(k, _)| k == "vip_raft_peers")
+            .unwrap()
+            .1
+            .clone();
+        let mut parts: Vec<&str> = list.split(',').collect();
+        parts.reverse();
+        let reversed = parts.join(",");
+        vipd_testkit::vipd::set_env(&mut c.nodes[f].env, "vip_raft_peers", &reversed);
+        c.nodes[f].start().unwrap();
+        // Its saved state belongs to the old list: it stops, saying why.
+        let code = c.nodes[f]
+            .proc
+            .as_mut()
+            .unwrap()
+            .wait_exit(Duration::from_secs(10));
+        assert_eq!(code, Some(2), "{}", c.nodes[f].log_tail(5));
+        let log = c.nodes[f].log_tail(3);
+        assert!(log.contains("peer list changed"), "{log}");
+        // With fresh state it runs, but the others refuse it: logged clearly.
+        let dir = c.nodes[f]
+            .env
+            .iter()
+            .find(|(k, _)| k == "vip_raft_state_dir")
+            .unwrap()
+            .1
+            .clone();
+        std::fs::remove_dir_all(&dir).unwrap();
+        c.nodes[f].start().unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let log = c.nodes[f].log_tail(200);
+        assert!(
+            log.contains("peer lists differ") || log.contains("refused us"),
+            "{log}"
+        );
+        assert_eq!(
+            c.wait_stable(Duration::from_secs(5)).await.unwrap(),
+            leader,
+            "the others carry on"
+        );
+    });
+}
