@@ -93,11 +93,12 @@ impl Persisted {
     }
 
     pub fn hard_state(&self) -> HardState {
-        let mut hs = HardState::default();
-        hs.term = self.disk.term;
-        hs.vote = self.disk.vote;
-        hs.commit = self.disk.commit;
-        hs
+        HardState {
+            term: self.disk.term,
+            vote: self.disk.vote,
+            commit: self.disk.commit,
+            ..Default::default()
+        }
     }
 
     pub fn entries(&self) -> Vec<Entry> {
@@ -105,9 +106,11 @@ impl Persisted {
             .entries
             .iter()
             .map(|d| {
-                let mut e = Entry::default();
-                e.index = d.index;
-                e.term = d.term;
+                let mut e = Entry {
+                    index: d.index,
+                    term: d.term,
+                    ..Default::default()
+                };
                 e.set_entry_type(if d.normal {
                     EntryType::EntryNormal
                 } else {
