@@ -174,19 +174,22 @@ mod tests {
     }
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn survives_a_restart() {
         let d = dir("restart");
         let mut p = Persisted::open(&d, "fp", "a=1", "n1").unwrap();
-        let mut hs = HardState::default();
-        hs.term = 7;
-        hs.vote = 2;
+        let hs = HardState {
+            term: 7,
+            vote: 2,
+            ..Default::default()
+        };
         p.set_hard_state(&hs);
         p.append(&[entry(1, 1), entry(2, 7)]);
         p.set_commit(2);
