@@ -41,6 +41,9 @@ pub enum Disruption {
     LinkDown,
     /// SIGSTOP of its vipd (a frozen process); SIGCONT on restore.
     Freeze,
+    /// SIGKILL of every process on the node (the daemon and its helpers:
+    /// keepalived's VRRP child, vipd's guardian), as when a container dies.
+    KillAll,
 }
 
 /// What one disruption did.
@@ -164,6 +167,7 @@ impl VipCluster {
             Disruption::Term => self.nodes[old].signal(Signal::SIGTERM),
             Disruption::LinkDown => self.nodes[old].host.link_down()?,
             Disruption::Freeze => self.nodes[old].signal(Signal::SIGSTOP),
+            Disruption::KillAll => crate::netns::kill_all_in(self.nodes[old].host.ns.name()),
         }
         let answered = {
             let p = &prober;
@@ -231,6 +235,14 @@ impl VipCluster {
     pub async fn restore(&mut self, what: Disruption, i: usize) -> Result<()> {
         match what {
             Disruption::Kill => self.nodes[i].start()?,
+            Disruption::KillAll => {
+                self.nodes[i].kill();
+                // As a reboot would: a daemon killed outright (keepalived)
+                // may have left the VIP on the interface.
+                let prefix = if self.vip.is_ipv4() { 32 } else { 128 };
+                let _ = self.nodes[i].host.remove_address(self.vip, prefix);
+                self.nodes[i].start()?
+            }
             Disruption::Term => {
                 self.nodes[i].terminate(Duration::from_secs(10))?;
                 self.nodes[i].start()?;
@@ -424,4 +436,55 @@ impl RaftLab {
         };
         Ok(RaftLab { cluster, lab, rt })
     }
+}
+
+/// A lab of its own running keepalived (VRRPv3, from Debian) on `n` nodes
+/// for the same VIP, for comparison with vipd: `advert` is `advert_int`.
+pub fn keepalived_lab(n: usize, vip: IpAddr, advert: &str) -> Result<RaftLab> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    crate::netns::reap_leftovers();
+    let prefix = format!("{}k{}", crate::run_prefix(), SEQ.fetch_add(1, Ordering::Relaxed));
+    let lab = crate::lab::Lab::new(&prefix)?;
+    let client = lab.add_host("client", 3)?;
+    let bin = std::path::Path::new("/usr/sbin/keepalived");
+    if !bin.exists() {
+        anyhow::bail!("keepalived is not installed (scripts/setup.sh installs it)");
+    }
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        let name = format!("n{i}");
+        let host = lab.add_host(&name, 10 + i as u8)?;
+        let dir = crate::run_dir().join(format!("keepalived-{prefix}-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("keepalived.conf");
+        let prefix_len = if vip.is_ipv4() { 32 } else { 128 };
+        std::fs::write(
+            &conf,
+            format!(
+                "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  vrrp_garp_master_delay 1\n  vrrp_garp_master_repeat 3\n}}\n\
+                 vrrp_instance VI {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {prio}\n  advert_int {advert}\n  nopreempt\n  \
+                 virtual_ipaddress {{\n    {vip}/{prefix_len} dev eth0\n  }}\n}}\n",
+                prio = 100 + i
+            ),
+        )?;
+        let d = dir.to_str().expect("utf-8");
+        let mut node = VipdNode::new(host, bin, vec![], &[6443]);
+        node.args = vec![
+            "--dont-fork".into(),
+            "--log-console".into(),
+            "--vrrp".into(),
+            "--use-file".into(),
+            conf.to_str().expect("utf-8").into(),
+            "--pid".into(),
+            format!("{d}/keepalived.pid"),
+            "--vrrp_pid".into(),
+            format!("{d}/vrrp.pid"),
+        ];
+        node.start()?;
+        nodes.push(node);
+    }
+    let rt = client.ns.runtime(2)?;
+    let cluster = VipCluster { nodes, client: HostRef::Owned(client), vip, port: 6443 };
+    Ok(RaftLab { cluster, lab, rt })
 }

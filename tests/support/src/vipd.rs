@@ -48,6 +48,8 @@ pub struct VipdNode {
     pub env: Vec<(String, String)>,
     pub kernel: Option<NodeKernel>,
     bin: PathBuf,
+    /// Arguments of the daemon (`manager` for vipd).
+    pub args: Vec<String>,
     starts: u32,
 }
 
@@ -61,6 +63,7 @@ impl VipdNode {
             env,
             kernel: None,
             bin: bin.to_path_buf(),
+            args: vec!["manager".to_string()],
             starts: 0,
         }
     }
@@ -79,13 +82,7 @@ impl VipdNode {
     pub fn start(&mut self) -> Result<()> {
         self.starts += 1;
         let log = self.log_path();
-        let p = self.host.spawn(
-            &self.host.name,
-            &self.bin,
-            &["manager".to_string()],
-            &self.env,
-            &log,
-        )?;
+        let p = self.host.spawn(&self.host.name, &self.bin, &self.args, &self.env, &log)?;
         self.proc = Some(p);
         Ok(())
     }

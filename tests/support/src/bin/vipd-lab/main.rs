@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 use vipd_testkit::apiserver::env;
 use vipd_testkit::failover::{lease_cluster, median_worst, Disruption, Outcome, VipCluster};
 
+mod raft_bench;
 mod services_bench;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -45,6 +46,14 @@ enum Cmd {
 enum Bench {
     /// Failover of the control-plane VIP: SIGTERM, SIGKILL and link down of the holder.
     Failover {
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Raft election against keepalived (VRRPv3) at advert_int 1 s and 0.1 s:
+    /// outage on SIGKILL and on link down of the holder.
+    Raft {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
         #[arg(long, default_value_t = 3)]
@@ -108,6 +117,9 @@ fn main() {
         Cmd::Bench {
             what: Bench::Services { sequential, burst },
         } => run_interruptible(services_bench::run(vipd, sequential, burst)),
+        Cmd::Bench {
+            what: Bench::Raft { rounds, nodes },
+        } => raft_bench::run(&vipd, rounds, nodes, &INTERRUPTED),
     };
     match result {
         Ok(()) => {}
@@ -201,6 +213,7 @@ fn report(o: &Outcome) {
             Disruption::Kill => "kill",
             Disruption::LinkDown => "cable pull",
             Disruption::Freeze => "freeze",
+            Disruption::KillAll => "kill of all its processes",
         }
     ));
     say(&format!(
