@@ -39,9 +39,15 @@ pub async fn resolve(specs: &[AddressSpec]) -> Result<Vec<IpAddr>> {
 }
 
 /// The claims of the control-plane VIP on `interface`.
-pub fn claims(vips: &[IpAddr], subnets: Subnets, interface: &str) -> Vec<Claim> {
+pub fn claims(
+    vips: &[IpAddr],
+    subnets: Subnets,
+    interface: &str,
+    route: &vipd_bgp::RouteAttrs,
+) -> Vec<Claim> {
     vips.iter()
         .map(|a| Claim {
+            route: route.clone(),
             addr: *a,
             prefix: subnets.for_ip(*a),
             interface: interface.to_string(),

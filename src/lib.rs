@@ -11,11 +11,13 @@
 //! - [`manifest`]: the YAML `vipd manifest` prints.
 
 pub mod announce;
+pub mod bgp;
 pub mod config;
 pub mod controlplane;
 pub mod election;
 pub mod events;
 pub mod guardian;
+pub mod health;
 pub mod instance;
 pub mod kubeclient;
 pub mod manager;

@@ -26,7 +26,18 @@ use crate::{instance, kubeclient, services, shutdown};
 pub async fn run(config: Config) -> Result<()> {
     // Every check first: nothing on the host changes if the configuration is wrong.
     let netlink = Netlink::connect().context("opening netlink")?;
-    let interface = pick_interface(&netlink, config.interface.as_deref(), "vip_interface").await?;
+    // BGP announces routes: the addresses need no segment, so `lo` by default.
+    let default_if = config.bgp.as_ref().map(|_| "lo");
+    let interface = pick_interface(
+        &netlink,
+        config.interface.as_deref().or(default_if),
+        "vip_interface",
+    )
+    .await?;
+    let router_id = match &config.bgp {
+        Some(b) => Some(router_id(&netlink, b).await?),
+        None => None,
+    };
     let cp_vips = match &config.control_plane {
         Some(cp) => controlplane::resolve(&cp.addresses).await?,
         None => Vec::new(),
@@ -72,6 +83,19 @@ pub async fn run(config: Config) -> Result<()> {
         },
     });
     let status = Arc::new(Status::new(&config.node_name, vips.clone(), cp_info));
+    let bgp = match (&config.bgp, router_id) {
+        (Some(b), Some(id)) => {
+            let bgp = crate::bgp::start(b, id, &vips, status.clone());
+            status.set_speaker(bgp.speaker.status());
+            Some(bgp)
+        }
+        _ => None,
+    };
+    let route = config
+        .bgp
+        .as_ref()
+        .map(|b| b.attrs.clone())
+        .unwrap_or_default();
     // A part that fails for good (Raft cannot bind its port...) stops vipd.
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(1);
 
@@ -101,23 +125,37 @@ pub async fn run(config: Config) -> Result<()> {
         ));
     }
     if let Some(cp) = &config.control_plane {
-        let claims = controlplane::claims(&cp_vips, config.subnets, &interface);
+        let claims = controlplane::claims(&cp_vips, config.subnets, &interface, &route);
         let parts = Parts {
             vips: &vips,
             status: &status,
             events: &events,
             me: &config.node_name,
         };
-        start_control_plane(
-            cp,
-            claims,
-            client.clone(),
-            parts,
-            &mut tasks,
-            shutdown.clone(),
-            fatal_tx.clone(),
-        )
-        .await;
+        match &config.bgp {
+            // BGP: every node announces while its API server is healthy.
+            Some(b) => {
+                info!(vip = ?cp_vips, url = %b.health_url, "control-plane VIP: announced by BGP while the local API server is healthy");
+                tasks.spawn(health_gated(
+                    b.health_url.clone(),
+                    vips.clone(),
+                    claims,
+                    shutdown.clone(),
+                ));
+            }
+            None => {
+                start_control_plane(
+                    cp,
+                    claims,
+                    client.clone(),
+                    parts,
+                    &mut tasks,
+                    shutdown.clone(),
+                    fatal_tx.clone(),
+                )
+                .await
+            }
+        }
     }
     if let (Some(svc), Some(client), Some(events)) =
         (&config.services, client.clone(), events.clone())
@@ -137,6 +175,7 @@ pub async fn run(config: Config) -> Result<()> {
             subnets: config.subnets,
             vips: vips.clone(),
             status: status.clone(),
+            bgp: config.bgp.as_ref().map(|b| b.attrs.clone()),
         };
         tasks.spawn(services::run(ctx, shutdown.clone()));
     }
@@ -158,12 +197,54 @@ pub async fn run(config: Config) -> Result<()> {
         warn!("elections did not stop within 5 s");
     }
     vips.release_all().await;
+    if let Some(b) = bgp {
+        b.stop().await;
+    }
     match failure {
         Some(f) => bail!("{f}"),
         None => {
             info!("stopped");
             Ok(())
         }
+    }
+}
+
+/// Claims the control-plane VIP while `url` is healthy, withdraws it when
+/// not, and at shutdown.
+async fn health_gated(
+    url: String,
+    vips: VipHandle,
+    claims: Vec<Claim>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut healthy = crate::health::watch_health(url, shutdown.clone());
+    loop {
+        if *healthy.borrow_and_update() {
+            vips.set(Source::ControlPlane, claims.clone(), None).await;
+        } else {
+            vips.release(Source::ControlPlane).await;
+        }
+        tokio::select! {
+            r = healthy.changed() => if r.is_err() { break },
+            _ = shutdown.changed() => break,
+        }
+    }
+    vips.release(Source::ControlPlane).await;
+}
+
+/// The BGP router ID: `bgp_routerid`, else the IPv4 address of
+/// `bgp_routerinterface`, else of the default route's interface.
+async fn router_id(netlink: &Netlink, b: &crate::config::BgpConfig) -> Result<std::net::Ipv4Addr> {
+    if let Some(id) = b.router_id {
+        return Ok(id);
+    }
+    let iface = match &b.router_interface {
+        Some(i) => pick_interface(netlink, Some(i), "bgp_routerinterface").await?,
+        None => pick_interface(netlink, None, "bgp_routerid").await?,
+    };
+    match own_address(netlink, &iface).await {
+        Some(IpAddr::V4(v4)) => Ok(v4),
+        _ => bail!("invalid configuration: bgp_routerid is not set and {iface} has no IPv4 address: set bgp_routerid"),
     }
 }
 

@@ -158,6 +158,21 @@ pub struct ServicesConfig {
     pub interface: Option<String>,
 }
 
+/// BGP mode (`bgp_enable`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpConfig {
+    pub asn: u32,
+    pub router_id: Option<std::net::Ipv4Addr>,
+    pub router_interface: Option<String>,
+    pub peers: Vec<vipd_bgp::PeerConfig>,
+    pub attrs: vipd_bgp::RouteAttrs,
+    pub gobgpd: PathBuf,
+    pub api: SocketAddr,
+    pub external: bool,
+    /// The control-plane VIP is announced only while this answers 200.
+    pub health_url: String,
+}
+
 /// The whole typed configuration of `vipd manager`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -176,6 +191,7 @@ pub struct Config {
     pub health_port: Option<u16>,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub bgp: Option<BgpConfig>,
 }
 
 // ------------------------------------------------------------------ parsing
@@ -380,12 +396,6 @@ impl Config {
                 ))
             }
         };
-        if announce == Announce::Bgp {
-            return Err(r.err(
-                "bgp_enable",
-                "BGP mode is not in this build yet; use vip_arp=true",
-            ));
-        }
 
         let cp_enable = r.bool("cp_enable", false)?;
         let services_enabled = r.bool("svc_enable", false)?;
@@ -552,7 +562,24 @@ impl Config {
             Some(_) => return Err(r.err("vip_logformat", "expected text or json")),
         };
 
+        let bgp = match announce {
+            Announce::Bgp => {
+                let port = control_plane.as_ref().map(|c| c.port).unwrap_or(6443);
+                Some(bgp_config(&r, port)?)
+            }
+            Announce::Arp => None,
+        };
+        if let (Some(cp), Announce::Bgp) = (&control_plane, announce) {
+            if !matches!(cp.election, Election::None) {
+                return Err(ConfigError::new(
+                    "bgp_enable with vip_leaderelection / vip_raft",
+                    "in BGP mode every control-plane node announces the VIP (ECMP) while its API server is healthy: turn the election off",
+                ));
+            }
+        }
+
         Ok(Config {
+            bgp,
             node_name,
             announce,
             control_plane,
@@ -629,6 +656,176 @@ fn lease_config(
         namespace,
         name,
         timing,
+    })
+}
+
+/// One entry of `bgp_peers`: `ADDRESS:AS:PASSWORD:MULTIHOP[:PORT]`, IPv6 in brackets.
+fn parse_bgp_peer(item: &str) -> Result<(IpAddr, u32, String, bool, Option<u16>), String> {
+    let (addr, rest) = if let Some(stripped) = item.strip_prefix('[') {
+        let (a, rest) = stripped
+            .split_once(']')
+            .ok_or("unclosed [ of an IPv6 address")?;
+        (a, rest.strip_prefix(':').unwrap_or(rest))
+    } else {
+        item.split_once(':')
+            .ok_or("expected ADDRESS:AS:PASSWORD:MULTIHOP[:PORT]")?
+    };
+    let addr: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let parts: Vec<&str> = rest.split(':').collect();
+    let asn: u32 = parts
+        .first()
+        .and_then(|a| a.trim().parse().ok())
+        .filter(|a| *a > 0)
+        .ok_or("the AS must be a number 1-4294967295")?;
+    let password = parts.get(1).map(|s| s.to_string()).unwrap_or_default();
+    let multihop = match parts.get(2).map(|s| s.trim()) {
+        None | Some("") => false,
+        Some(v) => parse_bool(v).ok_or("multihop must be true or false")?,
+    };
+    let port = match parts.get(3) {
+        None => None,
+        Some(p) => Some(
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or("the port must be 1-65535")?,
+        ),
+    };
+    if parts.len() > 4 {
+        return Err("too many fields (ADDRESS:AS:PASSWORD:MULTIHOP[:PORT])".into());
+    }
+    Ok((addr, asn, password, multihop, port))
+}
+
+fn bgp_config(r: &Reader, api_port: u16) -> Result<BgpConfig, ConfigError> {
+    let asn = r.number("bgp_as", 65000u32, "an AS number 1-4294967295")?;
+    if asn == 0 {
+        return Err(r.err("bgp_as", "an AS number is 1-4294967295"));
+    }
+    let router_id = match r.string("bgp_routerid") {
+        None => None,
+        Some(v) => Some(
+            v.parse()
+                .map_err(|_| r.err("bgp_routerid", "expected an IPv4 address"))?,
+        ),
+    };
+    let source_ip = match r.string("bgp_sourceip") {
+        None => None,
+        Some(v) => Some(
+            v.parse()
+                .map_err(|_| r.err("bgp_sourceip", "expected an IP address"))?,
+        ),
+    };
+    let source_if = r.string("bgp_sourceif");
+    if source_ip.is_some() && source_if.is_some() {
+        return Err(ConfigError::new(
+            "bgp_sourceip and bgp_sourceif",
+            "set one or the other",
+        ));
+    }
+    let hold_time = r.number("bgp_hold_time", 30u64, "seconds")?;
+    let keepalive = r.number("bgp_keepalive_interval", 10u64, "seconds")?;
+    if hold_time != 0 && (hold_time < 3 || keepalive == 0 || keepalive * 3 > hold_time) {
+        return Err(r.err(
+            "bgp_keepalive_interval",
+            format!("must be at most a third of bgp_hold_time ({hold_time}s), and the hold time at least 3s"),
+        ));
+    }
+    let file_password = match r.string("bgp_peerpass_file") {
+        None => None,
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| r.err("bgp_peerpass_file", format!("cannot read: {e}")))?,
+        ),
+    };
+    let mut peers = Vec::new();
+    let make = |address: IpAddr, asn: u32, password: String, multihop: bool, port: Option<u16>| {
+        vipd_bgp::PeerConfig {
+            address,
+            asn,
+            password: vipd_bgp::Password(if password.is_empty() {
+                file_password.clone().unwrap_or_default()
+            } else {
+                password
+            }),
+            multihop_ttl: multihop.then_some(5),
+            port,
+            source_ip,
+            source_if: source_if.clone(),
+            hold_time,
+            keepalive,
+        }
+    };
+    if let Some(a) = r.string("bgp_peeraddress") {
+        let address: IpAddr = a
+            .parse()
+            .map_err(|_| r.err("bgp_peeraddress", "expected an IP address"))?;
+        let peer_as = r.number("bgp_peeras", 65000u32, "an AS number")?;
+        let password = r.string("bgp_peerpass").unwrap_or_default();
+        peers.push(make(
+            address,
+            peer_as,
+            password,
+            r.bool("bgp_multihop", false)?,
+            None,
+        ));
+    }
+    if let Some(list) = r.string("bgp_peers") {
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            // Never echo the entry: it may hold a password.
+            let (address, peer_as, password, multihop, port) =
+                parse_bgp_peer(item).map_err(|m| {
+                    ConfigError::new(
+                        "bgp_peers (flag --bgppeers)",
+                        format!("an entry for {}: {m}", item.split(':').next().unwrap_or("")),
+                    )
+                })?;
+            peers.push(make(address, peer_as, password, multihop, port));
+        }
+    }
+    if peers.is_empty() {
+        return Err(ConfigError::new(
+            "bgp_peeraddress / bgp_peers",
+            "bgp_enable=true needs at least one peer",
+        ));
+    }
+    let mut attrs = vipd_bgp::RouteAttrs::default();
+    if let Some(cs) = r.string("bgp_communities") {
+        for c in cs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            attrs.communities.push(
+                vipd_bgp::route::parse_community(c).map_err(|m| r.err("bgp_communities", m))?,
+            );
+        }
+    }
+    if r.string("bgp_local_pref").is_some() {
+        attrs.local_pref = Some(r.number("bgp_local_pref", 100u32, "a number")?);
+    }
+    let api = match r.string("bgp_gobgp_api") {
+        None => SocketAddr::from(([127, 0, 0, 1], 50051)),
+        Some(v) => v
+            .parse()
+            .map_err(|_| r.err("bgp_gobgp_api", "expected HOST:PORT"))?,
+    };
+    Ok(BgpConfig {
+        asn,
+        router_id,
+        router_interface: r.string("bgp_routerinterface"),
+        peers,
+        attrs,
+        gobgpd: PathBuf::from(
+            r.string("bgp_gobgpd_path")
+                .unwrap_or_else(|| "gobgpd".into()),
+        ),
+        api,
+        external: r.bool("bgp_gobgp_external", false)?,
+        health_url: r
+            .string("vip_healthcheck_url")
+            .unwrap_or_else(|| format!("https://127.0.0.1:{api_port}/readyz")),
     })
 }
 

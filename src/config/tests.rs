@@ -325,3 +325,105 @@ fn raft_settings() {
         assert!(e.contains(needle), "{extra:?}: {e}");
     }
 }
+
+#[test]
+fn bgp_settings() {
+    let base = [
+        ("vip_arp", "false"),
+        ("bgp_enable", "true"),
+        ("cp_enable", "true"),
+        ("address", "198.51.100.100"),
+    ];
+    let with = |extra: &[(&str, &str)]| {
+        let mut pairs: Vec<(&str, &str)> = base.to_vec();
+        pairs.extend_from_slice(extra);
+        Config::from_layers(&layers(&pairs), "h")
+    };
+    let c = with(&[
+        (
+            "bgp_peers",
+            "192.0.2.1:64512:s3cret:false,[2001:db8::1]:64513::true:1179",
+        ),
+        ("bgp_as", "65001"),
+        ("bgp_communities", "65000:100,65000:7"),
+    ])
+    .unwrap();
+    let b = c.bgp.unwrap();
+    assert_eq!(b.asn, 65001);
+    assert_eq!(b.peers.len(), 2);
+    assert_eq!(b.peers[0].password.0, "s3cret");
+    assert_eq!(b.peers[1].asn, 64513);
+    assert_eq!(b.peers[1].multihop_ttl, Some(5));
+    assert_eq!(b.peers[1].port, Some(1179));
+    assert_eq!(
+        b.attrs.communities,
+        vec![(65000 << 16) | 100, (65000 << 16) | 7]
+    );
+    assert_eq!(b.health_url, "https://127.0.0.1:6443/readyz");
+    assert!(
+        !format!("{b:?}").contains("s3cret"),
+        "passwords never print"
+    );
+
+    let c = with(&[
+        ("bgp_peeraddress", "192.0.2.1"),
+        ("bgp_peeras", "64512"),
+        ("bgp_peerpass", "pw"),
+    ])
+    .unwrap();
+    assert_eq!(c.bgp.unwrap().peers[0].password.0, "pw");
+
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[], "needs at least one peer"),
+        (&[("bgp_peers", "192.0.2.1")], "bgp_peers"),
+        (&[("bgp_peers", "192.0.2.1:notanas")], "bgp_peers"),
+        (&[("bgp_peers", "[2001:db8::1:64512")], "bgp_peers"),
+        (&[("bgp_peers", "192.0.2.1:64512:pw:maybe")], "bgp_peers"),
+        (
+            &[("bgp_peeraddress", "192.0.2.1"), ("bgp_as", "0")],
+            "bgp_as",
+        ),
+        (
+            &[
+                ("bgp_peeraddress", "192.0.2.1"),
+                ("bgp_keepalive_interval", "20"),
+            ],
+            "bgp_keepalive_interval",
+        ),
+        (
+            &[("bgp_peeraddress", "192.0.2.1"), ("bgp_communities", "x:y")],
+            "bgp_communities",
+        ),
+        (
+            &[
+                ("bgp_peeraddress", "192.0.2.1"),
+                ("bgp_sourceip", "192.0.2.11"),
+                ("bgp_sourceif", "eth0"),
+            ],
+            "bgp_sourceip and bgp_sourceif",
+        ),
+        (
+            &[
+                ("bgp_peeraddress", "192.0.2.1"),
+                ("bgp_peerpass_file", "/nonexistent"),
+            ],
+            "bgp_peerpass_file",
+        ),
+        (
+            &[
+                ("bgp_peeraddress", "192.0.2.1"),
+                ("vip_leaderelection", "true"),
+            ],
+            "turn the election off",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let e = with(extra).unwrap_err().to_string();
+        assert!(e.contains(needle), "{extra:?}: {e}");
+    }
+    // A bad entry is reported without echoing a password it may contain.
+    let e = with(&[("bgp_peers", "192.0.2.1:64512:topsecret:perhaps")])
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("topsecret"), "{e}");
+}

@@ -185,6 +185,8 @@ mod tests {
             lbpool: None,
             interface: None,
             vip_host: None,
+            bgp_communities: None,
+            bgp_local_pref: None,
         }
     }
 

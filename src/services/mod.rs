@@ -58,6 +58,8 @@ pub struct Context {
     pub vips: VipHandle,
     pub events: Arc<Events>,
     pub status: Arc<Status>,
+    /// BGP mode: every eligible node announces; these are the default attributes.
+    pub bgp: Option<vipd_bgp::RouteAttrs>,
 }
 
 /// The Services leader's state, shared with its election: `hold` is the
@@ -243,6 +245,70 @@ impl Controller {
         }
     }
 
+    /// BGP attributes of an address: its first Service's annotations, else
+    /// its pool's, else vipd's own settings. A bad annotation is an Event.
+    fn route_for(
+        &self,
+        plan: &AddressPlan,
+        by_key: &BTreeMap<&SvcKey, &(Arc<Service>, SvcInfo)>,
+        changes: &mut Vec<Change>,
+    ) -> vipd_bgp::RouteAttrs {
+        let Some(defaults) = &self.ctx.bgp else {
+            return Default::default();
+        };
+        let mut attrs = defaults.clone();
+        let ns = plan
+            .users
+            .first()
+            .map(|k| k.namespace.as_str())
+            .unwrap_or("");
+        let (pool_cs, pool_lp) = self.pools.route_attrs(ns);
+        if let Some(cs) = pool_cs {
+            attrs.communities = cs.clone();
+        }
+        if pool_lp.is_some() {
+            attrs.local_pref = pool_lp;
+        }
+        let Some((obj, info)) = plan.users.first().and_then(|k| by_key.get(k)) else {
+            return attrs;
+        };
+        if let Some(v) = &info.bgp_communities {
+            let parsed: Result<Vec<u32>, String> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(vipd_bgp::route::parse_community)
+                .collect();
+            match parsed {
+                Ok(cs) => attrs.communities = cs,
+                Err(e) => changes.push(Change::Event {
+                    svc: obj.clone(),
+                    warning: true,
+                    reason: "InvalidAnnotation",
+                    note: format!(
+                        "{}={v:?}: {e}; using the pool's communities",
+                        keys::BGP_COMMUNITIES
+                    ),
+                }),
+            }
+        }
+        if let Some(v) = &info.bgp_local_pref {
+            match v.trim().parse() {
+                Ok(lp) => attrs.local_pref = Some(lp),
+                Err(_) => changes.push(Change::Event {
+                    svc: obj.clone(),
+                    warning: true,
+                    reason: "InvalidAnnotation",
+                    note: format!(
+                        "{}={v:?} is not a number; using the pool's local preference",
+                        keys::BGP_LOCAL_PREF
+                    ),
+                }),
+            }
+        }
+        attrs
+    }
+
     fn interface_for(&self, plan: &AddressPlan) -> String {
         if let Some(i) = &plan.interface {
             return i.clone();
@@ -306,15 +372,24 @@ impl Controller {
         let served_infos: Vec<&SvcInfo> = served.iter().map(|(_, i)| i).collect();
         let plans = plan_addresses(&served_infos, &nodes, &ready);
         let per_address = self.ctx.config.per_address_election;
+        let by_key: BTreeMap<&SvcKey, &(Arc<Service>, SvcInfo)> =
+            served.iter().map(|s| (&s.1.key, *s)).collect();
         let mut leader_claims = Vec::new();
+        let mut bgp_claims = Vec::new();
         let mut wants = BTreeMap::new();
         for plan in &plans {
             let claim = Claim {
+                route: self.route_for(plan, &by_key, &mut changes),
                 addr: plan.addr,
                 prefix: self.ctx.subnets.for_ip(plan.addr),
                 interface: self.interface_for(plan),
             };
-            if plan.own_lease(per_address) {
+            if self.ctx.bgp.is_some() {
+                // BGP: every eligible node announces (ECMP); no election.
+                if plan.eligible.allows(&self.ctx.me) {
+                    bgp_claims.push(claim);
+                }
+            } else if plan.own_lease(per_address) {
                 if plan.eligible.allows(&self.ctx.me) {
                     let r = rank(&self.ctx.me, plan.addr, &plan.eligible, &nodes);
                     wants.insert(
@@ -329,16 +404,23 @@ impl Controller {
                 leader_claims.push(claim);
             }
         }
-        self.address_leases
-            .set(wants, &self.informers.address_leases);
-        let leader_addrs = self.set_leader_claims(leader_claims).await;
+        let mut announced: BTreeSet<IpAddr> = BTreeSet::new();
+        if self.ctx.bgp.is_some() {
+            announced.extend(bgp_claims.iter().map(|c| c.addr));
+            self.ctx
+                .vips
+                .set(Source::ServicesBgp, bgp_claims, None)
+                .await;
+        } else {
+            self.address_leases
+                .set(wants, &self.informers.address_leases);
+            announced.extend(self.set_leader_claims(leader_claims).await);
+            announced.extend(self.address_leases.leading());
+        }
 
-        // kube-vip.io/vipHost on the Services of the addresses this node announces.
-        let mut announced: BTreeSet<IpAddr> = self.address_leases.leading();
-        announced.extend(leader_addrs);
-        let by_key: BTreeMap<&SvcKey, &(Arc<Service>, SvcInfo)> =
-            served.iter().map(|s| (&s.1.key, *s)).collect();
-        for plan in &plans {
+        // kube-vip.io/vipHost on the Services of the addresses this node
+        // announces (ARP: one node per address; BGP: many, so not written).
+        for plan in plans.iter().filter(|_| self.ctx.bgp.is_none()) {
             for user in &plan.users {
                 let Some((obj, info)) = by_key.get(user) else {
                     continue;

@@ -16,6 +16,9 @@ pub mod keys {
     pub const VIP_HOST: &str = "kube-vip.io/vipHost";
     /// Written by vipd: the pool a Service's addresses came from.
     pub const POOL: &str = "vipd.dev/pool";
+    /// BGP communities (AS:VALUE,...) and LOCAL_PREF of a Service's routes.
+    pub const BGP_COMMUNITIES: &str = "vipd.dev/bgp-communities";
+    pub const BGP_LOCAL_PREF: &str = "vipd.dev/bgp-local-pref";
     pub const SERVICELB_ENABLE: &str = "svccontroller.k3s.cattle.io/enablelb";
     pub const SERVICELB_POOL: &str = "svccontroller.k3s.cattle.io/lbpool";
     pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -89,6 +92,9 @@ pub struct SvcInfo {
     pub lbpool: Option<String>,
     pub interface: Option<String>,
     pub vip_host: Option<String>,
+    /// `vipd.dev/bgp-communities` and `vipd.dev/bgp-local-pref`, as written.
+    pub bgp_communities: Option<String>,
+    pub bgp_local_pref: Option<String>,
 }
 
 fn family_of(s: &str) -> Option<Family> {
@@ -168,6 +174,8 @@ impl SvcInfo {
                 .cloned()
                 .filter(|v| !v.is_empty()),
             vip_host: ann.get(keys::VIP_HOST).cloned(),
+            bgp_communities: ann.get(keys::BGP_COMMUNITIES).cloned(),
+            bgp_local_pref: ann.get(keys::BGP_LOCAL_PREF).cloned(),
         })
     }
 }

@@ -35,6 +35,9 @@ pub struct Pools {
     scopes: BTreeMap<String, Pool>,
     share: BTreeMap<String, bool>,
     interfaces: BTreeMap<String, String>,
+    /// BGP communities / local preference per scope (vipd's keys).
+    communities: BTreeMap<String, Vec<u32>>,
+    local_prefs: BTreeMap<String, u32>,
     skip_end: bool,
     descending: bool,
 }
@@ -149,6 +152,21 @@ impl Pools {
                     );
                 } else if let Some(scope) = key.strip_prefix("allow-share-") {
                     p.share.insert(scope.to_string(), parse_bool(key, value)?);
+                } else if let Some(scope) = key.strip_prefix("bgp-communities-") {
+                    let mut cs = Vec::new();
+                    for c in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                        cs.push(
+                            vipd_bgp::route::parse_community(c)
+                                .map_err(|e| format!("{key}: {e}"))?,
+                        );
+                    }
+                    p.communities.insert(scope.to_string(), cs);
+                } else if let Some(scope) = key.strip_prefix("bgp-local-pref-") {
+                    let lp = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("{key}: expected a number, got {value:?}"))?;
+                    p.local_prefs.insert(scope.to_string(), lp);
                 } else if let Some(scope) = key.strip_prefix("interface-") {
                     p.interfaces
                         .insert(scope.to_string(), value.trim().to_string());
@@ -204,6 +222,19 @@ impl Pools {
             .get(namespace)
             .or_else(|| self.interfaces.get("global"))
             .map(String::as_str)
+    }
+
+    /// BGP attributes for `namespace`'s Services: its own, else the global ones.
+    pub fn route_attrs(&self, namespace: &str) -> (Option<&Vec<u32>>, Option<u32>) {
+        (
+            self.communities
+                .get(namespace)
+                .or_else(|| self.communities.get("global")),
+            self.local_prefs
+                .get(namespace)
+                .or_else(|| self.local_prefs.get("global"))
+                .copied(),
+        )
     }
 
     /// Whether `ip` lies in the pool serving `namespace`.
@@ -376,6 +407,26 @@ mod tests {
         assert!(!p.allow_share("strict"));
         assert_eq!(p.interface("any"), Some("eth1"));
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn bgp_attributes_per_namespace_then_global() {
+        let p = Pools::parse(&data(&[
+            ("bgp-communities-global", "65000:1"),
+            ("bgp-communities-team", "65000:2, 65000:3"),
+            ("bgp-local-pref-global", "150"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            p.route_attrs("team"),
+            (Some(&vec![(65000 << 16) | 2, (65000 << 16) | 3]), Some(150))
+        );
+        assert_eq!(
+            p.route_attrs("x"),
+            (Some(&vec![(65000 << 16) | 1]), Some(150))
+        );
+        assert!(Pools::parse(&data(&[("bgp-communities-global", "x:y")])).is_err());
+        assert!(Pools::parse(&data(&[("bgp-local-pref-global", "high")])).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::vips::{Readiness, VipHandle};
 
@@ -119,6 +120,8 @@ pub struct Status {
     elections: Mutex<BTreeMap<String, ElectionState>>,
     services: Mutex<Option<ServicesSummary>>,
     bgp: Mutex<Vec<PeerDoc>>,
+    /// BGP mode: the speaker, whose routes count for readiness.
+    speaker: Mutex<Option<watch::Receiver<vipd_bgp::speaker::SpeakerStatus>>>,
     pub metrics: metrics::Histograms,
 }
 
@@ -132,6 +135,7 @@ impl Status {
             elections: Mutex::new(BTreeMap::new()),
             services: Mutex::new(None),
             bgp: Mutex::new(Vec::new()),
+            speaker: Mutex::new(None),
             metrics: metrics::Histograms::default(),
         }
     }
@@ -179,8 +183,23 @@ impl Status {
         self.bgp.lock().expect("not poisoned").clone()
     }
 
+    pub fn set_speaker(&self, s: watch::Receiver<vipd_bgp::speaker::SpeakerStatus>) {
+        *self.speaker.lock().expect("not poisoned") = Some(s);
+    }
+
+    /// Readiness: every claimed address on its interface and, in BGP mode,
+    /// announced with a session established.
     pub fn readiness(&self) -> Readiness {
-        self.vips.readiness.lock().expect("not poisoned").clone()
+        let mut r = self.vips.readiness.lock().expect("not poisoned").clone();
+        if let Some(s) = self.speaker.lock().expect("not poisoned").as_ref() {
+            let held = self.vips.held().borrow().clone();
+            let missing = crate::bgp::not_ready(&held, &s.borrow());
+            if !missing.is_empty() {
+                r.ready = false;
+                r.missing.extend(missing);
+            }
+        }
+        r
     }
 
     pub fn document(&self) -> StatusDoc {

@@ -42,6 +42,8 @@ pub enum Source {
     ServicesLeader,
     /// One Service address announced under a Lease of its own.
     ServiceAddress(IpAddr),
+    /// Service addresses this node announces by BGP (no election).
+    ServicesBgp,
 }
 
 /// One address a source wants on this node.
@@ -50,6 +52,8 @@ pub struct Claim {
     pub addr: IpAddr,
     pub prefix: u8,
     pub interface: String,
+    /// Communities and local preference when announced by BGP.
+    pub route: vipd_bgp::RouteAttrs,
 }
 
 /// An address this node holds now.

@@ -26,6 +26,8 @@ impl ClaimSet {
 pub struct Want {
     pub interface: String,
     pub prefix: u8,
+    /// How to announce it by BGP (the first claim decides).
+    pub route: vipd_bgp::RouteAttrs,
     pub sources: BTreeSet<Source>,
 }
 
@@ -43,6 +45,7 @@ pub fn wanted(now: Instant, claims: &BTreeMap<Source, ClaimSet>) -> BTreeMap<IpA
                 .or_insert_with(|| Want {
                     interface: c.interface.clone(),
                     prefix: c.prefix,
+                    route: c.route.clone(),
                     sources: BTreeSet::new(),
                 })
                 .sources
@@ -97,6 +100,7 @@ mod tests {
 
     fn claim(addr: &str, iface: &str) -> Claim {
         Claim {
+            route: Default::default(),
             addr: addr.parse().unwrap(),
             prefix: 32,
             interface: iface.into(),

@@ -22,6 +22,8 @@ fn svc(ns: &str, name: &str, created: &str) -> SvcInfo {
         lbpool: None,
         interface: None,
         vip_host: None,
+        bgp_communities: None,
+        bgp_local_pref: None,
     }
 }
 

@@ -444,7 +444,11 @@ pub fn keepalived_lab(n: usize, vip: IpAddr, advert: &str) -> Result<RaftLab> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static SEQ: AtomicU32 = AtomicU32::new(0);
     crate::netns::reap_leftovers();
-    let prefix = format!("{}k{}", crate::run_prefix(), SEQ.fetch_add(1, Ordering::Relaxed));
+    let prefix = format!(
+        "{}k{}",
+        crate::run_prefix(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
     let lab = crate::lab::Lab::new(&prefix)?;
     let client = lab.add_host("client", 3)?;
     let bin = std::path::Path::new("/usr/sbin/keepalived");
@@ -485,6 +489,11 @@ pub fn keepalived_lab(n: usize, vip: IpAddr, advert: &str) -> Result<RaftLab> {
         nodes.push(node);
     }
     let rt = client.ns.runtime(2)?;
-    let cluster = VipCluster { nodes, client: HostRef::Owned(client), vip, port: 6443 };
+    let cluster = VipCluster {
+        nodes,
+        client: HostRef::Owned(client),
+        vip,
+        port: 6443,
+    };
     Ok(RaftLab { cluster, lab, rt })
 }

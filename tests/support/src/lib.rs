@@ -11,6 +11,7 @@
 //!   address, announcements captured on the wire.
 
 pub mod apiserver;
+pub mod bgp;
 pub mod failover;
 pub mod lab;
 pub mod netns;

@@ -82,7 +82,9 @@ impl VipdNode {
     pub fn start(&mut self) -> Result<()> {
         self.starts += 1;
         let log = self.log_path();
-        let p = self.host.spawn(&self.host.name, &self.bin, &self.args, &self.env, &log)?;
+        let p = self
+            .host
+            .spawn(&self.host.name, &self.bin, &self.args, &self.env, &log)?;
         self.proc = Some(p);
         Ok(())
     }

@@ -1,0 +1,322 @@
+//! BGP mode: three vipd nodes with their own gobgpd peer with a router
+//! running BIRD 2; the router's kernel routing table is the judge.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vipd_testkit::apiserver::env;
+use vipd_testkit::bgp::{Bird, HealthServer, Neighbour};
+use vipd_testkit::failover::vipd_nodes;
+use vipd_testkit::vipd::VipdNode;
+
+const VIP: &str = "198.51.100.100";
+const VIP6: &str = "2001:db8:100::100";
+const ROUTER: &str = "192.0.2.1";
+const ROUTER6: &str = "2001:db8::1";
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vipd"))
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn node_ip(i: usize) -> IpAddr {
+    ip(&format!("192.0.2.{}", 11 + i))
+}
+
+fn node_ip6(i: usize) -> IpAddr {
+    IpAddr::V6(vipd_testkit::lab::host_v6(11 + i as u8))
+}
+
+/// The router (BIRD, AS 64512) with an IPv4 and an IPv6 session to each of
+/// `n` nodes; `passwords[i]` is the router's password for node i.
+fn router(n: usize, passwords: &[Option<&str>]) -> Bird {
+    let env = env();
+    let host = env.lab.add_host("rtr", 1).unwrap();
+    let mut neighbours = Vec::new();
+    for i in 0..n {
+        let password = passwords.get(i).copied().flatten().map(String::from);
+        neighbours.push(Neighbour {
+            name: format!("n{}", i + 1),
+            address: node_ip(i),
+            asn: 65000,
+            password: password.clone(),
+        });
+        neighbours.push(Neighbour {
+            name: format!("n{}v6", i + 1),
+            address: node_ip6(i),
+            asn: 65000,
+            password,
+        });
+    }
+    Bird::start(host, 64512, &neighbours).unwrap()
+}
+
+/// vipd in BGP mode on `n` nodes, each with a health endpoint for its
+/// "API server" on 127.0.0.1:8081; `extra(i)` adds per-node settings.
+async fn bgp_nodes(
+    n: usize,
+    settings: &[(&str, &str)],
+    extra: impl Fn(usize) -> Vec<(String, String)>,
+) -> (Vec<VipdNode>, Vec<HealthServer>) {
+    let env = env();
+    let peers = format!("{ROUTER}:64512::false,[{ROUTER6}]:64512::false");
+    let mut s: Vec<(&str, &str)> = vec![
+        ("vip_arp", "false"),
+        ("bgp_enable", "true"),
+        ("vip_leaderelection", "false"),
+        ("vip_interface", "lo"),
+        ("bgp_routerinterface", "eth0"),
+        ("bgp_as", "65000"),
+        ("bgp_peers", &peers),
+        ("bgp_hold_time", "9"),
+        ("bgp_keepalive_interval", "3"),
+        ("vip_healthcheck_url", "http://127.0.0.1:8081/readyz"),
+    ];
+    s.extend_from_slice(settings);
+    let mut nodes = vipd_nodes(
+        env,
+        n,
+        "manifests/k3s/vipd-daemonset.yaml",
+        bin(),
+        &s,
+        &[6443, 80],
+    )
+    .await
+    .unwrap();
+    let mut health = Vec::new();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        health.push(HealthServer::start(&node.host, 8081));
+        let more = extra(i);
+        if !more.is_empty() {
+            node.kill();
+            for (k, v) in more {
+                vipd_testkit::vipd::set_env(&mut node.env, &k, &v);
+            }
+            node.start().unwrap();
+        }
+    }
+    (nodes, health)
+}
+
+fn all(n: usize) -> Vec<IpAddr> {
+    (0..n).map(node_ip).collect()
+}
+
+#[test]
+fn the_control_plane_vip_is_ecmp_and_follows_health() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let bird = router(3, &[]);
+        let (mut nodes, health) = bgp_nodes(
+            3,
+            &[
+                ("cp_enable", "true"),
+                ("address", &format!("{VIP},{VIP6}")),
+                ("vip_subnet", "32,128"),
+            ],
+            |_| vec![],
+        )
+        .await;
+        let took = bird
+            .wait_next_hops(ip(VIP), &all(3), Duration::from_secs(30))
+            .unwrap();
+        eprintln!("three next hops after {took:?}");
+        bird.wait_next_hops(
+            ip(VIP6),
+            &[node_ip6(0), node_ip6(1), node_ip6(2)],
+            Duration::from_secs(15),
+        )
+        .unwrap();
+
+        // A client behind the router reaches the VIP on some node.
+        let client = env.client.ns.name().to_string();
+        let _ = vipd_testkit::netns::ip(&[
+            "-n",
+            &client,
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            ROUTER,
+        ]);
+        let answer = env.client.ns.run(|| {
+            vipd_testkit::probe::ask(
+                format!("{VIP}:6443").parse().unwrap(),
+                Duration::from_secs(1),
+            )
+        });
+        assert!(
+            answer.is_some_and(|a| a.starts_with('n')),
+            "no answer through the router"
+        );
+
+        // n2's API server fails its health check: n2 leaves the next hops.
+        health[1].set(false);
+        let took = bird
+            .wait_next_hops(ip(VIP), &[node_ip(0), node_ip(2)], Duration::from_secs(10))
+            .unwrap();
+        eprintln!("unhealthy n2 withdrawn after {took:?}");
+        health[1].set(true);
+        bird.wait_next_hops(ip(VIP), &all(3), Duration::from_secs(10))
+            .unwrap();
+
+        // n3's vipd stops: it withdraws before it exits.
+        let t0 = Instant::now();
+        assert_eq!(nodes[2].terminate(Duration::from_secs(10)).unwrap(), 0);
+        bird.wait_next_hops(ip(VIP), &[node_ip(0), node_ip(1)], Duration::from_secs(10))
+            .unwrap();
+        eprintln!("stopped n3 withdrawn {:?} after SIGTERM", t0.elapsed());
+        assert!(!nodes[2].host.addresses().unwrap().contains(&ip(VIP)));
+        let _ = vipd_testkit::netns::ip(&["-n", &client, "route", "del", "198.51.100.0/24"]);
+        drop(bird);
+    });
+}
+
+#[test]
+fn md5_sessions_establish_only_with_the_right_password() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let secret = "Sx-5ecret";
+        let bird = router(2, &[Some(secret), Some(secret)]);
+        let pass_file = vipd_testkit::run_dir().join("bgp-password");
+        std::fs::write(&pass_file, format!("{secret}\n")).unwrap();
+        let right = pass_file.to_str().unwrap().to_string();
+        let (nodes, _health) = bgp_nodes(2, &[("cp_enable", "true"), ("address", VIP)], |i| {
+            // n1 reads the right password from a file; n2 has a wrong one.
+            if i == 0 {
+                vec![("bgp_peerpass_file".into(), right.clone())]
+            } else {
+                vec![(
+                    "bgp_peers".into(),
+                    format!("{ROUTER}:64512:wrong-password:false,[{ROUTER6}]:64512:wrong-password:false"),
+                )]
+            }
+        })
+        .await;
+        bird.wait_next_hops(ip(VIP), &[node_ip(0)], Duration::from_secs(30)).unwrap();
+        assert!(bird.established("n1"));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!bird.established("n2"), "a wrong password must not establish");
+        assert_eq!(bird.next_hops(ip(VIP)), vec![node_ip(0)]);
+
+        // The password is in no process argument, log or status output.
+        for n in &nodes {
+            let pids = vipd_testkit::netns::output("ip", &["netns", "pids", n.host.ns.name()]).unwrap();
+            for pid in pids.split_whitespace() {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                assert!(!String::from_utf8_lossy(&cmdline).contains(secret), "password in the arguments of {pid}");
+            }
+            assert!(!n.log_tail(10_000).contains(secret), "password in {}'s log", n.name());
+            assert!(!n.log_tail(10_000).contains("wrong-password"), "password in {}'s log", n.name());
+            let doc = vipd::vipctl::http::get(&format!("http://{}:2112/status", n.host.v4), Duration::from_secs(2))
+                .await
+                .unwrap()
+                .1;
+            assert!(!doc.contains(secret) && !doc.contains("wrong-password"));
+        }
+        // n1's status shows its sessions.
+        let doc: vipd::status::StatusDoc =
+            vipd::vipctl::http::get_json(&format!("http://{}:2112/status", nodes[0].host.v4), Duration::from_secs(2))
+                .await
+                .unwrap();
+        assert!(doc.bgp_peers.iter().any(|p| p.address == ROUTER && p.state == "established"), "{:?}", doc.bgp_peers);
+        drop(bird);
+    });
+}
+
+#[test]
+fn services_are_announced_from_eligible_nodes_with_communities() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let bird = router(3, &[]);
+        let ns = env.namespace("bgpsvc").await;
+        let lease_ns = env.namespace("bgplease").await;
+        vipd_testkit::failover::grant_pools_role(env, &ns).unwrap();
+        let pools = format!("{ns}/kubevip");
+        let (mut nodes, _health) = bgp_nodes(
+            3,
+            &[
+                ("svc_enable", "true"),
+                ("svc_namespace", &ns),
+                ("svc_pool_configmap", &pools),
+                ("cp_namespace", &lease_ns),
+                ("bgp_communities", "65000:100"),
+            ],
+            |_| vec![],
+        )
+        .await;
+        let svcs: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(env.admin().await, &ns);
+        let make = |name: &str, addr: &str, extra: serde_json::Value| -> k8s_openapi::api::core::v1::Service {
+            let mut v = serde_json::json!({
+                "metadata": { "name": name, "annotations": { "kube-vip.io/loadbalancerIPs": addr } },
+                "spec": { "type": "LoadBalancer", "ports": [{ "port": 80, "protocol": "TCP" }] }
+            });
+            for (k, val) in extra.as_object().unwrap() {
+                if k == "annotations" {
+                    for (a, b) in val.as_object().unwrap() {
+                        v["metadata"]["annotations"][a] = b.clone();
+                    }
+                } else {
+                    v["spec"][k] = val.clone();
+                }
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let t0 = Instant::now();
+        svcs.create(&Default::default(), &make("web", "198.51.100.150", serde_json::json!({}))).await.unwrap();
+        bird.wait_next_hops(ip("198.51.100.150"), &all(3), Duration::from_secs(30)).unwrap();
+        eprintln!("Service route with 3 next hops {:?} after create", t0.elapsed());
+        let routes = bird.birdc("show route all 198.51.100.150/32").unwrap();
+        assert!(routes.contains("(65000,100)"), "the default community reaches the router:\n{routes}");
+
+        // Per-Service communities; Local policy: only the node with the endpoint.
+        svcs.create(
+            &Default::default(),
+            &make(
+                "local",
+                "198.51.100.151",
+                serde_json::json!({ "externalTrafficPolicy": "Local", "annotations": { "vipd.dev/bgp-communities": "65000:200,65000:201" } }),
+            ),
+        )
+        .await
+        .unwrap();
+        let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> = kube::Api::namespaced(env.admin().await, &ns);
+        let slice = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "local-eps", "labels": { "kubernetes.io/service-name": "local" } },
+            "addressType": "IPv4",
+            "endpoints": [{ "addresses": ["10.42.0.5"], "conditions": { "ready": true }, "nodeName": "n2" }],
+            "ports": [{ "port": 80, "protocol": "TCP" }]
+        }))
+        .unwrap();
+        slices.create(&Default::default(), &slice).await.unwrap();
+        bird.wait_next_hops(ip("198.51.100.151"), &[node_ip(1)], Duration::from_secs(20)).unwrap();
+        let routes = bird.birdc("show route all 198.51.100.151/32").unwrap();
+        assert!(routes.contains("(65000,200)") && routes.contains("(65000,201)"), "{routes}");
+
+        // Deleting a Service withdraws its route everywhere.
+        let t0 = Instant::now();
+        svcs.delete("web", &Default::default()).await.unwrap();
+        bird.wait_next_hops(ip("198.51.100.150"), &[], Duration::from_secs(10)).unwrap();
+        eprintln!("Service route withdrawn {:?} after delete", t0.elapsed());
+
+        // gobgpd dies on n1: vipd restarts it and announces again.
+        let pids = vipd_testkit::netns::output("ip", &["netns", "pids", nodes[0].host.ns.name()]).unwrap();
+        for pid in pids.split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "gobgpd" {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.parse().unwrap()), nix::sys::signal::Signal::SIGKILL).unwrap();
+            }
+        }
+        svcs.create(&Default::default(), &make("again", "198.51.100.152", serde_json::json!({}))).await.unwrap();
+        bird.wait_next_hops(ip("198.51.100.152"), &all(3), Duration::from_secs(30)).unwrap();
+        assert!(nodes[0].holds(ip("198.51.100.152")).await);
+        drop(bird);
+    });
+}
