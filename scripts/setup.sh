@@ -13,7 +13,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: apt-get update only when something is missing.
-packages=(iproute2 curl ca-certificates build-essential pkg-config python3 procps)
+# keepalived: the comparison benchmark; gobgpd + GoBGP protos: BGP mode; bird2: the test router.
+packages=(iproute2 curl ca-certificates build-essential pkg-config python3 procps
+          keepalived gobgpd golang-github-osrg-gobgp-dev bird2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,7 +24,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # The daemons run only inside the lab's namespaces: never start them on
+  # the host while installing (policy-rc.d), nor at boot.
+  had_policy=0; [ -e /usr/sbin/policy-rc.d ] && had_policy=1
+  if [ $had_policy = 0 ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ $had_policy = 0 ]; then rm -f /usr/sbin/policy-rc.d; fi
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now bird keepalived gobgpd >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
