@@ -6,14 +6,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vipd_testkit::apiserver::env;
-use vipd_testkit::bgp::{Bird, HealthServer, Neighbour};
-use vipd_testkit::failover::vipd_nodes;
+use vipd_testkit::bgp::{lab_router, node_ip, node_ip6, Bird, HealthServer, ROUTER, ROUTER6};
 use vipd_testkit::vipd::VipdNode;
 
 const VIP: &str = "198.51.100.100";
 const VIP6: &str = "2001:db8:100::100";
-const ROUTER: &str = "192.0.2.1";
-const ROUTER6: &str = "2001:db8::1";
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vipd"))
@@ -23,83 +20,16 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn node_ip(i: usize) -> IpAddr {
-    ip(&format!("192.0.2.{}", 11 + i))
-}
-
-fn node_ip6(i: usize) -> IpAddr {
-    IpAddr::V6(vipd_testkit::lab::host_v6(11 + i as u8))
-}
-
-/// The router (BIRD, AS 64512) with an IPv4 and an IPv6 session to each of
-/// `n` nodes; `passwords[i]` is the router's password for node i.
 fn router(n: usize, passwords: &[Option<&str>]) -> Bird {
-    let env = env();
-    let host = env.lab.add_host("rtr", 1).unwrap();
-    let mut neighbours = Vec::new();
-    for i in 0..n {
-        let password = passwords.get(i).copied().flatten().map(String::from);
-        neighbours.push(Neighbour {
-            name: format!("n{}", i + 1),
-            address: node_ip(i),
-            asn: 65000,
-            password: password.clone(),
-        });
-        neighbours.push(Neighbour {
-            name: format!("n{}v6", i + 1),
-            address: node_ip6(i),
-            asn: 65000,
-            password,
-        });
-    }
-    Bird::start(host, 64512, &neighbours).unwrap()
+    lab_router(env(), n, passwords).unwrap()
 }
 
-/// vipd in BGP mode on `n` nodes, each with a health endpoint for its
-/// "API server" on 127.0.0.1:8081; `extra(i)` adds per-node settings.
 async fn bgp_nodes(
     n: usize,
     settings: &[(&str, &str)],
     extra: impl Fn(usize) -> Vec<(String, String)>,
 ) -> (Vec<VipdNode>, Vec<HealthServer>) {
-    let env = env();
-    let peers = format!("{ROUTER}:64512::false,[{ROUTER6}]:64512::false");
-    let mut s: Vec<(&str, &str)> = vec![
-        ("vip_arp", "false"),
-        ("bgp_enable", "true"),
-        ("vip_leaderelection", "false"),
-        ("vip_interface", "lo"),
-        ("bgp_routerinterface", "eth0"),
-        ("bgp_as", "65000"),
-        ("bgp_peers", &peers),
-        ("bgp_hold_time", "9"),
-        ("bgp_keepalive_interval", "3"),
-        ("vip_healthcheck_url", "http://127.0.0.1:8081/readyz"),
-    ];
-    s.extend_from_slice(settings);
-    let mut nodes = vipd_nodes(
-        env,
-        n,
-        "manifests/k3s/vipd-daemonset.yaml",
-        bin(),
-        &s,
-        &[6443, 80],
-    )
-    .await
-    .unwrap();
-    let mut health = Vec::new();
-    for (i, node) in nodes.iter_mut().enumerate() {
-        health.push(HealthServer::start(&node.host, 8081));
-        let more = extra(i);
-        if !more.is_empty() {
-            node.kill();
-            for (k, v) in more {
-                vipd_testkit::vipd::set_env(&mut node.env, &k, &v);
-            }
-            node.start().unwrap();
-        }
-    }
-    (nodes, health)
+    vipd_testkit::bgp::bgp_nodes(env(), n, bin(), settings, extra).await.unwrap()
 }
 
 fn all(n: usize) -> Vec<IpAddr> {

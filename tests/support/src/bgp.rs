@@ -242,3 +242,71 @@ impl Drop for HealthServer {
         }
     }
 }
+
+/// The lab router's addresses (host 1 of the segment).
+pub const ROUTER: &str = "192.0.2.1";
+pub const ROUTER6: &str = "2001:db8::1";
+
+/// Node `i` (0-based) of a lab: 192.0.2.(11 + i) and its IPv6 twin.
+pub fn node_ip(i: usize) -> IpAddr {
+    IpAddr::V4(crate::lab::host_v4(11 + i as u8))
+}
+
+pub fn node_ip6(i: usize) -> IpAddr {
+    IpAddr::V6(crate::lab::host_v6(11 + i as u8))
+}
+
+/// A router (BIRD, AS 64512) on the environment's segment with an IPv4
+/// and an IPv6 session to each of `n` nodes (AS 65000); `passwords[i]` is
+/// its password for node i.
+pub fn lab_router(env: &crate::apiserver::Env, n: usize, passwords: &[Option<&str>]) -> Result<Bird> {
+    let host = env.lab.add_host("rtr", 1)?;
+    let mut neighbours = Vec::new();
+    for i in 0..n {
+        let password = passwords.get(i).copied().flatten().map(String::from);
+        neighbours.push(Neighbour { name: format!("n{}", i + 1), address: node_ip(i), asn: 65000, password: password.clone() });
+        neighbours.push(Neighbour { name: format!("n{}v6", i + 1), address: node_ip6(i), asn: 65000, password });
+    }
+    Bird::start(host, 64512, &neighbours)
+}
+
+/// vipd in BGP mode on `n` nodes peering with [`lab_router`], each with a
+/// health endpoint for its "API server" on 127.0.0.1:8081 (the nodes' own
+/// API servers are not part of this lab); `extra(i)` adds settings to node i.
+pub async fn bgp_nodes(
+    env: &'static crate::apiserver::Env,
+    n: usize,
+    bin: &std::path::Path,
+    settings: &[(&str, &str)],
+    extra: impl Fn(usize) -> Vec<(String, String)>,
+) -> Result<(Vec<crate::vipd::VipdNode>, Vec<HealthServer>)> {
+    let peers = format!("{ROUTER}:64512::false,[{ROUTER6}]:64512::false");
+    let mut s: Vec<(&str, &str)> = vec![
+        ("vip_arp", "false"),
+        ("bgp_enable", "true"),
+        ("vip_leaderelection", "false"),
+        ("vip_interface", "lo"),
+        ("bgp_routerinterface", "eth0"),
+        ("bgp_as", "65000"),
+        ("bgp_peers", &peers),
+        ("bgp_hold_time", "9"),
+        ("bgp_keepalive_interval", "3"),
+        ("vip_healthcheck_url", "http://127.0.0.1:8081/readyz"),
+    ];
+    s.extend_from_slice(settings);
+    let mut nodes =
+        crate::failover::vipd_nodes(env, n, "manifests/k3s/vipd-daemonset.yaml", bin, &s, &[6443, 80]).await?;
+    let mut health = Vec::new();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        health.push(HealthServer::start(&node.host, 8081));
+        let more = extra(i);
+        if !more.is_empty() {
+            node.kill();
+            for (k, v) in more {
+                crate::vipd::set_env(&mut node.env, &k, &v);
+            }
+            node.start()?;
+        }
+    }
+    Ok((nodes, health))
+}

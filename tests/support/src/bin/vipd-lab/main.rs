@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 use vipd_testkit::apiserver::env;
 use vipd_testkit::failover::{lease_cluster, median_worst, Disruption, Outcome, VipCluster};
 
+mod bgp_bench;
 mod raft_bench;
 mod services_bench;
 
@@ -58,6 +59,11 @@ enum Bench {
         rounds: usize,
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+    },
+    /// BGP: Service create to route at the router; vipd stop to withdrawal.
+    Bgp {
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
     },
     /// LoadBalancer Services: create-to-ingress and create-to-ARP one by one,
     /// then a burst created at once, then the leader's death.
@@ -120,6 +126,9 @@ fn main() {
         Cmd::Bench {
             what: Bench::Raft { rounds, nodes },
         } => raft_bench::run(&vipd, rounds, nodes, &INTERRUPTED),
+        Cmd::Bench {
+            what: Bench::Bgp { rounds },
+        } => run_interruptible(async move { bgp_bench::run(&vipd, rounds).await }),
     };
     match result {
         Ok(()) => {}
