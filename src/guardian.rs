@@ -19,6 +19,30 @@ use tracing::{debug, warn};
 
 use crate::netlink::Netlink;
 
+const LOCK: &[u8] = b"vipd-guard";
+
+fn bind_lock() -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(LOCK)?;
+    std::os::unix::net::UnixListener::bind_addr(&addr)
+}
+
+/// Waits (up to `timeout`) for the guardian of a previous vipd on this node
+/// to finish: it may still remove addresses at its last deadline, and must
+/// be done before a new vipd adds any.
+pub fn wait_for_previous(timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match bind_lock() {
+            Ok(_) => return true,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the same clock in both processes.
 fn mono_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
@@ -108,6 +132,8 @@ fn remove_ours() {
 /// gone, the addresses stay until the last deadline it gave (its lead was
 /// guaranteed until then), then go.
 pub fn run_guard() -> ! {
+    // Held until exit: a new vipd waits for this guardian to be done.
+    let _lock = bind_lock();
     let fd = io::stdin().as_raw_fd();
     let mut deadline: Option<u64> = None;
     let mut pending = String::new();

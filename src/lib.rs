@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod netlink;
 pub mod services;
 pub mod shutdown;
+pub mod singleton;
 pub mod status;
 pub mod vipctl;
 pub mod vips;

@@ -25,6 +25,7 @@ use crate::{instance, kubeclient, services, shutdown};
 /// Runs until SIGTERM / SIGINT, or until a part fails for good.
 pub async fn run(config: Config) -> Result<()> {
     // Every check first: nothing on the host changes if the configuration is wrong.
+    let _one_per_node = crate::singleton::acquire()?;
     let netlink = Netlink::connect().context("opening netlink")?;
     // BGP announces routes: the addresses need no segment, so `lo` by default.
     let default_if = config.bgp.as_ref().map(|_| "lo");

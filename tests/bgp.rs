@@ -29,7 +29,9 @@ async fn bgp_nodes(
     settings: &[(&str, &str)],
     extra: impl Fn(usize) -> Vec<(String, String)>,
 ) -> (Vec<VipdNode>, Vec<HealthServer>) {
-    vipd_testkit::bgp::bgp_nodes(env(), n, bin(), settings, extra).await.unwrap()
+    vipd_testkit::bgp::bgp_nodes(env(), n, bin(), settings, extra)
+        .await
+        .unwrap()
 }
 
 fn all(n: usize) -> Vec<IpAddr> {

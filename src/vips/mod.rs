@@ -213,6 +213,9 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
     let (tx, rx) = mpsc::unbounded_channel();
     let (held_tx, held_rx) = watch::channel(Held::default());
     let guardian = if config.guardian {
+        if !crate::guardian::wait_for_previous(Duration::from_secs(10)) {
+            warn!("the guardian of a previous vipd is still running after 10 s");
+        }
         match Guardian::spawn() {
             Ok(g) => Some(g),
             Err(e) => {

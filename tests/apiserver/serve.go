@@ -127,7 +127,7 @@ func startEtcd(f *serverFlags) (*embed.Etcd, string, error) {
 	}
 	cfg.ClusterState = f.etcdState
 	cfg.InitialClusterToken = "vipd-harness"
-	cfg.LogLevel = "warn"
+	cfg.LogLevel = "error"
 	cfg.Logger = "zap"
 	cfg.LogOutputs = []string{"stderr"}
 

@@ -259,13 +259,27 @@ pub fn node_ip6(i: usize) -> IpAddr {
 /// A router (BIRD, AS 64512) on the environment's segment with an IPv4
 /// and an IPv6 session to each of `n` nodes (AS 65000); `passwords[i]` is
 /// its password for node i.
-pub fn lab_router(env: &crate::apiserver::Env, n: usize, passwords: &[Option<&str>]) -> Result<Bird> {
+pub fn lab_router(
+    env: &crate::apiserver::Env,
+    n: usize,
+    passwords: &[Option<&str>],
+) -> Result<Bird> {
     let host = env.lab.add_host("rtr", 1)?;
     let mut neighbours = Vec::new();
     for i in 0..n {
         let password = passwords.get(i).copied().flatten().map(String::from);
-        neighbours.push(Neighbour { name: format!("n{}", i + 1), address: node_ip(i), asn: 65000, password: password.clone() });
-        neighbours.push(Neighbour { name: format!("n{}v6", i + 1), address: node_ip6(i), asn: 65000, password });
+        neighbours.push(Neighbour {
+            name: format!("n{}", i + 1),
+            address: node_ip(i),
+            asn: 65000,
+            password: password.clone(),
+        });
+        neighbours.push(Neighbour {
+            name: format!("n{}v6", i + 1),
+            address: node_ip6(i),
+            asn: 65000,
+            password,
+        });
     }
     Bird::start(host, 64512, &neighbours)
 }
@@ -294,8 +308,15 @@ pub async fn bgp_nodes(
         ("vip_healthcheck_url", "http://127.0.0.1:8081/readyz"),
     ];
     s.extend_from_slice(settings);
-    let mut nodes =
-        crate::failover::vipd_nodes(env, n, "manifests/k3s/vipd-daemonset.yaml", bin, &s, &[6443, 80]).await?;
+    let mut nodes = crate::failover::vipd_nodes(
+        env,
+        n,
+        "manifests/k3s/vipd-daemonset.yaml",
+        bin,
+        &s,
+        &[6443, 80],
+    )
+    .await?;
     let mut health = Vec::new();
     for (i, node) in nodes.iter_mut().enumerate() {
         health.push(HealthServer::start(&node.host, 8081));

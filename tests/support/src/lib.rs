@@ -13,6 +13,7 @@
 pub mod apiserver;
 pub mod bgp;
 pub mod failover;
+pub mod ha;
 pub mod lab;
 pub mod netns;
 pub mod probe;

@@ -38,7 +38,8 @@ pub async fn run(vipd: &Path, rounds: usize) -> Result<()> {
     };
     // Sessions first: the benchmark is of steady state.
     svcs.create(&Default::default(), &make(0)).await?;
-    bird.wait_next_hops("198.51.100.10".parse()?, &all, Duration::from_secs(60)).context("sessions")?;
+    bird.wait_next_hops("198.51.100.10".parse()?, &all, Duration::from_secs(60))
+        .context("sessions")?;
 
     let mut to_route = Vec::new();
     for i in 1..=rounds {
@@ -67,6 +68,8 @@ pub async fn run(vipd: &Path, rounds: usize) -> Result<()> {
     let (m, w) = median_worst(&to_route);
     println!("| Service create -> route with 3 next hops in the router's kernel | {m:.0} ms | {w:.0} ms |");
     let (m, w) = median_worst(&to_withdraw);
-    println!("| SIGTERM of one vipd -> its next hop gone from the router | {m:.0} ms | {w:.0} ms |");
+    println!(
+        "| SIGTERM of one vipd -> its next hop gone from the router | {m:.0} ms | {w:.0} ms |"
+    );
     Ok(())
 }

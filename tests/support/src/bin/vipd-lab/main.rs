@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use vipd_testkit::apiserver::env;
-use vipd_testkit::failover::{lease_cluster, median_worst, Disruption, Outcome, VipCluster};
+use vipd_testkit::failover::{lease_cluster, median_worst, Disruption};
 
 mod bgp_bench;
+mod ha_bench;
 mod raft_bench;
 mod services_bench;
 
@@ -34,7 +35,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Three nodes and a client; the VIP holder is stopped, killed and cut off.
+    /// The HA cluster (3 API servers + etcd); the VIP holder is stopped, killed, and its node lost.
     Demo,
     /// Benchmarks.
     Bench {
@@ -59,6 +60,11 @@ enum Bench {
         rounds: usize,
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+    },
+    /// The HA cluster: the client's longest gap per scenario, Lease and Raft.
+    Ha {
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
     },
     /// BGP: Service create to route at the router; vipd stop to withdrawal.
     Bgp {
@@ -100,6 +106,7 @@ fn main() {
             tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
         });
         INTERRUPTED.store(true, Ordering::SeqCst);
+        println!("\nInterrupted: cleaning up (after the current step)...");
     });
     let vipd = cli.vipd.unwrap_or_else(|| {
         std::env::current_exe()
@@ -116,7 +123,7 @@ fn main() {
         std::process::exit(2);
     }
     let result = match cli.cmd {
-        Cmd::Demo => run_interruptible(demo(vipd)),
+        Cmd::Demo => demo_ha(&vipd),
         Cmd::Bench {
             what: Bench::Failover { rounds, nodes },
         } => run_interruptible(bench_failover(vipd, rounds, nodes)),
@@ -126,6 +133,9 @@ fn main() {
         Cmd::Bench {
             what: Bench::Raft { rounds, nodes },
         } => raft_bench::run(&vipd, rounds, nodes, &INTERRUPTED),
+        Cmd::Bench {
+            what: Bench::Ha { rounds },
+        } => ha_bench::run(&vipd, rounds, &INTERRUPTED),
         Cmd::Bench {
             what: Bench::Bgp { rounds },
         } => run_interruptible(async move { bgp_bench::run(&vipd, rounds).await }),
@@ -169,89 +179,71 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn demo(vipd: PathBuf) -> Result<()> {
-    let vip: IpAddr = "192.0.2.100".parse()?;
-    say("Starting vipd on three nodes: n1 (192.0.2.11), n2 (192.0.2.12), n3 (192.0.2.13).");
-    say("  Each runs as the manifests/k3s DaemonSet would, with the vipd ServiceAccount's token and RBAC;");
-    say("  they elect the holder of the control-plane VIP 192.0.2.100 with a Lease (4 s, renewed every 0.5 s).");
-    let (mut c, _) = lease_cluster(env(), 3, &[vip], &vipd, &[]).await?;
-    let leader = c.wait_stable(Duration::from_secs(30)).await?;
+/// The README's demo: the HA cluster, its VIP holder stopped, killed and
+/// its whole node lost, in plain words.
+fn demo_ha(vipd: &std::path::Path) -> Result<()> {
+    use vipd_testkit::ha::{HaCluster, HaScenario, Mode};
+    say("Building the lab: three control-plane servers n1 (192.0.2.11), n2 (192.0.2.12), n3 (192.0.2.13),");
+    say("  each with an etcd member (one etcd cluster) and a kube-apiserver from Kubernetes v1.36.3 whose");
+    say("  certificate also names the VIP 192.0.2.100, as K3s with embedded etcd and --tls-san runs them;");
+    say("  vipd on each as manifests/k3s/vipd-static-pod.yaml (Lease election, 4 s).");
+    let t0 = Instant::now();
+    let mut c = HaCluster::start(3, Mode::Lease, vipd, &[])?;
+    let leader = c
+        .holder()
+        .map(|i| c.servers[i].name().to_string())
+        .unwrap_or_default();
     say(&format!(
-        "  {} leads: it holds 192.0.2.100 and answers on 192.0.2.100:6443 (each node runs a stand-in for its API server there).",
-        c.nodes[leader].name()
+        "  Ready after {:.0} s. {leader} holds 192.0.2.100.",
+        t0.elapsed().as_secs_f64()
     ));
-    say("A client at 192.0.2.3 connects to 192.0.2.100:6443 every 10 ms while we break things.");
+    say("A client at 192.0.2.3 calls https://192.0.2.100:6443 every 50 ms (TLS checked against the cluster CA),");
+    say("and runs kubectl --server https://192.0.2.100:6443 once a second.");
     let steps = [
         (
-            Disruption::Term,
-            "Stopping the leader's vipd gracefully (SIGTERM, as in a rolling update)",
+            HaScenario::VipdTerm,
+            "Stopping the leader's vipd gracefully (SIGTERM, as in an update)",
         ),
         (
-            Disruption::Kill,
-            "Killing the leader's vipd (SIGKILL, a crash)",
+            HaScenario::VipdKill,
+            "Killing the leader's vipd (SIGKILL, a crash; its API server keeps running)",
         ),
         (
-            Disruption::LinkDown,
-            "Pulling the leader's cable (its link goes down)",
+            HaScenario::NodeDeath,
+            "The leader's whole node dies (every process killed, its link down)",
         ),
     ];
     for (n, (what, words)) in steps.iter().enumerate() {
-        let holder = c.wait_stable(Duration::from_secs(30)).await?;
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            break;
+        }
+        let who = c
+            .holder()
+            .map(|i| c.servers[i].name().to_string())
+            .unwrap_or_default();
+        say(&format!("\n{}) {words}: {who} ...", n + 1));
+        let o = c.run_scenario(*what)?;
         say(&format!(
-            "\n{}) {words}: {} ...",
-            n + 1,
-            c.nodes[holder].name()
+            "   {} holds the VIP now. The client's longest wait for an answer: {}.",
+            o.new_holder.as_deref().unwrap_or("nobody"),
+            ms(o.longest_gap)
         ));
-        let (o, old) = c
-            .disrupt(*what, Duration::from_secs(15), Duration::from_millis(500))
-            .await?;
-        report(&o);
-        restore_quietly(&mut c, *what, old).await?;
+        say(&format!(
+            "   {} of {} API requests failed; kubectl failed {} of {} times; requests {}.",
+            o.failed_requests,
+            o.requests,
+            o.kubectl_failures,
+            o.kubectl_runs,
+            if o.recovered {
+                "go on normally"
+            } else {
+                "HAVE STOPPED"
+            }
+        ));
+        say(&format!("   ({} is back as a follower.)", o.old_holder));
     }
     say("\nDone. Removing the lab.");
-    Ok(())
-}
-
-fn report(o: &Outcome) {
-    say(&format!(
-        "   {} took the VIP over; it answered {} after the {}.",
-        o.new,
-        ms(o.takeover),
-        match o.disruption {
-            Disruption::Term => "SIGTERM",
-            Disruption::Kill => "kill",
-            Disruption::LinkDown => "cable pull",
-            Disruption::Freeze => "freeze",
-            Disruption::KillAll => "kill of all its processes",
-        }
-    ));
-    say(&format!(
-        "   The client's longest wait without an answer: {}.",
-        ms(o.outage)
-    ));
-    if let Some(a) = o.first_announcement {
-        if let Ok(d) = a.duration_since(o.disrupted_at) {
-            say(&format!(
-                "   Its first gratuitous ARP reached the client {} after the disruption.",
-                ms(d)
-            ));
-        }
-    }
-    say(&format!(
-        "   Two nodes holding the VIP at once: {} ({} samples of every node's interface).",
-        if o.max_holders > 1 {
-            "YES (a bug!)"
-        } else {
-            "never"
-        },
-        o.holder_samples
-    ));
-}
-
-async fn restore_quietly(c: &mut VipCluster, what: Disruption, old: usize) -> Result<()> {
-    let name = c.nodes[old].name().to_string();
-    c.restore(what, old).await?;
-    say(&format!("   ({name} is back, now as a follower.)"));
+    drop(c);
     Ok(())
 }
 

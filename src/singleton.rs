@@ -1,0 +1,26 @@
+//! One vipd per node (per network namespace).
+//!
+//! Two vipd on one node would each take the other's addresses for stale
+//! leftovers and remove them. vipd binds the abstract Unix socket `@vipd`
+//! (abstract names live in the network namespace), so a second instance
+//! stops at start with one clear line. Run the control-plane VIP and the
+//! Services in one vipd (cp_enable and svc_enable together) instead.
+
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener};
+
+use anyhow::{bail, Result};
+
+/// Holds the node-wide lock for as long as it lives.
+pub struct Singleton(#[allow(dead_code)] UnixListener);
+
+pub fn acquire() -> Result<Singleton> {
+    let addr = SocketAddr::from_abstract_name(b"vipd")?;
+    match UnixListener::bind_addr(&addr) {
+        Ok(l) => Ok(Singleton(l)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "another vipd already runs on this node: run one vipd per node, with cp_enable and svc_enable together if both are needed"
+        ),
+        Err(e) => bail!("cannot take the node-wide vipd lock: {e}"),
+    }
+}
