@@ -29,6 +29,8 @@ pub const STATUS_URL: &str = "vipd.dev/status-url";
 pub const VERSION: &str = "vipd.dev/version";
 pub const CP_VIPS: &str = "vipd.dev/control-plane-vips";
 pub const BGP_PEERS: &str = "vipd.dev/bgp-peers";
+/// `arp` or `bgp`: with BGP, several nodes hold an address on purpose (ECMP).
+pub const MODE: &str = "vipd.dev/mode";
 /// Seconds after which a record not renewed means the instance is gone.
 pub const STALE_AFTER: i32 = 30;
 const RENEW: Duration = Duration::from_secs(10);
@@ -57,6 +59,10 @@ fn record(status: &Status, status_url: Option<&str>) -> Lease {
         let v: Vec<String> = cp.vips.iter().map(IpAddr::to_string).collect();
         ann.insert(CP_VIPS.to_string(), v.join(","));
     }
+    ann.insert(
+        MODE.to_string(),
+        if status.bgp_mode() { "bgp" } else { "arp" }.to_string(),
+    );
     if !doc.bgp_peers.is_empty() {
         ann.insert(
             BGP_PEERS.to_string(),

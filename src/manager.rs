@@ -48,9 +48,15 @@ pub async fn run(config: Config) -> Result<()> {
             config.control_plane.as_ref().map(|c| &c.election),
             Some(Election::Lease(_))
         );
-    let client = match needs_api {
-        true => Some(kubeclient::connect(config.kubeconfig.as_deref()).await?),
-        false => None,
+    // Raft and BGP control planes run without the API; with credentials
+    // they still publish their instance record for `vipctl status`.
+    let client = match kubeclient::connect(config.kubeconfig.as_deref()).await {
+        Ok(c) => Some(c),
+        Err(e) if needs_api => return Err(e),
+        Err(e) => {
+            info!(reason = %format!("{e:#}"), "no Kubernetes API: running without it (vipctl status will not list this node)");
+            None
+        }
     };
     let shutdown = shutdown::on_signal()?;
 
@@ -112,11 +118,18 @@ pub async fn run(config: Config) -> Result<()> {
         tokio::spawn(status::server::serve_health(port, shutdown.clone()));
     }
     if let Some(client) = client.clone() {
-        let own = own_address(&netlink, &interface).await;
+        // Where others reach this node: its address on the VIP interface, or
+        // (BGP with the VIPs on `lo`) on the router interface, or its router ID.
+        let router_if = config.bgp.as_ref().and_then(|b| b.router_interface.clone());
+        let mut own = own_address(&netlink, &interface).await;
+        if let (None, Some(i)) = (own, router_if) {
+            own = own_address(&netlink, &i).await;
+        }
+        let own = own.or(router_id.map(IpAddr::V4));
         let url = config
             .status_addr
             .and_then(|a| instance::status_url(a, own));
-        let ns = vipd_namespace(&config);
+        let ns = config.namespace.clone();
         tasks.spawn(instance::run(
             client,
             ns,
@@ -330,20 +343,8 @@ fn raft_config(r: &RaftSettings, me: &str) -> vipd_raft::RaftConfig {
     }
 }
 
-/// vipd's namespace: where its Leases and instance records live.
-fn vipd_namespace(config: &Config) -> String {
-    config
-        .control_plane
-        .as_ref()
-        .and_then(|cp| match &cp.election {
-            Election::Lease(l) => Some(l.namespace.clone()),
-            _ => None,
-        })
-        .or_else(|| config.services.as_ref().map(|s| s.lease.namespace.clone()))
-        .unwrap_or_else(|| "kube-system".into())
-}
-
-/// This node's own address on `interface` (not one vipd added), IPv4 first.
+/// This node's own address on `interface` (not one vipd added, not
+/// loopback or link-local), IPv4 first.
 async fn own_address(netlink: &Netlink, interface: &str) -> Option<IpAddr> {
     let link = netlink.link_by_name(interface).await.ok()??;
     let mut addrs: Vec<IpAddr> = netlink
@@ -354,8 +355,8 @@ async fn own_address(netlink: &Netlink, interface: &str) -> Option<IpAddr> {
         .filter(|k| k.ifindex == link.index && !k.ours)
         .map(|k| k.addr)
         .filter(|a| match a {
-            IpAddr::V6(v) => (v.segments()[0] & 0xffc0) != 0xfe80,
-            _ => true,
+            IpAddr::V6(v) => (v.segments()[0] & 0xffc0) != 0xfe80 && !v.is_loopback(),
+            IpAddr::V4(v) => !v.is_loopback(),
         })
         .collect();
     addrs.sort_by_key(|a| a.is_ipv6());

@@ -44,12 +44,14 @@ fn the_control_plane_vip_is_ecmp_and_follows_health() {
     let _l = env.lab_lock();
     env.run(async move {
         let bird = router(3, &[]);
+        let vipd_ns = env.namespace("bgpcp").await;
         let (mut nodes, health) = bgp_nodes(
             3,
             &[
                 ("cp_enable", "true"),
                 ("address", &format!("{VIP},{VIP6}")),
                 ("vip_subnet", "32,128"),
+                ("cp_namespace", &vipd_ns),
             ],
             |_| vec![],
         )
@@ -58,6 +60,43 @@ fn the_control_plane_vip_is_ecmp_and_follows_health() {
             .wait_next_hops(ip(VIP), &all(3), Duration::from_secs(30))
             .unwrap();
         eprintln!("three next hops after {took:?}");
+        // vipctl: in BGP mode three holders are the design, not a conflict.
+        let kc = env.admin_kubeconfig().to_str().unwrap().to_string();
+        let t0 = Instant::now();
+        loop {
+            let out = env
+                .client
+                .ns
+                .command(env!("CARGO_BIN_EXE_vipctl"))
+                .args([
+                    "status",
+                    "--kubeconfig",
+                    &kc,
+                    "--vipd-namespace",
+                    &vipd_ns,
+                    // Services of other tests are not this test's business.
+                    "-n",
+                    &vipd_ns,
+                    "-o",
+                    "json",
+                ])
+                .output()
+                .unwrap();
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let held = r["control_plane"][0]["held_by"]
+                .as_array()
+                .map(|a| a.len())
+                .unwrap_or(0);
+            if out.status.code() == Some(0) && held == 3 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "vipctl: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         bird.wait_next_hops(
             ip(VIP6),
             &[node_ip6(0), node_ip6(1), node_ip6(2)],

@@ -90,9 +90,32 @@ fn three_peers_leader_cut_off_then_reconnected() {
     failover(3, Disruption::LinkDown, Duration::from_secs(2));
 }
 
+/// Graceful handovers, several in a row (each restored node is a fresh
+/// follower when the next handover happens).
 #[test]
 fn three_peers_graceful_handover_on_sigterm() {
-    failover(3, Disruption::Term, Duration::from_millis(500));
+    let _l = lock();
+    let mut lab = RaftLab::start(3, vip(), bin(), &[]).unwrap();
+    let c = &mut lab.cluster;
+    lab.rt.block_on(async {
+        for round in 0..5 {
+            let (o, old) = c
+                .disrupt(
+                    Disruption::Term,
+                    Duration::from_secs(5),
+                    Duration::from_millis(300),
+                )
+                .await
+                .unwrap();
+            eprintln!(
+                "round {round}: {:?} -> {} in {:?}",
+                o.old, o.new, o.takeover
+            );
+            check(&o, Duration::from_millis(300));
+            c.restore(Disruption::Term, old).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
 }
 
 #[test]

@@ -138,16 +138,7 @@ impl Lab {
     }
 
     fn ingress(s: &Service) -> Vec<IpAddr> {
-        s.status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|l| l.ingress.as_ref())
-            .map(|i| {
-                i.iter()
-                    .filter_map(|x| x.ip.as_ref()?.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        vipd_testkit::ingress_ips(s)
     }
 
     fn annotation(s: &Service, key: &str) -> Option<String> {

@@ -69,6 +69,8 @@ struct Loop<L> {
     epoch: Instant,
     lease: LeaseTracker,
     leading: bool,
+    /// Shutting down: leadership is being handed over, never claimed again.
+    handing_over: bool,
     claimed_until: Option<Instant>,
     last_leader: u64,
 }
@@ -142,6 +144,7 @@ pub async fn run<L: Leadership>(
         // Margin: two ticks, for tick jitter and message delays.
         lease: LeaseTracker::new(cfg.peers.quorum(), cfg.election_timeout(), cfg.tick * 2),
         leading: false,
+        handing_over: false,
         claimed_until: None,
         last_leader: 0,
     };
@@ -164,7 +167,8 @@ pub async fn run<L: Leadership>(
         l.handle_ready().await?;
         l.update_hold().await;
     }
-    l.hand_over().await?;
+    l.hand_over(&mut ticker, &mut in_rx, cfg.election_timeout())
+        .await?;
     Ok(())
 }
 
@@ -202,7 +206,7 @@ impl<L: Leadership> Loop<L> {
             self.claimed_until = None;
             warn!(term = self.node.raft.term, "no longer the Raft leader");
             self.leadership.stopped().await;
-        } else if !self.leading && is_leader {
+        } else if !self.leading && is_leader && !self.handing_over {
             self.leading = true;
             self.lease.reset();
             info!(term = self.node.raft.term, "became the Raft leader");
@@ -286,28 +290,69 @@ impl<L: Leadership> Loop<L> {
     }
 
     /// Graceful stop: withdraw, then let the best follower take over now.
-    async fn hand_over(&mut self) -> Result<(), RaftError> {
+    /// The loop keeps running (the transferee may need log entries first,
+    /// and its vote request needs our answer) until another node is known
+    /// to lead, or for one election timeout at most.
+    async fn hand_over(
+        &mut self,
+        ticker: &mut tokio::time::Interval,
+        inbound: &mut mpsc::Receiver<Inbound>,
+        limit: Duration,
+    ) -> Result<(), RaftError> {
         if !self.leading {
             return Ok(());
         }
         self.leadership.stopped().await;
         self.leading = false;
+        self.claimed_until = None;
+        self.handing_over = true;
+        let Some(target) = self.transferee() else {
+            return Ok(());
+        };
+        let peers = self.peers.clone();
+        let name = |id| peers.by_id(id).map(|p| p.name.clone());
+        info!(to = ?name(target), "handing Raft leadership over");
+        self.node.transfer_leader(target);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            self.handle_ready().await?;
+            let leader = self.node.raft.leader_id;
+            if leader != 0 && leader != self.node.raft.id {
+                info!(to = ?name(leader), took = ?started.elapsed(), "Raft leadership handed over");
+                break;
+            }
+            tokio::select! {
+                _ = ticker.tick() => {
+                    self.node.tick();
+                }
+                Some(inb) = inbound.recv() => {
+                    self.receive(inb);
+                    while let Ok(more) = inbound.try_recv() {
+                        self.receive(more);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    warn!(after = ?limit, "no new Raft leader yet; the peers will elect one");
+                    break;
+                }
+            }
+        }
+        // Let the transport write the last messages before the process ends.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(())
+    }
+
+    /// The follower to hand leadership to: one heard from lately, with the
+    /// longest log.
+    fn transferee(&self) -> Option<u64> {
         let me = self.node.raft.id;
-        let best = self
-            .node
+        self.node
             .raft
             .prs()
             .iter()
             .filter(|(id, _)| **id != me)
-            .max_by_key(|(_, p)| p.matched)
-            .map(|(id, _)| *id);
-        if let Some(target) = best {
-            info!(to = ?self.peers.by_id(target).map(|p| &p.name), "handing Raft leadership over");
-            self.node.transfer_leader(target);
-            self.handle_ready().await?;
-            // Let the transport write it before the process ends.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
+            .max_by_key(|(_, p)| (p.recent_active, p.matched))
+            .map(|(id, _)| *id)
     }
 }

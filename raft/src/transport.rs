@@ -5,7 +5,9 @@
 //! a hello (the peer-list fingerprint and the sender's id); the listener
 //! answers whether it accepts, so a node given another peer list is refused
 //! on both ends with one clear log line. Then length-prefixed raft messages
-//! follow. Messages that cannot be sent are dropped: raft retries by itself.
+//! follow. A connection the peer closed is replaced at once; a message whose
+//! write failed is sent again on the new connection, others that cannot be
+//! sent are dropped: raft retries by itself.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -193,6 +195,8 @@ async fn sender_loop(peer: Peer, me: u64, peers: Peers, mut rx: mpsc::Receiver<M
     .expect("serialisable");
     let mut backoff = Duration::from_millis(50);
     let mut throttle = Throttle::default();
+    // A message whose write failed: sent again on the next connection.
+    let mut pending: Option<Vec<u8>> = None;
     loop {
         let conn =
             tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(peer.addr)).await;
@@ -200,6 +204,7 @@ async fn sender_loop(peer: Peer, me: u64, peers: Peers, mut rx: mpsc::Receiver<M
             Ok(Ok(s)) => s,
             _ => {
                 // Messages for a peer we cannot reach are stale by the time we can.
+                pending = None;
                 while rx.try_recv().is_ok() {}
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -228,15 +233,55 @@ async fn sender_loop(peer: Peer, me: u64, peers: Peers, mut rx: mpsc::Receiver<M
         }
         backoff = Duration::from_millis(50);
         debug!(peer = %peer.name, "Raft connection up");
-        while let Some(msg) = rx.recv().await {
-            let bytes = match msg.write_to_bytes() {
-                Ok(b) => b,
-                Err(_) => continue,
-            };
-            if write_frame(&mut s, &bytes).await.is_err() {
+        match send_until_closed(&mut s, &mut rx, pending.take()).await {
+            Closed::Unsent(bytes) => {
                 debug!(peer = %peer.name, "Raft connection lost; reconnecting");
-                break;
+                pending = Some(bytes);
             }
+            Closed::ByPeer => {
+                debug!(peer = %peer.name, "Raft peer closed the connection; reconnecting")
+            }
+            Closed::Shutdown => return,
+        }
+    }
+}
+
+enum Closed {
+    /// A write failed; this message did not go out.
+    Unsent(Vec<u8>),
+    /// The peer closed its end (it restarted or stopped).
+    ByPeer,
+    /// This node's transport is gone.
+    Shutdown,
+}
+
+/// Writes queued messages to `s` until it fails. The peer never writes on
+/// this connection after its reply, so a readable socket means it closed:
+/// noticing that at once (rather than at the next write, which the kernel
+/// accepts and the peer drops) keeps a restarted peer's first message, a
+/// vote request perhaps, from being lost.
+async fn send_until_closed(
+    s: &mut TcpStream,
+    rx: &mut mpsc::Receiver<Message>,
+    mut first: Option<Vec<u8>>,
+) -> Closed {
+    let mut probe = [0u8; 1];
+    loop {
+        let bytes = match first.take() {
+            Some(b) => b,
+            None => tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => match msg.write_to_bytes() {
+                        Ok(b) => b,
+                        Err(_) => continue,
+                    },
+                    None => return Closed::Shutdown,
+                },
+                _ = s.read(&mut probe) => return Closed::ByPeer,
+            },
+        };
+        if write_frame(s, &bytes).await.is_err() {
+            return Closed::Unsent(bytes);
         }
     }
 }

@@ -177,6 +177,8 @@ pub struct BgpConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub node_name: String,
+    /// vipd's namespace (`cp_namespace`): its Leases and instance records.
+    pub namespace: String,
     pub announce: Announce,
     pub control_plane: Option<ControlPlane>,
     pub services: Option<ServicesConfig>,
@@ -578,8 +580,15 @@ impl Config {
             }
         }
 
+        let namespace = r
+            .string("cp_namespace")
+            .unwrap_or_else(|| "kube-system".into());
+        if !is_k8s_name(&namespace) {
+            return Err(r.err("cp_namespace", "not a valid namespace name"));
+        }
         Ok(Config {
             bgp,
+            namespace,
             node_name,
             announce,
             control_plane,

@@ -38,8 +38,7 @@ impl<L: Leadership> Leadership for Reported<L> {
         self.status.election(&self.lease, true, Some(&self.me));
         if let Some(ev) = &self.events {
             let note = format!("{} now leads {}", self.me, self.lease);
-            ev.publish(&self.node_ref(), false, "LeaderElected", note)
-                .await;
+            ev.publish(&self.node_ref(), false, "LeaderElected", note);
         }
     }
 
@@ -52,8 +51,7 @@ impl<L: Leadership> Leadership for Reported<L> {
         self.status.election(&self.lease, false, None);
         if let Some(ev) = &self.events {
             let note = format!("{} no longer leads {}", self.me, self.lease);
-            ev.publish(&self.node_ref(), false, "LeadershipLost", note)
-                .await;
+            ev.publish(&self.node_ref(), false, "LeadershipLost", note);
         }
     }
 

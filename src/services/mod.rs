@@ -238,8 +238,7 @@ impl Controller {
                 if self.leader_hold().is_some() {
                     self.ctx
                         .events
-                        .publish(&cm.object_ref(&()), true, "InvalidPoolConfig", note)
-                        .await;
+                        .publish(&cm.object_ref(&()), true, "InvalidPoolConfig", note);
                 }
             }
         }

@@ -190,7 +190,7 @@ impl Writer {
                 note,
             } => {
                 let reference = svc.object_ref(&());
-                self.events.publish(&reference, warning, reason, note).await;
+                self.events.publish(&reference, warning, reason, note);
             }
         }
     }

@@ -183,6 +183,11 @@ impl Status {
         self.bgp.lock().expect("not poisoned").clone()
     }
 
+    /// Whether this vipd announces by BGP.
+    pub fn bgp_mode(&self) -> bool {
+        self.speaker.lock().expect("not poisoned").is_some()
+    }
+
     pub fn set_speaker(&self, s: watch::Receiver<vipd_bgp::speaker::SpeakerStatus>) {
         *self.speaker.lock().expect("not poisoned") = Some(s);
     }

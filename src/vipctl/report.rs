@@ -59,6 +59,9 @@ pub struct InstanceRow {
     pub bgp_peers: Vec<String>,
     /// Whether the live `/status` answered (else the record was used).
     pub live: bool,
+    /// Announces by BGP: holding an address together with others is normal.
+    #[serde(default)]
+    pub bgp: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -129,6 +132,7 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
                 })
                 .unwrap_or_default(),
             live: false,
+            bgp: ann.get(instance::MODE).is_some_and(|m| m == "bgp"),
         };
         if let Some(v) = ann.get(instance::CP_VIPS) {
             cp_vips.extend(list(v));
@@ -162,6 +166,13 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
         instances.push(row);
     }
     instances.sort_by(|a, b| a.node.cmp(&b.node));
+    // Several holders are a conflict unless all of them announce by BGP.
+    let conflict = |holders: &[String]| {
+        holders.len() > 1
+            && !holders
+                .iter()
+                .all(|h| instances.iter().any(|i| i.node == *h && i.bgp))
+    };
     let holders_of = |addr: &str| -> Vec<String> {
         instances
             .iter()
@@ -182,12 +193,14 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
     };
     for vip in &cp_vips {
         let held_by = holders_of(vip);
-        let ok = held_by.len() == 1 && leader.as_ref().is_none_or(|l| held_by[0] == *l);
+        let ok = !held_by.is_empty()
+            && !conflict(&held_by)
+            && leader.as_ref().is_none_or(|l| held_by.contains(l));
         if held_by.is_empty() {
             report
                 .problems
                 .push(format!("control-plane VIP {vip} is held by no node"));
-        } else if held_by.len() > 1 {
+        } else if conflict(&held_by) {
             report.problems.push(format!(
                 "control-plane VIP {vip} is held by {} nodes: {}",
                 held_by.len(),
@@ -274,7 +287,7 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
             let h = holders_of(a);
             if h.is_empty() {
                 state = "Unannounced";
-            } else if h.len() > 1 {
+            } else if conflict(&h) {
                 state = "Conflict";
             }
             held_by.extend(h);

@@ -375,7 +375,39 @@ pub struct RaftLab {
     pub rt: tokio::runtime::Runtime,
 }
 
+/// A fresh lab with a unique name prefix (`tag` tells its kind apart) and
+/// its client host.
+fn own_lab(tag: &str) -> Result<(String, crate::lab::Lab, Host)> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    crate::netns::reap_leftovers();
+    let prefix = format!(
+        "{}{tag}{}",
+        crate::run_prefix(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let lab = crate::lab::Lab::new(&prefix)?;
+    let client = lab.add_host("client", 3)?;
+    Ok((prefix, lab, client))
+}
+
 impl RaftLab {
+    fn assemble(
+        lab: crate::lab::Lab,
+        client: Host,
+        nodes: Vec<VipdNode>,
+        vip: IpAddr,
+    ) -> Result<RaftLab> {
+        let rt = client.ns.runtime(2)?;
+        let cluster = VipCluster {
+            nodes,
+            client: HostRef::Owned(client),
+            vip,
+            port: 6443,
+        };
+        Ok(RaftLab { cluster, lab, rt })
+    }
+
     /// `extra` overrides settings on every node.
     pub fn start(
         n: usize,
@@ -383,16 +415,7 @@ impl RaftLab {
         bin: &std::path::Path,
         extra: &[(&str, &str)],
     ) -> Result<RaftLab> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        crate::netns::reap_leftovers();
-        let prefix = format!(
-            "{}r{}",
-            crate::run_prefix(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let lab = crate::lab::Lab::new(&prefix)?;
-        let client = lab.add_host("client", 3)?;
+        let (prefix, lab, client) = own_lab("r")?;
         let peers: Vec<String> = (1..=n)
             .map(|i| format!("n{i}={}:7946", crate::lab::host_v4(10 + i as u8)))
             .collect();
@@ -427,30 +450,14 @@ impl RaftLab {
             node.start()?;
             nodes.push(node);
         }
-        let rt = client.ns.runtime(2)?;
-        let cluster = VipCluster {
-            nodes,
-            client: HostRef::Owned(client),
-            vip,
-            port: 6443,
-        };
-        Ok(RaftLab { cluster, lab, rt })
+        RaftLab::assemble(lab, client, nodes, vip)
     }
 }
 
 /// A lab of its own running keepalived (VRRPv3, from Debian) on `n` nodes
 /// for the same VIP, for comparison with vipd: `advert` is `advert_int`.
 pub fn keepalived_lab(n: usize, vip: IpAddr, advert: &str) -> Result<RaftLab> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    crate::netns::reap_leftovers();
-    let prefix = format!(
-        "{}k{}",
-        crate::run_prefix(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    let lab = crate::lab::Lab::new(&prefix)?;
-    let client = lab.add_host("client", 3)?;
+    let (prefix, lab, client) = own_lab("k")?;
     let bin = std::path::Path::new("/usr/sbin/keepalived");
     if !bin.exists() {
         anyhow::bail!("keepalived is not installed (scripts/setup.sh installs it)");
@@ -488,12 +495,5 @@ pub fn keepalived_lab(n: usize, vip: IpAddr, advert: &str) -> Result<RaftLab> {
         node.start()?;
         nodes.push(node);
     }
-    let rt = client.ns.runtime(2)?;
-    let cluster = VipCluster {
-        nodes,
-        client: HostRef::Owned(client),
-        vip,
-        port: 6443,
-    };
-    Ok(RaftLab { cluster, lab, rt })
+    RaftLab::assemble(lab, client, nodes, vip)
 }

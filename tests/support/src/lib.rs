@@ -45,3 +45,17 @@ pub fn run_dir() -> PathBuf {
 pub fn run_prefix() -> String {
     format!("vt{}", std::process::id())
 }
+
+/// The addresses in a Service's `status.loadBalancer.ingress`.
+pub fn ingress_ips(s: &k8s_openapi::api::core::v1::Service) -> Vec<std::net::IpAddr> {
+    s.status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| {
+            ing.iter()
+                .filter_map(|x| x.ip.as_ref()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -23,18 +23,7 @@ pub fn ip(args: &[&str]) -> Result<()> {
 
 /// Runs a command, failing with its stderr.
 pub fn sh(prog: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .with_context(|| format!("run {prog}"))?;
-    if !out.status.success() {
-        bail!(
-            "{prog} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    output(prog, args).map(|_| ())
 }
 
 /// Runs a command and returns its stdout.
