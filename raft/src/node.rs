@@ -151,18 +151,11 @@ pub async fn run<L: Leadership>(
     let mut ticker = tokio::time::interval(cfg.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                l.node.tick();
-            }
-            Some(inb) = in_rx.recv() => {
-                l.receive(inb);
-                // Take what else has arrived before handling Ready once.
-                while let Ok(more) = in_rx.try_recv() {
-                    l.receive(more);
-                }
-            }
-            _ = shutdown.changed() => break,
+        if !l
+            .next_input(&mut ticker, &mut in_rx, shutdown.changed())
+            .await
+        {
+            break;
         }
         l.handle_ready().await?;
         l.update_hold().await;
@@ -173,6 +166,31 @@ pub async fn run<L: Leadership>(
 }
 
 impl<L: Leadership> Loop<L> {
+    /// Waits for a tick or for messages and feeds them to Raft; false when
+    /// `until` completes first.
+    async fn next_input(
+        &mut self,
+        ticker: &mut tokio::time::Interval,
+        inbound: &mut mpsc::Receiver<Inbound>,
+        until: impl std::future::Future,
+    ) -> bool {
+        tokio::select! {
+            _ = ticker.tick() => {
+                self.node.tick();
+                true
+            }
+            Some(inb) = inbound.recv() => {
+                self.receive(inb);
+                // Take what else has arrived before handling Ready once.
+                while let Ok(more) = inbound.try_recv() {
+                    self.receive(more);
+                }
+                true
+            }
+            _ = until => false,
+        }
+    }
+
     fn receive(&mut self, inb: Inbound) {
         if self.leading
             && inb.msg.get_msg_type() == MessageType::MsgHeartbeatResponse
@@ -322,20 +340,12 @@ impl<L: Leadership> Loop<L> {
                 info!(to = ?name(leader), took = ?started.elapsed(), "Raft leadership handed over");
                 break;
             }
-            tokio::select! {
-                _ = ticker.tick() => {
-                    self.node.tick();
-                }
-                Some(inb) = inbound.recv() => {
-                    self.receive(inb);
-                    while let Ok(more) = inbound.try_recv() {
-                        self.receive(more);
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    warn!(after = ?limit, "no new Raft leader yet; the peers will elect one");
-                    break;
-                }
+            if !self
+                .next_input(ticker, inbound, tokio::time::sleep_until(deadline))
+                .await
+            {
+                warn!(after = ?limit, "no new Raft leader yet; the peers will elect one");
+                break;
             }
         }
         // Let the transport write the last messages before the process ends.

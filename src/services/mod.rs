@@ -44,8 +44,9 @@ use allocate::{allocate, Origin};
 use eligibility::{plan_addresses, rank, AddressPlan};
 use informers::Informers;
 use model::{add_ready_nodes, keys, ClassFilter, NodeInfo, ReadyNodes, SvcInfo, SvcKey};
+use model::{current_ingress, Ingress};
 use pools::Pools;
-use writer::{current_ingress, Change, Ingress, Writer};
+use writer::{Change, Writer};
 
 /// Everything the controller needs from the manager.
 pub struct Context {

@@ -72,6 +72,31 @@ pub enum FamilyPolicy {
 /// A port as far as sharing is concerned.
 pub type PortKey = (i32, String);
 
+/// The ingress a Service should show: per address, its ports.
+pub type Ingress = Vec<(IpAddr, Vec<PortKey>)>;
+
+/// The ingress a Service shows now, reduced to what vipd writes.
+pub fn current_ingress(svc: &Service) -> Ingress {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| {
+            ing.iter()
+                .filter_map(|i| {
+                    let ip: IpAddr = i.ip.as_ref()?.parse().ok()?;
+                    let ports = i
+                        .ports
+                        .as_ref()
+                        .map(|ps| ps.iter().map(|p| (p.port, p.protocol.clone())).collect())
+                        .unwrap_or_default();
+                    Some((ip, ports))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One Service, as the decisions need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SvcInfo {
@@ -115,17 +140,7 @@ impl SvcInfo {
         let spec = s.spec.clone().unwrap_or_default();
         let ann = meta.annotations.clone().unwrap_or_default();
         let labels = meta.labels.clone().unwrap_or_default();
-        let status_ips = s
-            .status
-            .as_ref()
-            .and_then(|st| st.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .map(|ing| {
-                ing.iter()
-                    .filter_map(|i| i.ip.as_ref()?.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let status_ips = current_ingress(s).into_iter().map(|(ip, _)| ip).collect();
         let families: Vec<Family> = spec
             .ip_families
             .as_ref()

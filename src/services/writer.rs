@@ -4,7 +4,6 @@
 //! the last seconds is skipped: the caches may not have caught up yet.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,16 +14,13 @@ use kube::{Api, Client, Resource};
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
-use super::model::{PortKey, SvcKey};
+use super::model::{Ingress, SvcKey};
 use crate::events::Events;
 
 /// How many writes are in flight at once.
 const CONCURRENCY: usize = 32;
 /// How long an identical write is considered done.
 const RECENT: Duration = Duration::from_secs(3);
-
-/// The ingress a Service should show: per address, its ports.
-pub type Ingress = Vec<(IpAddr, Vec<PortKey>)>;
 
 /// One change to make.
 pub enum Change {
@@ -57,28 +53,6 @@ fn key_of(svc: &Service) -> SvcKey {
         namespace: svc.metadata.namespace.clone().unwrap_or_default(),
         name: svc.metadata.name.clone().unwrap_or_default(),
     }
-}
-
-/// The ingress a Service shows now, reduced to what vipd writes.
-pub fn current_ingress(svc: &Service) -> Ingress {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ing| {
-            ing.iter()
-                .filter_map(|i| {
-                    let ip: IpAddr = i.ip.as_ref()?.parse().ok()?;
-                    let ports = i
-                        .ports
-                        .as_ref()
-                        .map(|ps| ps.iter().map(|p| (p.port, p.protocol.clone())).collect())
-                        .unwrap_or_default();
-                    Some((ip, ports))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 impl Writer {
