@@ -375,22 +375,6 @@ pub struct RaftLab {
     pub rt: tokio::runtime::Runtime,
 }
 
-/// A fresh lab with a unique name prefix (`tag` tells its kind apart) and
-/// its client host.
-fn own_lab(tag: &str) -> Result<(String, crate::lab::Lab, Host)> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    crate::netns::reap_leftovers();
-    let prefix = format!(
-        "{}{tag}{}",
-        crate::run_prefix(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    let lab = crate::lab::Lab::new(&prefix)?;
-    let client = lab.add_host("client", 3)?;
-    Ok((prefix, lab, client))
-}
-
 impl RaftLab {
     fn assemble(
         lab: crate::lab::Lab,
@@ -415,7 +399,7 @@ impl RaftLab {
         bin: &std::path::Path,
         extra: &[(&str, &str)],
     ) -> Result<RaftLab> {
-        let (prefix, lab, client) = own_lab("r")?;
+        let (prefix, lab, client) = crate::lab::Lab::own("r")?;
         let peers: Vec<String> = (1..=n)
             .map(|i| format!("n{i}={}:7946", crate::lab::host_v4(10 + i as u8)))
             .collect();
@@ -457,7 +441,7 @@ impl RaftLab {
 /// A lab of its own running keepalived (VRRPv3, from Debian) on `n` nodes
 /// for the same VIP, for comparison with vipd: `advert` is `advert_int`.
 pub fn keepalived_lab(n: usize, vip: IpAddr, advert: &str) -> Result<RaftLab> {
-    let (prefix, lab, client) = own_lab("k")?;
+    let (prefix, lab, client) = crate::lab::Lab::own("k")?;
     let bin = std::path::Path::new("/usr/sbin/keepalived");
     if !bin.exists() {
         anyhow::bail!("keepalived is not installed (scripts/setup.sh installs it)");

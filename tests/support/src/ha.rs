@@ -109,16 +109,7 @@ impl HaCluster {
     /// `extra` adds vipd settings (e.g. `svc_enable`). Each server answers
     /// TCP on ports 80 and 443 with its name (a stand-in for Traefik).
     pub fn start(n: usize, mode: Mode, bin: &Path, extra: &[(&str, &str)]) -> Result<HaCluster> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        crate::netns::reap_leftovers();
-        let prefix = format!(
-            "{}h{}",
-            crate::run_prefix(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let lab = Lab::new(&prefix)?;
-        let client = lab.add_host("client", 3)?;
+        let (prefix, lab, client) = Lab::own("h")?;
         let vip: IpAddr = "192.0.2.100".parse()?;
         let pki = run_dir().join(format!("{prefix}-pki"));
         // The shared credentials first, so the servers can start together.

@@ -57,6 +57,23 @@ impl Lab {
         })
     }
 
+    /// A fresh lab for one scenario, after reaping a killed run's leftovers:
+    /// a unique name prefix (`tag` tells its kind apart), the lab, and its
+    /// client host.
+    pub fn own(tag: &str) -> Result<(String, Lab, Host)> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        crate::netns::reap_leftovers();
+        let prefix = format!(
+            "{}{tag}{}",
+            crate::run_prefix(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = Lab::new(&prefix)?;
+        let client = lab.add_host("client", 3)?;
+        Ok((prefix, lab, client))
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
