@@ -129,6 +129,12 @@ pub async fn run(config: Config) -> Result<()> {
         let url = config
             .status_addr
             .and_then(|a| instance::status_url(a, own));
+        if url.is_none() && config.status_addr.is_some() {
+            warn!(
+                interface = %interface,
+                "no address of this node found on the interface: vipctl status will show this node's record only, not its live status"
+            );
+        }
         let ns = config.namespace.clone();
         tasks.spawn(instance::run(
             client,

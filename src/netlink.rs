@@ -75,6 +75,9 @@ pub enum KernelEvent {
 #[derive(Clone, Debug)]
 pub struct Netlink {
     handle: Handle,
+    /// The kernel runs one dump at a time per netlink socket and refuses a
+    /// second with EBUSY: dumps on this handle take turns.
+    dumping: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Netlink {
@@ -83,7 +86,10 @@ impl Netlink {
     pub fn connect() -> Result<Netlink> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle,
+            dumping: Default::default(),
+        })
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
@@ -115,8 +121,10 @@ impl Netlink {
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
             RouteMessageBuilder::<Ipv6Addr>::new().build(),
         ] {
-            let routes: Vec<RouteMessage> =
-                self.handle.route().get(msg).execute().try_collect().await?;
+            let routes: Vec<RouteMessage> = {
+                let _turn = self.dumping.lock().await;
+                self.handle.route().get(msg).execute().try_collect().await?
+            };
             for r in routes {
                 if r.header.destination_prefix_length != 0 {
                     continue;
@@ -138,7 +146,10 @@ impl Netlink {
 
     /// Every address of every interface.
     pub async fn addresses(&self) -> Result<Vec<KernelAddr>> {
-        let msgs: Vec<AddressMessage> = self.handle.address().get().execute().try_collect().await?;
+        let msgs: Vec<AddressMessage> = {
+            let _turn = self.dumping.lock().await;
+            self.handle.address().get().execute().try_collect().await?
+        };
         Ok(msgs.iter().filter_map(addr_from).collect())
     }
 
@@ -262,4 +273,29 @@ fn addr_from(m: &AddressMessage) -> Option<KernelAddr> {
         prefix: m.header.prefix_len,
         ours,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel runs one dump at a time per netlink socket and answers a
+    /// second with EBUSY; vipd's tasks share one handle and read addresses
+    /// at the same time (this read only looks at the test host's own
+    /// addresses and sends nothing on any network).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_dumps_on_one_handle_all_succeed() {
+        let nl = Netlink::connect().unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let nl = nl.clone();
+            tasks.push(tokio::spawn(async move {
+                nl.addresses().await.map(|_| ())?;
+                nl.default_route_interface().await.map(|_| ())
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
 }

@@ -37,15 +37,60 @@ fn check(o: &HaOutcome, limit: Duration) {
     }
 }
 
+/// `vipctl status`, run beside the cluster through the VIP, agrees with
+/// the kernels: one holder, the node that really has the VIP, three live
+/// vipds, exit status 0.
+fn vipctl_agrees(c: &mut HaCluster) {
+    let holder = c.holder().map(|i| c.servers[i].name().to_string());
+    let kc = c.vip_kubeconfig.to_str().unwrap().to_string();
+    let t0 = Instant::now();
+    loop {
+        let out = c
+            .client
+            .ns
+            .command(env!("CARGO_BIN_EXE_vipctl"))
+            .args(["status", "--kubeconfig", &kc, "-o", "json"])
+            .output()
+            .unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let held: Vec<String> = r["control_plane"][0]["held_by"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let live = r["instances"]
+            .as_array()
+            .map(|a| a.iter().filter(|i| i["live"] == true).count())
+            .unwrap_or(0);
+        if out.status.success() && holder.as_ref().is_some_and(|h| held == [h.clone()]) && live == 3
+        {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "vipctl disagrees (holder {holder:?}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn scenarios(mode: Mode, node_death: Duration, vipd_kill: Duration, rolling: Duration) {
     let _l = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = HaCluster::start(3, mode, bin(), &[]).unwrap();
+    vipctl_agrees(&mut c);
     let o = c.run_scenario(HaScenario::NodeDeath).unwrap();
     check(&o, node_death);
+    vipctl_agrees(&mut c);
     let o = c.run_scenario(HaScenario::VipdKill).unwrap();
     check(&o, vipd_kill);
     let o = c.run_scenario(HaScenario::RollingRestart).unwrap();
     check(&o, rolling);
+    vipctl_agrees(&mut c);
 }
 
 /// Bounds are generous (a 2-core machine runs three API servers and etcd):
