@@ -136,6 +136,55 @@ fn the_control_plane_vip_is_ecmp_and_follows_health() {
         bird.wait_next_hops(ip(VIP), &all(3), Duration::from_secs(10))
             .unwrap();
 
+        // n2's vipd crashes (SIGKILL): its gobgpd goes with it, so the
+        // router drops n2 at once, not after the hold time (30 s).
+        let t0 = Instant::now();
+        nodes[1].kill();
+        let took = bird
+            .wait_next_hops(ip(VIP), &[node_ip(0), node_ip(2)], Duration::from_secs(10))
+            .unwrap();
+        eprintln!("crashed n2 withdrawn {took:?} after SIGKILL");
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        let gobgpds = |n: &vipd_testkit::vipd::VipdNode| {
+            let pids =
+                vipd_testkit::netns::output("ip", &["netns", "pids", n.host.ns.name()]).unwrap();
+            pids.split_whitespace()
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "gobgpd")
+                })
+                .count()
+        };
+        assert_eq!(gobgpds(&nodes[1]), 0, "gobgpd outlived its vipd");
+        // A gobgpd left by an older vipd (the same API address) is stopped
+        // first: the restarted vipd configures a gobgpd of its own.
+        let mut stray = nodes[1]
+            .host
+            .ns
+            .command("gobgpd")
+            .args([
+                "--api-hosts",
+                "127.0.0.1:50051",
+                "--log-level",
+                "warn",
+                "--pprof-disable",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(gobgpds(&nodes[1]), 1, "the stray gobgpd did not start");
+        nodes[1].start().unwrap();
+        bird.wait_next_hops(ip(VIP), &all(3), Duration::from_secs(30))
+            .unwrap();
+        assert!(
+            stray.try_wait().unwrap().is_some(),
+            "the stray gobgpd still runs"
+        );
+        assert_eq!(gobgpds(&nodes[1]), 1);
+        assert!(nodes[1].log_tail(10_000).contains("left by an earlier vipd"));
+
         // n3's vipd stops: it withdraws before it exits.
         let t0 = Instant::now();
         assert_eq!(nodes[2].terminate(Duration::from_secs(10)).unwrap(), 0);
