@@ -59,7 +59,7 @@ impl Events {
             if last.get(&id) == Some(&entry) {
                 return;
             }
-            last.insert(id, entry);
+            last.insert(id.clone(), entry);
         }
         let ev = Event {
             type_: if warning {
@@ -76,6 +76,8 @@ impl Events {
             let ev = match e {
                 mpsc::error::TrySendError::Full(v) | mpsc::error::TrySendError::Closed(v) => v.1,
             };
+            // Not published: the same Event later must not count as a repeat.
+            self.last.lock().expect("not poisoned").remove(&id);
             warn!(reason = ev.reason, note = ?ev.note, "Event dropped: the API server is not keeping up");
         }
     }

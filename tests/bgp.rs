@@ -183,7 +183,9 @@ fn the_control_plane_vip_is_ecmp_and_follows_health() {
             "the stray gobgpd still runs"
         );
         assert_eq!(gobgpds(&nodes[1]), 1);
-        assert!(nodes[1].log_tail(10_000).contains("left by an earlier vipd"));
+        assert!(nodes[1]
+            .log_tail(10_000)
+            .contains("left by an earlier vipd"));
 
         // n3's vipd stops: it withdraws before it exits.
         let t0 = Instant::now();

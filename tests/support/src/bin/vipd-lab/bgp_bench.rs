@@ -49,18 +49,32 @@ pub async fn run(vipd: &Path, rounds: usize) -> Result<()> {
         bird.wait_next_hops(addr, &all, Duration::from_secs(30))?;
         to_route.push(t0.elapsed());
     }
-    let mut to_withdraw = Vec::new();
+    // A stopping vipd withdraws; a crashed one takes its gobgpd along, which
+    // closes the sessions (the router needs no hold time to notice).
     let probe: IpAddr = "198.51.100.10".parse()?;
-    for r in 0..rounds {
-        let k = r % 3;
-        let rest: Vec<IpAddr> = all.iter().copied().filter(|a| *a != node_ip(k)).collect();
-        let t0 = Instant::now();
-        nodes[k].signal(nix::sys::signal::Signal::SIGTERM);
-        bird.wait_next_hops(probe, &rest, Duration::from_secs(30))?;
-        to_withdraw.push(t0.elapsed());
-        nodes[k].terminate(Duration::from_secs(10)).ok();
-        nodes[k].start()?;
-        bird.wait_next_hops(probe, &all, Duration::from_secs(60))?;
+    let mut to_withdraw = Vec::new();
+    let mut crash_to_withdraw = Vec::new();
+    for crash in [false, true] {
+        for r in 0..rounds {
+            let k = r % 3;
+            let rest: Vec<IpAddr> = all.iter().copied().filter(|a| *a != node_ip(k)).collect();
+            let t0 = Instant::now();
+            if crash {
+                nodes[k].kill();
+            } else {
+                nodes[k].signal(nix::sys::signal::Signal::SIGTERM);
+            }
+            bird.wait_next_hops(probe, &rest, Duration::from_secs(60))?;
+            if crash {
+                &mut crash_to_withdraw
+            } else {
+                &mut to_withdraw
+            }
+            .push(t0.elapsed());
+            nodes[k].terminate(Duration::from_secs(10)).ok();
+            nodes[k].start()?;
+            bird.wait_next_hops(probe, &all, Duration::from_secs(60))?;
+        }
     }
     println!("BGP (gobgpd 3.10 -> BIRD 2.0.12, 3 nodes, eBGP), {rounds} rounds each:");
     println!("| | median | worst |");
@@ -70,6 +84,10 @@ pub async fn run(vipd: &Path, rounds: usize) -> Result<()> {
     let (m, w) = median_worst(&to_withdraw);
     println!(
         "| SIGTERM of one vipd -> its next hop gone from the router | {m:.0} ms | {w:.0} ms |"
+    );
+    let (m, w) = median_worst(&crash_to_withdraw);
+    println!(
+        "| SIGKILL of one vipd -> its next hop gone from the router | {m:.0} ms | {w:.0} ms |"
     );
     Ok(())
 }
