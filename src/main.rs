@@ -80,7 +80,12 @@ fn layers(m: &ArgMatches, with_env: bool) -> Result<Layers, String> {
 
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIPD_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},kube=warn,tower=warn,hyper=warn"))
+        // kube's client logs every failed request at ERROR; vipd logs each
+        // failure where it is handled, with what it means, so that line is
+        // noise when an API server restarts.
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},kube=warn,kube_client=warn,kube_client::client::builder=off,kube_runtime=warn,tower=warn,hyper=warn,h2=warn,rustls=warn,tonic=warn"
+        ))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
