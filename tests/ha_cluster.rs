@@ -38,8 +38,8 @@ fn check(o: &HaOutcome, limit: Duration) {
 }
 
 /// `vipctl status`, run beside the cluster through the VIP, agrees with
-/// the kernels: one holder, the node that really has the VIP, three live
-/// vipds, exit status 0.
+/// the kernels: the leader (Lease holder or Raft leader) is the one node
+/// that really has the VIP, three live vipds, exit status 0.
 fn vipctl_agrees(c: &mut HaCluster) {
     let holder = c.holder().map(|i| c.servers[i].name().to_string());
     let kc = c.vip_kubeconfig.to_str().unwrap().to_string();
@@ -65,7 +65,11 @@ fn vipctl_agrees(c: &mut HaCluster) {
             .as_array()
             .map(|a| a.iter().filter(|i| i["live"] == true).count())
             .unwrap_or(0);
-        if out.status.success() && holder.as_ref().is_some_and(|h| held == [h.clone()]) && live == 3
+        let leader = r["control_plane"][0]["leader"].as_str().map(String::from);
+        if out.status.success()
+            && holder.as_ref().is_some_and(|h| held == [h.clone()])
+            && leader == holder
+            && live == 3
         {
             return;
         }

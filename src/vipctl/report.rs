@@ -105,6 +105,8 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
     // Instances: the record, refined by the live /status where reachable.
     let mut instances = Vec::new();
     let mut cp_vips: BTreeSet<String> = BTreeSet::new();
+    // Nodes that say they lead a Raft election, and since when.
+    let mut raft_leaders: Vec<(String, std::time::SystemTime)> = Vec::new();
     for r in &records {
         let ann = r.metadata.annotations.clone().unwrap_or_default();
         let spec = r.spec.clone().unwrap_or_default();
@@ -140,6 +142,13 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
         if let Some(url) = ann.get(instance::STATUS_URL) {
             match get_json::<StatusDoc>(url, Duration::from_secs(1)).await {
                 Ok(doc) => {
+                    if let Some(e) = doc
+                        .elections
+                        .iter()
+                        .find(|e| e.lease == "raft" && e.leading)
+                    {
+                        raft_leaders.push((row.node.clone(), e.since));
+                    }
                     row.live = true;
                     row.alive = true;
                     row.ready = Some(doc.ready);
@@ -189,7 +198,15 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
             s.holder_identity.filter(|h| !h.is_empty()),
             s.acquire_time.as_ref().map(|t| seconds_since(&t.0)),
         ),
-        None => (None, None),
+        // No Lease: Raft mode, where the leader says so itself (the newest
+        // claim, should an old leader not have noticed yet).
+        None => match raft_leaders.iter().max_by_key(|(_, since)| *since) {
+            Some((node, since)) => (
+                Some(node.clone()),
+                since.elapsed().ok().map(|d| d.as_secs_f64()),
+            ),
+            None => (None, None),
+        },
     };
     for vip in &cp_vips {
         let held_by = holders_of(vip);
