@@ -19,12 +19,11 @@ use tracing::{debug, warn};
 
 use crate::netlink::Netlink;
 
+/// Held by a running guardian (see [`crate::singleton::bind_abstract`]).
 const LOCK: &[u8] = b"vipd-guard";
 
 fn bind_lock() -> io::Result<std::os::unix::net::UnixListener> {
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(LOCK)?;
-    std::os::unix::net::UnixListener::bind_addr(&addr)
+    crate::singleton::bind_abstract(LOCK)
 }
 
 /// Waits (up to `timeout`) for the guardian of a previous vipd on this node

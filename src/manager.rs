@@ -323,7 +323,7 @@ async fn start_control_plane(
         (Election::Raft(raft), _) => {
             info!(vip = ?vips_of, peers = %raft.peers, "control-plane VIP: Raft election");
             let cfg = raft_config(raft, p.me);
-            let l = leadership("raft".into());
+            let l = leadership(status::RAFT_ELECTION.into());
             tasks.spawn(async move {
                 if let Err(e) = vipd_raft::run(cfg, l, shutdown).await {
                     error!("{e}");

@@ -14,9 +14,15 @@ use anyhow::{bail, Result};
 /// Holds the node-wide lock for as long as it lives.
 pub struct Singleton(#[allow(dead_code)] UnixListener);
 
+/// Binds the abstract Unix socket `@name`: a lock held by this process,
+/// within its network namespace, until the listener is dropped or the
+/// process ends (however it ends).
+pub fn bind_abstract(name: &[u8]) -> std::io::Result<UnixListener> {
+    UnixListener::bind_addr(&SocketAddr::from_abstract_name(name)?)
+}
+
 pub fn acquire() -> Result<Singleton> {
-    let addr = SocketAddr::from_abstract_name(b"vipd")?;
-    match UnixListener::bind_addr(&addr) {
+    match bind_abstract(b"vipd") {
         Ok(l) => Ok(Singleton(l)),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
             "another vipd already runs on this node: run one vipd per node, with cp_enable and svc_enable together if both are needed"

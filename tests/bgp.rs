@@ -5,9 +5,10 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use vipd::vipctl::report::Report;
 use vipd_testkit::apiserver::env;
 use vipd_testkit::bgp::{lab_router, node_ip, node_ip6, Bird, HealthServer, ROUTER, ROUTER6};
-use vipd_testkit::vipd::VipdNode;
+use vipd_testkit::vipd::{vipctl_status, VipctlStatus, VipdNode};
 
 const VIP: &str = "198.51.100.100";
 const VIP6: &str = "2001:db8:100::100";
@@ -61,39 +62,27 @@ fn the_control_plane_vip_is_ecmp_and_follows_health() {
             .unwrap();
         eprintln!("three next hops after {took:?}");
         // vipctl: in BGP mode three holders are the design, not a conflict.
-        let kc = env.admin_kubeconfig().to_str().unwrap().to_string();
         let t0 = Instant::now();
         loop {
-            let out = env
-                .client
-                .ns
-                .command(env!("CARGO_BIN_EXE_vipctl"))
-                .args([
-                    "status",
-                    "--kubeconfig",
-                    &kc,
-                    "--vipd-namespace",
-                    &vipd_ns,
-                    // Services of other tests are not this test's business.
-                    "-n",
-                    &vipd_ns,
-                    "-o",
-                    "json",
-                ])
-                .output()
-                .unwrap();
-            let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let held = r["control_plane"][0]["held_by"]
-                .as_array()
-                .map(|a| a.len())
-                .unwrap_or(0);
-            if out.status.code() == Some(0) && held == 3 {
+            // Services of other tests are not this test's business (-n).
+            let out: VipctlStatus<Report> = vipctl_status(
+                &env.client.ns,
+                Path::new(env!("CARGO_BIN_EXE_vipctl")),
+                env.admin_kubeconfig(),
+                &["--vipd-namespace", &vipd_ns, "-n", &vipd_ns],
+            );
+            let held = out
+                .report
+                .as_ref()
+                .and_then(|r| r.control_plane.first())
+                .map_or(0, |v| v.held_by.len());
+            if out.code == Some(0) && held == 3 {
                 break;
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
                 "vipctl: {}",
-                String::from_utf8_lossy(&out.stdout)
+                out.output
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

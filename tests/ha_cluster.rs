@@ -10,7 +10,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use vipd::vipctl::report::Report;
 use vipd_testkit::ha::{HaCluster, HaOutcome, HaScenario, Mode};
+use vipd_testkit::vipd::{vipctl_status, VipctlStatus};
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -40,44 +42,30 @@ fn check(o: &HaOutcome, limit: Duration) {
 /// `vipctl status`, run beside the cluster through the VIP, agrees with
 /// the kernels: the leader (Lease holder or Raft leader) is the one node
 /// that really has the VIP, three live vipds, exit status 0.
-fn vipctl_agrees(c: &mut HaCluster) {
-    let holder = c.holder().map(|i| c.servers[i].name().to_string());
-    let kc = c.vip_kubeconfig.to_str().unwrap().to_string();
+fn vipctl_agrees(c: &HaCluster) {
+    let holder = c.holder_name();
     let t0 = Instant::now();
     loop {
-        let out = c
-            .client
-            .ns
-            .command(env!("CARGO_BIN_EXE_vipctl"))
-            .args(["status", "--kubeconfig", &kc, "-o", "json"])
-            .output()
-            .unwrap();
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let held: Vec<String> = r["control_plane"][0]["held_by"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|n| n.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let live = r["instances"]
-            .as_array()
-            .map(|a| a.iter().filter(|i| i["live"] == true).count())
-            .unwrap_or(0);
-        let leader = r["control_plane"][0]["leader"].as_str().map(String::from);
-        if out.status.success()
-            && holder.as_ref().is_some_and(|h| held == [h.clone()])
-            && leader == holder
-            && live == 3
-        {
+        let out: VipctlStatus<Report> = vipctl_status(
+            &c.client.ns,
+            Path::new(env!("CARGO_BIN_EXE_vipctl")),
+            &c.vip_kubeconfig,
+            &[],
+        );
+        let agrees = out.report.as_ref().is_some_and(|r| {
+            let cp = r.control_plane.first();
+            let held = cp.map(|v| v.held_by.clone()).unwrap_or_default();
+            let leader = cp.and_then(|v| v.leader.clone());
+            let live = r.instances.iter().filter(|i| i.live).count();
+            holder.as_ref().is_some_and(|h| held == [h.clone()]) && leader == holder && live == 3
+        });
+        if out.code == Some(0) && agrees {
             return;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(30),
-            "vipctl disagrees (holder {holder:?}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            "vipctl disagrees (holder {holder:?}): {}",
+            out.output
         );
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -86,15 +74,15 @@ fn vipctl_agrees(c: &mut HaCluster) {
 fn scenarios(mode: Mode, node_death: Duration, vipd_kill: Duration, rolling: Duration) {
     let _l = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = HaCluster::start(3, mode, bin(), &[]).unwrap();
-    vipctl_agrees(&mut c);
+    vipctl_agrees(&c);
     let o = c.run_scenario(HaScenario::NodeDeath).unwrap();
     check(&o, node_death);
-    vipctl_agrees(&mut c);
+    vipctl_agrees(&c);
     let o = c.run_scenario(HaScenario::VipdKill).unwrap();
     check(&o, vipd_kill);
     let o = c.run_scenario(HaScenario::RollingRestart).unwrap();
     check(&o, rolling);
-    vipctl_agrees(&mut c);
+    vipctl_agrees(&c);
 }
 
 /// Bounds are generous (a 2-core machine runs three API servers and etcd):

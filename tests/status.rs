@@ -11,6 +11,7 @@ use vipd::vipctl::http;
 use vipd::vipctl::report::Report;
 use vipd_testkit::apiserver::env;
 use vipd_testkit::failover::{lease_cluster, VipCluster};
+use vipd_testkit::vipd::{vipctl_status, VipctlStatus};
 
 const VIP4: &str = "192.0.2.100";
 const VIP6: &str = "2001:db8::100";
@@ -199,17 +200,17 @@ fn vipctl(args: &[&str]) -> Output {
 }
 
 fn report(args: &[&str]) -> (Option<i32>, Report) {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    let out = vipctl(&a);
-    let r: Report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), r)
+    let env = env();
+    let out: VipctlStatus<Report> = vipctl_status(
+        &env.client.ns,
+        Path::new(env!("CARGO_BIN_EXE_vipctl")),
+        env.admin_kubeconfig(),
+        args,
+    );
+    let r = out
+        .report
+        .unwrap_or_else(|| panic!("no report from vipctl: {}", out.output));
+    (out.code, r)
 }
 
 #[test]

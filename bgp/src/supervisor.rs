@@ -80,7 +80,8 @@ async fn stop_leftovers(api: &str) {
         warn!(pid, %api, "stopping a gobgpd left by an earlier vipd on this node");
         // SAFETY: signalling a process; at worst it is already gone.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let gone = || !base.join("cmdline").exists();
+        // Gone, or a zombie (its parent has yet to reap it): no arguments.
+        let gone = || std::fs::read(base.join("cmdline")).map_or(true, |c| c.is_empty());
         for _ in 0..60 {
             if gone() {
                 break;

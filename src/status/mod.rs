@@ -20,10 +20,13 @@ use tokio::sync::watch;
 
 use crate::vips::{Readiness, VipHandle};
 
+/// [`ElectionState::lease`] of the Raft election (it has no Lease).
+pub const RAFT_ELECTION: &str = "raft";
+
 /// One election as this node sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ElectionState {
-    /// `namespace/name` of the Lease (or `raft`).
+    /// `namespace/name` of the Lease (or [`RAFT_ELECTION`]).
     pub lease: String,
     pub leading: bool,
     /// The holder as last seen.

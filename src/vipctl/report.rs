@@ -145,7 +145,7 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
                     if let Some(e) = doc
                         .elections
                         .iter()
-                        .find(|e| e.lease == "raft" && e.leading)
+                        .find(|e| e.lease == crate::status::RAFT_ELECTION && e.leading)
                     {
                         raft_leaders.push((row.node.clone(), e.since));
                     }

@@ -10,10 +10,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
 
-use crate::apiserver::{client_from_kubeconfig, harness_bin_dir, write_token_kubeconfig};
+use crate::apiserver::{client_from_kubeconfig, harness_bin_dir};
 use crate::failover::HostRef;
 use crate::lab::{host_v4, Host, Lab};
 use crate::process::Proc;
@@ -299,7 +299,7 @@ impl HaCluster {
     }
 
     /// The server whose kernel holds the VIP (exactly one), if any.
-    pub fn holder(&mut self) -> Option<usize> {
+    pub fn holder(&self) -> Option<usize> {
         let vip = self.vip;
         let mut found = Vec::new();
         for (i, s) in self.servers.iter().enumerate() {
@@ -314,58 +314,47 @@ impl HaCluster {
         (found.len() == 1).then(|| found[0])
     }
 
-    /// The admin kubeconfig whose server is server `i` (for etcd-side checks).
-    pub fn kubeconfig_of(&self, i: usize) -> Result<PathBuf> {
-        self.direct_kubeconfig(i)
-    }
-
-    pub fn ca(&self) -> PathBuf {
-        self.pki.join("ca.crt")
-    }
-
-    /// Runs `kubectl --server https://VIP:6443 get --raw /readyz` from the client.
-    pub fn kubectl_readyz(&self) -> Result<bool> {
-        let bin = harness_bin_dir()?.join("kubectl");
-        let out = self
-            .client
-            .ns
-            .command(bin.to_str().expect("utf-8"))
-            .args(["--kubeconfig", self.vip_kubeconfig.to_str().expect("utf-8")])
-            .args([
-                "--server",
-                &format!("https://{}:6443", self.vip),
-                "--request-timeout",
-                "1s",
-                "get",
-                "--raw",
-                "/readyz",
-            ])
-            .output()
-            .context("kubectl")?;
-        Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok")
+    /// The name of [`HaCluster::holder`].
+    pub fn holder_name(&self) -> Option<String> {
+        self.holder().map(|i| self.servers[i].name().to_string())
     }
 
     /// Restarts server `i`'s API server (and etcd member) after a stop.
     pub fn start_apiserver(&mut self, i: usize) -> Result<()> {
         self.servers[i].start_apiserver()
     }
-
-    /// An admin token kubeconfig copy, for tests that need plain clients.
-    pub fn write_token_kubeconfig(&self, out: &Path, token: &str) -> Result<()> {
-        write_token_kubeconfig(&self.vip_kubeconfig, out, token)
-    }
 }
 
 /// One API request through `kubeconfig` with a 1 s deadline: success?
 pub async fn one_request(kubeconfig: &Path) -> bool {
-    let Ok(c) = client_from_kubeconfig(kubeconfig).await else {
-        return false;
-    };
-    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(c);
+    match client_from_kubeconfig(kubeconfig).await {
+        Ok(c) => get_default(&c).await,
+        Err(_) => false,
+    }
+}
+
+/// GET the `default` Namespace with a 1 s deadline: success?
+async fn get_default(c: &kube::Client) -> bool {
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(c.clone());
     matches!(
         tokio::time::timeout(Duration::from_secs(1), api.get("default")).await,
         Ok(Ok(_))
     )
+}
+
+/// `kubectl --server <server> get --raw /readyz` (1 s timeout) from the
+/// namespace `ns`: did it succeed?
+fn kubectl_readyz(ns: &str, kubeconfig: &Path, server: &str) -> bool {
+    let Ok(bin) = harness_bin_dir().map(|d| d.join("kubectl")) else {
+        return false;
+    };
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns, bin.to_str().expect("utf-8")])
+        .args(["--kubeconfig", kubeconfig.to_str().expect("utf-8")])
+        .args(["--server", server, "--request-timeout", "1s"])
+        .args(["get", "--raw", "/readyz"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// What happens to the VIP holder (or to every server, for rolling restarts).
@@ -422,14 +411,7 @@ impl ApiProber {
                     client = client_from_kubeconfig(&kc).await.ok();
                 }
                 let ok = match &client {
-                    Some(cl) => {
-                        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
-                            kube::Api::all(cl.clone());
-                        matches!(
-                            tokio::time::timeout(Duration::from_secs(1), api.get("default")).await,
-                            Ok(Ok(_))
-                        )
-                    }
+                    Some(cl) => get_default(cl).await,
                     None => false,
                 };
                 if !ok {
@@ -443,7 +425,6 @@ impl ApiProber {
             out
         });
         let s = stop.clone();
-        let bin = harness_bin_dir().expect("harness").join("kubectl");
         let ns = c.client.ns.name().to_string();
         let kc = c.vip_kubeconfig.clone();
         let server = format!("https://{}:6443", c.vip);
@@ -451,17 +432,7 @@ impl ApiProber {
             let (mut runs, mut failures) = (0, 0);
             while !s.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
-                let ok = std::process::Command::new("ip")
-                    .args(["netns", "exec", &ns, bin.to_str().expect("utf-8")])
-                    .args([
-                        "--kubeconfig",
-                        kc.to_str().expect("utf-8"),
-                        "--server",
-                        &server,
-                    ])
-                    .args(["--request-timeout", "1s", "get", "--raw", "/readyz"])
-                    .output()
-                    .is_ok_and(|o| o.status.success());
+                let ok = kubectl_readyz(&ns, &kc, &server);
                 runs += 1;
                 if !ok {
                     failures += 1;
@@ -569,7 +540,7 @@ impl HaCluster {
             }
         }
         let (samples, (kubectl_runs, kubectl_failures)) = prober.finish(&self.rt);
-        let new_holder = self.holder().map(|i| self.servers[i].name().to_string());
+        let new_holder = self.holder_name();
         let outcome = HaOutcome {
             scenario,
             longest_gap: longest_gap(&samples),

@@ -160,3 +160,43 @@ impl Drop for VipdNode {
         self.kernel.take();
     }
 }
+
+/// What `vipctl status -o json` printed.
+pub struct VipctlStatus<T> {
+    /// Its exit code (0: nothing wrong).
+    pub code: Option<i32>,
+    /// The report, when stdout held one.
+    pub report: Option<T>,
+    /// stdout and stderr, for assertion messages.
+    pub output: String,
+}
+
+/// Runs `vipctl status --kubeconfig <kubeconfig> <args> -o json` in the
+/// namespace `ns` and parses its report as `T` (vipd's `Report`).
+pub fn vipctl_status<T: serde::de::DeserializeOwned>(
+    ns: &crate::netns::Netns,
+    vipctl: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+) -> VipctlStatus<T> {
+    let out = ns
+        .command(vipctl.to_str().expect("utf-8"))
+        .args([
+            "status",
+            "--kubeconfig",
+            kubeconfig.to_str().expect("utf-8"),
+        ])
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .expect("vipctl runs");
+    VipctlStatus {
+        code: out.status.code(),
+        report: serde_json::from_slice(&out.stdout).ok(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}

@@ -189,10 +189,7 @@ fn demo_ha(vipd: &std::path::Path) -> Result<()> {
     say("  vipd on each as manifests/k3s/vipd-static-pod.yaml (Lease election, 4 s).");
     let t0 = Instant::now();
     let mut c = HaCluster::start(3, Mode::Lease, vipd, &[])?;
-    let leader = c
-        .holder()
-        .map(|i| c.servers[i].name().to_string())
-        .unwrap_or_default();
+    let leader = c.holder_name().unwrap_or_default();
     say(&format!(
         "  Ready after {:.0} s. {leader} holds 192.0.2.100.",
         t0.elapsed().as_secs_f64()
@@ -217,10 +214,7 @@ fn demo_ha(vipd: &std::path::Path) -> Result<()> {
         if INTERRUPTED.load(Ordering::SeqCst) {
             break;
         }
-        let who = c
-            .holder()
-            .map(|i| c.servers[i].name().to_string())
-            .unwrap_or_default();
+        let who = c.holder_name().unwrap_or_default();
         say(&format!("\n{}) {words}: {who} ...", n + 1));
         let o = c.run_scenario(*what)?;
         say(&format!(
