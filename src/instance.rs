@@ -19,6 +19,8 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::netlink::Netlink;
+use crate::services::guard::{HostFacts, PublishedFacts};
 use crate::status::Status;
 
 pub const LABEL: &str = "vipd.dev/instance";
@@ -29,6 +31,9 @@ pub const STATUS_URL: &str = "vipd.dev/status-url";
 pub const VERSION: &str = "vipd.dev/version";
 pub const CP_VIPS: &str = "vipd.dev/control-plane-vips";
 pub const BGP_PEERS: &str = "vipd.dev/bgp-peers";
+/// What this host's kernel says is not vipd's to take (JSON; see
+/// `services::guard::HostFacts`).
+pub const RESERVED: &str = "vipd.dev/reserved";
 /// `arp` or `bgp`: with BGP, several nodes hold an address on purpose (ECMP).
 pub const MODE: &str = "vipd.dev/mode";
 /// Seconds after which a record not renewed means the instance is gone.
@@ -39,7 +44,7 @@ pub fn lease_name(node: &str) -> String {
     format!("vipd-instance-{node}")
 }
 
-fn record(status: &Status, status_url: Option<&str>) -> Lease {
+fn record(status: &Status, status_url: Option<&str>, host: Option<&HostFacts>) -> Lease {
     let doc = status.document();
     let held: Vec<String> = doc
         .addresses
@@ -58,6 +63,9 @@ fn record(status: &Status, status_url: Option<&str>) -> Lease {
     if let Some(cp) = &doc.control_plane {
         let v: Vec<String> = cp.vips.iter().map(IpAddr::to_string).collect();
         ann.insert(CP_VIPS.to_string(), v.join(","));
+    }
+    if let Some(h) = host {
+        ann.insert(RESERVED.to_string(), h.to_annotation());
     }
     ann.insert(
         MODE.to_string(),
@@ -88,12 +96,32 @@ fn record(status: &Status, status_url: Option<&str>) -> Lease {
     l
 }
 
+/// What another vipd's record tells the address guard; None for records
+/// that are not vipd's instance records.
+pub fn published_facts(l: &Lease) -> Option<PublishedFacts> {
+    let node = l.spec.as_ref()?.holder_identity.clone()?;
+    let ann = l.metadata.annotations.as_ref()?;
+    Some(PublishedFacts {
+        node,
+        control_plane_vips: ann
+            .get(CP_VIPS)
+            .map(|v| crate::services::model::parse_ips(v))
+            .unwrap_or_default(),
+        host: ann
+            .get(RESERVED)
+            .map(|v| HostFacts::from_annotation(v))
+            .unwrap_or_default(),
+    })
+}
+
 /// Keeps this instance's record current until `shutdown`, then deletes it.
+/// `netlink` reads the host facts the record publishes.
 pub async fn run(
     client: Client,
     namespace: String,
     status: Arc<Status>,
     status_url: Option<String>,
+    netlink: Netlink,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
@@ -101,7 +129,14 @@ pub async fn run(
     let mut held = status.vips.held();
     let params = PatchParams::apply("vipd").force();
     loop {
-        let l = record(&status, status_url.as_deref());
+        let host = match netlink.host_facts().await {
+            Ok(h) => Some(h),
+            Err(e) => {
+                debug!(error = %e, "cannot read this host's addresses for the record");
+                None
+            }
+        };
+        let l = record(&status, status_url.as_deref(), host.as_ref());
         let patch = Patch::Apply(&l);
         let write = api.patch(&name, &params, &patch);
         if let Err(e) = tokio::time::timeout(Duration::from_secs(5), write)

@@ -1,6 +1,7 @@
 //! The Kubernetes client: kubeconfig from `k8s_config_file`, else the
 //! in-cluster service account, else `$KUBECONFIG` / `~/.kube/config`.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -9,6 +10,12 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client> {
+    Ok(connect_to(kubeconfig).await?.0)
+}
+
+/// [`connect`], also returning the API server's address when the
+/// kubeconfig names it by IP (a VIP or a node's address: never a Service's).
+pub async fn connect_to(kubeconfig: Option<&Path>) -> Result<(Client, Option<IpAddr>)> {
     let mut config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).with_context(|| {
@@ -27,5 +34,11 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client> {
     };
     // Fail fast on a dead API server; elections retry on their own schedule.
     config.connect_timeout = Some(Duration::from_secs(2));
-    Client::try_from(config).context("building the Kubernetes client")
+    let server = config
+        .cluster_url
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .and_then(|h| h.parse().ok());
+    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    Ok((client, server))
 }

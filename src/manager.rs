@@ -50,12 +50,12 @@ pub async fn run(config: Config) -> Result<()> {
         );
     // Raft and BGP control planes run without the API; with credentials
     // they still publish their instance record for `vipctl status`.
-    let client = match kubeclient::connect(config.kubeconfig.as_deref()).await {
-        Ok(c) => Some(c),
+    let (client, api_server) = match kubeclient::connect_to(config.kubeconfig.as_deref()).await {
+        Ok((c, server)) => (Some(c), server),
         Err(e) if needs_api => return Err(e),
         Err(e) => {
             info!(reason = %format!("{e:#}"), "no Kubernetes API: running without it (vipctl status will not list this node)");
-            None
+            (None, None)
         }
     };
     let shutdown = shutdown::on_signal()?;
@@ -141,6 +141,7 @@ pub async fn run(config: Config) -> Result<()> {
             ns,
             status.clone(),
             url,
+            netlink.clone(),
             shutdown.clone(),
         ));
     }
@@ -196,6 +197,10 @@ pub async fn run(config: Config) -> Result<()> {
             vips: vips.clone(),
             status: status.clone(),
             bgp: config.bgp.as_ref().map(|b| b.attrs.clone()),
+            control_plane_vips: cp_vips.clone(),
+            api_server,
+            instance_namespace: config.namespace.clone(),
+            netlink: netlink.clone(),
         };
         tasks.spawn(services::run(ctx, shutdown.clone()));
     }

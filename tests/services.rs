@@ -4,20 +4,16 @@
 //! a client that connects to Service addresses.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::Client;
 use serde_json::json;
 use vipd_testkit::apiserver::env;
-use vipd_testkit::failover::vipd_nodes;
-use vipd_testkit::probe::ask;
-use vipd_testkit::vipd::VipdNode;
+use vipd_testkit::services::{lab, nodes_with_labels, Lab};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vipd"))
@@ -25,252 +21,6 @@ fn bin() -> &'static Path {
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-struct Lab {
-    nodes: Vec<VipdNode>,
-    ns: String,
-    admin: Client,
-}
-
-/// Node objects n1..n3 with exactly `labels` (per node index).
-async fn nodes_with_labels(admin: &Client, labels: &[BTreeMap<&str, &str>]) {
-    let api: Api<Node> = Api::all(admin.clone());
-    for (i, l) in labels.iter().enumerate() {
-        let name = format!("n{}", i + 1);
-        let want: BTreeMap<String, String> = l
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        match api.get_opt(&name).await.unwrap() {
-            None => {
-                let n: Node =
-                    serde_json::from_value(json!({ "metadata": { "name": name, "labels": want } }))
-                        .unwrap();
-                api.create(&PostParams::default(), &n).await.unwrap();
-            }
-            Some(mut n) => {
-                n.metadata.labels = Some(want);
-                api.replace(&name, &PostParams::default(), &n)
-                    .await
-                    .unwrap();
-            }
-        }
-    }
-}
-
-/// Three vipd nodes serving the Services of a fresh namespace (or of
-/// `namespace` when given), with the pools ConfigMap in that namespace.
-async fn lab(extra: &[(&str, &str)], namespace: Option<&str>) -> Lab {
-    let env = env();
-    let admin = env.admin().await;
-    let ns = match namespace {
-        Some(n) => n.to_string(),
-        None => env.namespace("svc").await,
-    };
-    let lease_ns = env.namespace("svclease").await;
-    // The manifests' pools Role, granted in the test's namespace too.
-    vipd_testkit::failover::grant_pools_role(env, &ns).unwrap();
-    nodes_with_labels(&admin, &[BTreeMap::new(), BTreeMap::new(), BTreeMap::new()]).await;
-    let pools = format!("{ns}/kubevip");
-    let mut settings: Vec<(&str, &str)> = vec![
-        ("cp_namespace", &lease_ns),
-        ("svc_namespace", &ns),
-        ("svc_pool_configmap", &pools),
-    ];
-    settings.extend_from_slice(extra);
-    let nodes = vipd_nodes(
-        env,
-        3,
-        "manifests/k3s/vipd-services-daemonset.yaml",
-        bin(),
-        &settings,
-        &[80, 443],
-    )
-    .await
-    .unwrap();
-    Lab { nodes, ns, admin }
-}
-
-impl Lab {
-    fn svcs(&self) -> Api<Service> {
-        Api::namespaced(self.admin.clone(), &self.ns)
-    }
-
-    async fn create(&self, name: &str, annotations: serde_json::Value, spec: serde_json::Value) {
-        let mut s = json!({
-            "metadata": { "name": name, "annotations": annotations },
-            "spec": { "type": "LoadBalancer", "ports": [{ "name": "http", "port": 80, "protocol": "TCP" }] }
-        });
-        for (k, v) in spec.as_object().unwrap() {
-            s["spec"][k] = v.clone();
-        }
-        let svc: Service = serde_json::from_value(s).unwrap();
-        self.svcs()
-            .create(&PostParams::default(), &svc)
-            .await
-            .unwrap();
-    }
-
-    async fn pools(&self, data: serde_json::Value) {
-        let api: Api<ConfigMap> = Api::namespaced(self.admin.clone(), &self.ns);
-        let cm: ConfigMap =
-            serde_json::from_value(json!({ "metadata": { "name": "kubevip" }, "data": data }))
-                .unwrap();
-        match api.get_opt("kubevip").await.unwrap() {
-            None => {
-                api.create(&PostParams::default(), &cm).await.unwrap();
-            }
-            Some(_) => {
-                api.patch(
-                    "kubevip",
-                    &PatchParams::apply("test").force(),
-                    &Patch::Apply(&cm),
-                )
-                .await
-                .unwrap();
-            }
-        }
-    }
-
-    async fn get(&self, name: &str) -> Service {
-        self.svcs().get(name).await.unwrap()
-    }
-
-    fn ingress(s: &Service) -> Vec<IpAddr> {
-        vipd_testkit::ingress_ips(s)
-    }
-
-    fn annotation(s: &Service, key: &str) -> Option<String> {
-        s.metadata.annotations.as_ref()?.get(key).cloned()
-    }
-
-    /// Waits for the Service's ingress to be non-empty.
-    async fn wait_ingress(&self, name: &str, timeout: Duration) -> Vec<IpAddr> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let i = Self::ingress(&self.get(name).await);
-            if !i.is_empty() {
-                return i;
-            }
-            if Instant::now() > deadline {
-                panic!("{name}: no ingress after {timeout:?}\n{}", self.logs());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("--- {} ---\n{}", n.name(), n.log_tail(25)))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    async fn holders(&mut self, addr: IpAddr) -> Vec<String> {
-        let mut out = Vec::new();
-        for n in self.nodes.iter_mut() {
-            if n.holds(addr).await {
-                out.push(n.name().to_string());
-            }
-        }
-        out
-    }
-
-    fn answer(&self, addr: IpAddr, port: u16) -> Option<String> {
-        env()
-            .client
-            .ns
-            .run(|| ask(SocketAddr::new(addr, port), Duration::from_millis(300)))
-    }
-
-    /// Waits until exactly one node holds `addr` and answers on port 80; its name.
-    async fn wait_announced(&mut self, addr: IpAddr, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let h = self.holders(addr).await;
-            if h.len() == 1 && self.answer(addr, 80).as_deref() == Some(h[0].as_str()) {
-                return h[0].clone();
-            }
-            assert!(h.len() <= 1, "{addr} held by {h:?}");
-            if Instant::now() > deadline {
-                panic!(
-                    "{addr} not announced after {timeout:?} (holders {h:?})\n{}",
-                    self.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn wait_withdrawn(&mut self, addr: IpAddr, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.holders(addr).await.is_empty() {
-            if Instant::now() > deadline {
-                panic!("{addr} still held after {timeout:?}\n{}", self.logs());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The reasons of Events about Service `name`, oldest first.
-    async fn event_reasons(&self, name: &str) -> Vec<(String, String)> {
-        let api: Api<Event> = Api::namespaced(self.admin.clone(), &self.ns);
-        let mut evs: Vec<Event> = api
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .collect();
-        evs.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
-        evs.into_iter()
-            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-            .collect()
-    }
-
-    async fn wait_event(&self, name: &str, reason: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some((_, note)) = self
-                .event_reasons(name)
-                .await
-                .into_iter()
-                .find(|(r, _)| r == reason)
-            {
-                return note;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{name}: no {reason} Event after {timeout:?}: {:?}\n{}",
-                    self.event_reasons(name).await,
-                    self.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn endpoints(&self, svc: &str, ready_on: &[&str]) {
-        let api: Api<EndpointSlice> = Api::namespaced(self.admin.clone(), &self.ns);
-        let name = format!("{svc}-eps");
-        let endpoints: Vec<serde_json::Value> = ready_on
-            .iter()
-            .enumerate()
-            .map(|(i, n)| json!({ "addresses": [format!("10.42.0.{}", i + 10)], "conditions": { "ready": true }, "nodeName": n }))
-            .collect();
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": { "name": name, "labels": { "kubernetes.io/service-name": svc } },
-            "addressType": "IPv4",
-            "endpoints": endpoints,
-            "ports": [{ "port": 80, "protocol": "TCP" }]
-        }))
-        .unwrap();
-        let _ = api.delete(&name, &DeleteParams::default()).await;
-        api.create(&PostParams::default(), &slice).await.unwrap();
-    }
 }
 
 // ------------------------------------------------------------------ tests
@@ -281,7 +31,7 @@ fn traefik_gets_its_annotated_vip_and_survives_leader_loss() {
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
-        let mut lab = lab(&[], Some("kube-system")).await;
+        let mut lab = lab(bin(), &[], Some("kube-system")).await;
         let vip = ip("192.0.2.150");
         let svcs = lab.svcs();
         let _ = svcs.delete("traefik", &DeleteParams::default()).await;
@@ -347,7 +97,7 @@ fn pool_allocation_sharing_release_and_restart() {
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
-        let mut lab = lab(&[], None).await;
+        let mut lab = lab(bin(), &[], None).await;
         let ns = lab.ns.clone();
         lab.pools(json!({
             format!("range-{ns}"): "192.0.2.160-192.0.2.162",
@@ -435,7 +185,7 @@ fn local_policy_follows_ready_endpoints() {
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
-        let mut lab = lab(&[], None).await;
+        let mut lab = lab(bin(), &[], None).await;
         let vip = ip("192.0.2.170");
         lab.create(
             "local",
@@ -476,7 +226,7 @@ fn class_and_ignore_filtering() {
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
-        let mut lab = lab(&[], None).await;
+        let mut lab = lab(bin(), &[], None).await;
         lab.create("plain", json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.171" }), json!({})).await;
         lab.create(
             "ours",
@@ -518,6 +268,7 @@ fn class_only_serves_only_the_named_class() {
     let _l = env.lab_lock();
     env.run(async move {
         let mut lab = lab(
+            bin(),
             &[
                 ("lb_class_only", "true"),
                 ("lb_class_name", "example.com/vipd"),
@@ -550,7 +301,7 @@ fn servicelb_node_labels_choose_the_announcers() {
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
-        let mut lab = lab(&[], None).await;
+        let mut lab = lab(bin(), &[], None).await;
         let enable = "svccontroller.k3s.cattle.io/enablelb";
         let pool = "svccontroller.k3s.cattle.io/lbpool";
         nodes_with_labels(
@@ -587,7 +338,7 @@ fn bad_input_becomes_events_and_the_rest_keeps_working() {
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
-        let mut lab = lab(&[], None).await;
+        let mut lab = lab(bin(), &[], None).await;
         let ns = lab.ns.clone();
         lab.pools(json!({ format!("range-{ns}"): "192.0.2.180-192.0.2.181" })).await;
         lab.create("good", json!({}), json!({})).await;
@@ -651,7 +402,7 @@ fn per_address_election_spreads_and_fails_over() {
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
-        let mut lab = lab(&[("svc_election", "true")], None).await;
+        let mut lab = lab(bin(), &[("svc_election", "true")], None).await;
         let addrs: Vec<IpAddr> = (0..6)
             .map(|i| ip(&format!("192.0.2.{}", 190 + i)))
             .collect();
@@ -709,7 +460,7 @@ fn dual_stack_service_gets_and_announces_both_families() {
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
-        let mut lab = lab(&[], None).await;
+        let mut lab = lab(bin(), &[], None).await;
         let ns = lab.ns.clone();
         lab.pools(json!({ format!("cidr-{ns}"): "192.0.2.200/31,2001:db8::200/127" }))
             .await;

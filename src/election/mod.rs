@@ -55,19 +55,50 @@ pub enum Feed {
 
 /// The observations, from either feed: `Some(state)` is news.
 enum Observations {
-    Watch(futures::stream::BoxStream<'static, Result<watcher::Event<Lease>, watcher::Error>>),
+    Watch {
+        stream: futures::stream::BoxStream<'static, Result<watcher::Event<Lease>, watcher::Error>>,
+        relist: Relist,
+    },
     Shared(watch::Receiver<Option<Lease>>),
+}
+
+/// A watch that broke long enough to need a new list (410 Gone, an etcd
+/// restore) reports no deletion: a Lease deleted meanwhile is simply not in
+/// the new list. Tracks the list between its start and end markers, so its
+/// absence reads as a deletion.
+#[derive(Debug, Default)]
+pub struct Relist {
+    /// Some while a list is under way: whether the Lease was in it.
+    listing: Option<bool>,
+}
+
+impl Relist {
+    /// Feeds one watch event; returns news about the Lease, if any.
+    pub fn feed(&mut self, ev: watcher::Event<Lease>) -> Option<Option<Lease>> {
+        match ev {
+            watcher::Event::Init => {
+                self.listing = Some(false);
+                None
+            }
+            watcher::Event::InitApply(l) => {
+                self.listing = Some(true);
+                Some(Some(l))
+            }
+            watcher::Event::InitDone => match self.listing.take() {
+                Some(false) => Some(None),
+                _ => None,
+            },
+            watcher::Event::Apply(l) => Some(Some(l)),
+            watcher::Event::Delete(_) => Some(None),
+        }
+    }
 }
 
 impl Observations {
     async fn next(&mut self) -> Option<Option<Lease>> {
         match self {
-            Observations::Watch(s) => match s.next().await {
-                Some(Ok(watcher::Event::Apply(l))) | Some(Ok(watcher::Event::InitApply(l))) => {
-                    Some(Some(l))
-                }
-                Some(Ok(watcher::Event::Delete(_))) => Some(None),
-                Some(Ok(_)) => None,
+            Observations::Watch { stream, relist } => match stream.next().await {
+                Some(Ok(ev)) => relist.feed(ev),
                 Some(Err(e)) => {
                     debug!(error = %e, "Lease watch error (retrying)");
                     None
@@ -116,7 +147,13 @@ impl LeaseElection {
                 )
                 .default_backoff()
                 .boxed();
-                (Observations::Watch(stream), None)
+                (
+                    Observations::Watch {
+                        stream,
+                        relist: Relist::default(),
+                    },
+                    None,
+                )
             }
             Feed::Shared(mut rx) => {
                 // What the informer holds already counts as observed now.
@@ -310,7 +347,56 @@ impl LeaseElection {
                 *obs = Some(Observation::update(obs.as_ref(), fresh, Instant::now()));
                 Ok(Outcome::Lost)
             }
+            // Deleted since we saw it: decide again (its last holder
+            // recreates it; the others wait out its term).
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                *obs = Some(Observation::update(obs.as_ref(), None, Instant::now()));
+                Ok(Outcome::Lost)
+            }
             Err(e) => Err(e),
+        }
+    }
+
+    /// The leader's Lease is gone (deleted by hand, lost in an etcd
+    /// restore): create it again, held by this node. Someone else creating
+    /// it first means another leader.
+    async fn recreate(
+        &self,
+        obs: &mut Option<Observation>,
+        t: Duration,
+        started: Instant,
+    ) -> Result<Instant, RenewError> {
+        warn!(lease = %self.name, "the Lease was deleted while this node held it: creating it again");
+        let mut l = Lease::default();
+        l.metadata.name = Some(self.name.clone());
+        if !self.labels.is_empty() {
+            l.metadata.labels = Some(self.labels.clone());
+        }
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        l.spec = Some(record::acquire(
+            None,
+            &self.me,
+            now,
+            self.timing.lease_duration,
+        ));
+        match timeout(t, self.api.create(&PostParams::default(), &l)).await {
+            Ok(l) => {
+                *obs = Some(Observation::update(obs.as_ref(), Some(l), Instant::now()));
+                Ok(started)
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let fresh = timeout(t, self.api.get_opt(&self.name))
+                    .await
+                    .map_err(RenewError::Failed)?;
+                let holder = fresh.as_ref().and_then(record::holder).map(String::from);
+                *obs = Some(Observation::update(obs.as_ref(), fresh, Instant::now()));
+                if holder.as_deref() == Some(self.me.as_str()) {
+                    Err(RenewError::Failed(kube::Error::Api(s)))
+                } else {
+                    Err(RenewError::Lost(holder))
+                }
+            }
+            Err(e) => Err(RenewError::Failed(e)),
         }
     }
 
@@ -328,10 +414,13 @@ impl LeaseElection {
         }
         let mut lease = match obs.as_ref().and_then(|o| o.lease.clone()) {
             Some(l) => l,
-            None => timeout(t, self.api.get_opt(&self.name))
+            None => match timeout(t, self.api.get_opt(&self.name))
                 .await
                 .map_err(RenewError::Failed)?
-                .ok_or(RenewError::Lost(None))?,
+            {
+                Some(l) => l,
+                None => return self.recreate(obs, t, started).await,
+            },
         };
         if record::holder(&lease) != Some(self.me.as_str()) {
             return Err(RenewError::Lost(record::holder(&lease).map(String::from)));
@@ -364,6 +453,8 @@ impl LeaseElection {
                     Err(RenewError::Lost(holder))
                 }
             }
+            // Deleted under us (the watch missed it): create it again.
+            Err(kube::Error::Api(s)) if s.code == 404 => self.recreate(obs, t, started).await,
             Err(e) => Err(RenewError::Failed(e)),
         }
     }
@@ -408,5 +499,41 @@ async fn timeout<T>(
     match tokio::time::timeout(t, f).await {
         Ok(r) => r,
         Err(_) => Err(timeout_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(rv: &str) -> Lease {
+        let mut l = Lease::default();
+        l.metadata.name = Some("plndr-cp-lock".into());
+        l.metadata.resource_version = Some(rv.into());
+        l
+    }
+
+    #[test]
+    fn a_relist_without_the_lease_reads_as_its_deletion() {
+        let mut r = Relist::default();
+        // First list: it is there.
+        assert_eq!(r.feed(watcher::Event::Init), None);
+        assert!(matches!(
+            r.feed(watcher::Event::InitApply(lease("1"))),
+            Some(Some(_))
+        ));
+        assert_eq!(r.feed(watcher::Event::InitDone), None);
+        assert!(matches!(
+            r.feed(watcher::Event::Apply(lease("2"))),
+            Some(Some(_))
+        ));
+        // The watch broke (410 Gone) and the Lease was deleted meanwhile:
+        // the new list is empty, with no Delete event.
+        assert_eq!(r.feed(watcher::Event::Init), None);
+        assert_eq!(r.feed(watcher::Event::InitDone), Some(None));
+        // An ordinary delete.
+        assert_eq!(r.feed(watcher::Event::Delete(lease("3"))), Some(None));
+        // InitDone outside a list says nothing.
+        assert_eq!(r.feed(watcher::Event::InitDone), None);
     }
 }

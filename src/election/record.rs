@@ -5,6 +5,12 @@
 //! differ. A follower measures expiry from the moment *it* saw the record
 //! change (client-go's `observedTime`), so it waits at least the full lease
 //! duration after the holder's last renew, whatever the clocks say.
+//!
+//! A Lease that disappears (a user's `kubectl delete`, an etcd restore, a
+//! deletion missed while the watch was down) is not free at once: it stays
+//! its last holder's for one more lease duration from the moment the
+//! deletion was seen, so the holder recreates it (it sees its own tombstone)
+//! and nobody else can take the VIP while the holder may still hold it.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +24,17 @@ pub struct Observation {
     pub lease: Option<Lease>,
     /// When this node first saw this version of it.
     pub observed_at: Instant,
+    /// The Lease is gone, and this node last saw it held: by whom, for how
+    /// long a term.
+    pub deleted: Option<Deleted>,
+}
+
+/// The last holder of a Lease seen deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    pub holder: String,
+    /// The lease duration it last wrote (0: the caller's default).
+    pub duration: Duration,
 }
 
 impl Observation {
@@ -34,12 +51,24 @@ impl Observation {
                 Observation {
                     lease,
                     observed_at: p.observed_at,
+                    deleted: p.deleted.clone(),
                 }
             }
-            _ => Observation {
-                lease,
-                observed_at: now,
-            },
+            _ => {
+                // Seen deleted now: remember who held it.
+                let deleted = match (&lease, prev.and_then(|p| p.lease.as_ref())) {
+                    (None, Some(old)) => holder(old).map(|h| Deleted {
+                        holder: h.to_string(),
+                        duration: duration_of(old, Duration::ZERO),
+                    }),
+                    _ => None,
+                };
+                Observation {
+                    lease,
+                    observed_at: now,
+                    deleted,
+                }
+            }
         }
     }
 }
@@ -78,7 +107,26 @@ fn duration_of(lease: &Lease, default: Duration) -> Duration {
 /// record names none.
 pub fn view(obs: &Observation, me: &str, now: Instant, default_duration: Duration) -> View {
     let Some(lease) = &obs.lease else {
-        return View::Free;
+        return match &obs.deleted {
+            Some(d) if d.holder == me => View::Mine,
+            Some(d) => {
+                let term = if d.duration.is_zero() {
+                    default_duration
+                } else {
+                    d.duration
+                };
+                let expires_at = obs.observed_at + term;
+                if now >= expires_at {
+                    View::Free
+                } else {
+                    View::Theirs {
+                        holder: d.holder.clone(),
+                        expires_at,
+                    }
+                }
+            }
+            None => View::Free,
+        };
     };
     let Some(h) = holder(lease) else {
         return View::Free;
@@ -171,6 +219,7 @@ mod tests {
         let obs = |l: Option<Lease>| Observation {
             lease: l,
             observed_at: t0,
+            deleted: None,
         };
         assert_eq!(view(&obs(None), "a", t0, D), View::Free);
         assert_eq!(
@@ -211,6 +260,7 @@ mod tests {
         let o = Observation {
             lease: Some(lease(Some("b"), "1", 15)),
             observed_at: t0,
+            deleted: None,
         };
         assert!(matches!(
             view(&o, "a", t0 + Duration::from_secs(10), D),
@@ -232,6 +282,47 @@ mod tests {
         assert_eq!(renewed.observed_at, t1);
         let deleted = Observation::update(Some(&renewed), None, t1 + D);
         assert_eq!(deleted.observed_at, t1 + D);
+    }
+
+    #[test]
+    fn a_deleted_lease_stays_its_holders_for_one_term() {
+        let t0 = Instant::now();
+        let held = Observation::update(None, Some(lease(Some("b"), "1", 4)), t0);
+        let t1 = t0 + Duration::from_secs(1);
+        let gone = Observation::update(Some(&held), None, t1);
+        assert_eq!(
+            gone.deleted,
+            Some(Deleted {
+                holder: "b".into(),
+                duration: D
+            })
+        );
+        // The holder recreates it at once; the others wait a full term
+        // from the moment they saw the deletion.
+        assert_eq!(view(&gone, "b", t1, D), View::Mine);
+        assert_eq!(
+            view(&gone, "a", t1 + Duration::from_secs(3), D),
+            View::Theirs {
+                holder: "b".into(),
+                expires_at: t1 + D
+            }
+        );
+        assert_eq!(view(&gone, "a", t1 + D, D), View::Free);
+        // Seeing it gone again changes nothing; seeing it back replaces it.
+        let again = Observation::update(Some(&gone), None, t1 + Duration::from_secs(2));
+        assert_eq!(again.observed_at, t1);
+        assert_eq!(again.deleted, gone.deleted);
+        let back = Observation::update(Some(&again), Some(lease(Some("b"), "7", 4)), t1);
+        assert_eq!(back.deleted, None);
+        // A released (holderless) Lease that is deleted is free.
+        let released = Observation::update(None, Some(lease(None, "3", 1)), t0);
+        let gone = Observation::update(Some(&released), None, t1);
+        assert_eq!(view(&gone, "a", t1, D), View::Free);
+        // Never seen: free.
+        assert_eq!(
+            view(&Observation::update(None, None, t0), "a", t0, D),
+            View::Free
+        );
     }
 
     #[test]
@@ -281,7 +372,8 @@ mod tests {
             view(
                 &Observation {
                     lease: Some(l),
-                    observed_at: t0
+                    observed_at: t0,
+                    deleted: None,
                 },
                 "b",
                 t0,

@@ -2,15 +2,29 @@
 //! recomputed from scratch on every change, deterministically, so any node
 //! that becomes leader decides the same.
 //!
-//! Requested addresses (annotation, else current status, else
-//! `spec.loadBalancerIP`) are checked first, older Services first; then
-//! Services without one get addresses from their namespace's pool. No
-//! address goes to two Services unless sharing is allowed for both and their
-//! ports do not overlap.
+//! What a Service asks for: `kube-vip.io/loadbalancerIPs`, else
+//! `spec.loadBalancerIP`, else the addresses already in its status, but
+//! only those vipd itself assigned (`vipd.dev/assigned`) or that lie in the
+//! Service's pools: a status left by another controller (K3s ServiceLB
+//! leaves the nodes' own addresses there) is replaced from the pools.
+//!
+//! Rules, in this order:
+//! 1. an address the [`Guard`] refuses (a node's, the control-plane VIP, a
+//!    gateway...) is never assigned, whatever asked for it, and pools skip it;
+//! 2. an address stays with the Service whose status holds it: Services that
+//!    keep what they hold are placed first, so a Service that asks later
+//!    for a held address (a new annotation, an older Service re-annotated)
+//!    gets `AddressInUse`, whatever its creation time;
+//! 3. then the other requested addresses, older Services first;
+//! 4. then pool allocations, in creation order.
+//!
+//! No address goes to two Services unless sharing is allowed for both and
+//! their ports do not overlap.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use super::guard::Guard;
 use super::model::{Family, FamilyPolicy, PortKey, SvcInfo, SvcKey};
 use super::pools::Pools;
 
@@ -28,19 +42,51 @@ pub enum Origin {
 pub struct Assignment {
     pub ips: Vec<IpAddr>,
     pub origin: Origin,
+    /// Status addresses vipd did not assign and no pool contains, replaced
+    /// by these (empty when the status was vipd's or empty).
+    pub replaced: Vec<IpAddr>,
 }
 
 /// Why a Service stays pending; each becomes an Event a user can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
-    BadAnnotation { value: String, reason: String },
-    BadLoadBalancerIp { value: String },
-    WrongFamily { ip: IpAddr, families: Vec<Family> },
-    NotInPool { ip: IpAddr },
+    BadAnnotation {
+        value: String,
+        reason: String,
+    },
+    BadLoadBalancerIp {
+        value: String,
+    },
+    WrongFamily {
+        ip: IpAddr,
+        families: Vec<Family>,
+    },
+    NotInPool {
+        ip: IpAddr,
+    },
     NoPool,
-    PoolExhausted { pool: String, family: Family },
-    FamilyMissing { pool: String, family: Family },
-    InUse { ip: IpAddr, by: SvcKey },
+    PoolExhausted {
+        pool: String,
+        family: Family,
+    },
+    FamilyMissing {
+        pool: String,
+        family: Family,
+    },
+    InUse {
+        ip: IpAddr,
+        by: SvcKey,
+    },
+    /// The guard refuses it: "192.0.2.12 is the InternalIP of node n2".
+    Forbidden {
+        ip: IpAddr,
+        reason: String,
+    },
+    /// The status held addresses vipd did not assign, and no pool can
+    /// replace them.
+    UntrustedStatus {
+        ips: Vec<IpAddr>,
+    },
 }
 
 impl Problem {
@@ -55,6 +101,8 @@ impl Problem {
             Problem::PoolExhausted { .. } => "PoolExhausted",
             Problem::FamilyMissing { .. } => "AddressFamilyMissing",
             Problem::InUse { .. } => "AddressInUse",
+            Problem::Forbidden { .. } => "AddressForbidden",
+            Problem::UntrustedStatus { .. } => "StaleStatusIgnored",
         }
     }
 
@@ -85,11 +133,26 @@ impl Problem {
             Problem::InUse { ip, by } => format!(
                 "{ip} is already used by Service {by}: choose another address, or allow sharing (allow-share-<namespace>) with ports that do not overlap"
             ),
+            Problem::Forbidden { ip, reason } => format!(
+                "{ip} is {reason}: vipd never announces it for a Service; choose another address"
+            ),
+            Problem::UntrustedStatus { ips } => format!(
+                "status.loadBalancer.ingress holds {} which vipd did not assign and no pool contains (left by another controller, K3s ServiceLB perhaps): not announced; set kube-vip.io/loadbalancerIPs or add a pool (cidr-<namespace>/cidr-global in ConfigMap kube-system/kubevip)",
+                join(ips)
+            ),
         }
     }
 }
 
 pub type Decisions = BTreeMap<SvcKey, Result<Assignment, Problem>>;
+
+/// A comma list of addresses, for messages.
+pub fn join(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 struct User {
     key: SvcKey,
@@ -129,25 +192,56 @@ fn parse_list(value: &str) -> Result<Vec<IpAddr>, String> {
     Ok(out)
 }
 
-/// What a Service asks for, if anything.
-fn requested(s: &SvcInfo) -> Option<Result<(Vec<IpAddr>, Origin), Problem>> {
+/// What a Service asks for.
+enum Ask {
+    /// These addresses, from there.
+    Fixed(Vec<IpAddr>, Origin),
+    /// Addresses from its pool; `stale` are status addresses not trusted.
+    Pool {
+        stale: Vec<IpAddr>,
+    },
+    Bad(Problem),
+}
+
+/// Whether the status of `s` is vipd's to keep: every address in it was
+/// assigned by vipd, or lies in the Service's pools.
+fn status_trusted(s: &SvcInfo, pools: &Pools) -> bool {
+    s.status_ips
+        .iter()
+        .all(|ip| s.assigned.contains(ip) || pools.contains(&s.key.namespace, *ip))
+}
+
+fn ask(s: &SvcInfo, pools: &Pools) -> Ask {
     if let Some(v) = &s.requested {
-        return Some(
-            parse_list(v)
-                .map(|ips| (ips, Origin::Annotation))
-                .map_err(|reason| Problem::BadAnnotation {
-                    value: v.clone(),
-                    reason,
-                }),
-        );
+        return match parse_list(v) {
+            Ok(ips) => Ask::Fixed(ips, Origin::Annotation),
+            Err(reason) => Ask::Bad(Problem::BadAnnotation {
+                value: v.clone(),
+                reason,
+            }),
+        };
     }
-    if !s.status_ips.is_empty() {
-        return Some(Ok((s.status_ips.clone(), Origin::Status)));
+    if let Some(v) = &s.spec_ip {
+        return match v.parse::<IpAddr>() {
+            Ok(ip) => Ask::Fixed(vec![ip], Origin::LoadBalancerIp),
+            Err(_) => Ask::Bad(Problem::BadLoadBalancerIp { value: v.clone() }),
+        };
     }
-    s.spec_ip.as_ref().map(|v| match v.parse::<IpAddr>() {
-        Ok(ip) => Ok((vec![ip], Origin::LoadBalancerIp)),
-        Err(_) => Err(Problem::BadLoadBalancerIp { value: v.clone() }),
-    })
+    if s.status_ips.is_empty() {
+        return Ask::Pool { stale: Vec::new() };
+    }
+    if status_trusted(s, pools) {
+        Ask::Fixed(s.status_ips.clone(), Origin::Status)
+    } else {
+        Ask::Pool {
+            stale: s.status_ips.clone(),
+        }
+    }
+}
+
+/// Whether `s` asks to keep exactly what its (trusted) status holds.
+fn keeps_what_it_holds(s: &SvcInfo, ips: &[IpAddr], pools: &Pools) -> bool {
+    !ips.is_empty() && ips.iter().all(|ip| s.status_ips.contains(ip)) && status_trusted(s, pools)
 }
 
 /// The families a Service gets addresses of, in its order.
@@ -163,129 +257,196 @@ fn wanted_families(s: &SvcInfo) -> Vec<Family> {
     }
 }
 
-/// Decides every served Service's addresses.
-pub fn allocate(services: &[&SvcInfo], pools: &Pools) -> Decisions {
-    let mut order: Vec<&SvcInfo> = services.to_vec();
-    order.sort_by(|a, b| (&a.created, &a.key).cmp(&(&b.created, &b.key)));
-    let mut used: BTreeMap<IpAddr, Vec<User>> = BTreeMap::new();
-    let mut out = Decisions::new();
+/// The addresses in use so far, and by whom.
+#[derive(Default)]
+struct Used(BTreeMap<IpAddr, Vec<User>>);
 
-    // Requested addresses first: they are not negotiable, only checked.
-    for s in &order {
-        let Some(req) = requested(s) else { continue };
-        let share = pools.allow_share(&s.key.namespace);
-        let decision = req.and_then(|(ips, origin)| {
-            for ip in &ips {
-                if !s.families.is_empty() && !s.families.contains(&Family::of(*ip)) {
-                    return Err(Problem::WrongFamily {
-                        ip: *ip,
-                        families: s.families.clone(),
-                    });
-                }
-                if origin != Origin::Status
-                    && !pools.is_empty()
-                    && !pools.contains(&s.key.namespace, *ip)
-                {
-                    return Err(Problem::NotInPool { ip: *ip });
-                }
-                if let Some(users) = used.get(ip) {
-                    if !can_join(users, &s.ports, share) {
-                        return Err(Problem::InUse {
-                            ip: *ip,
-                            by: users[0].key.clone(),
-                        });
-                    }
-                }
-            }
-            Ok(Assignment { ips, origin })
+impl Used {
+    fn take(&mut self, ip: IpAddr, s: &SvcInfo, share: bool) {
+        self.0.entry(ip).or_default().push(User {
+            key: s.key.clone(),
+            ports: s.ports.clone(),
+            share,
         });
-        if let Ok(a) = &decision {
-            for ip in &a.ips {
-                used.entry(*ip).or_default().push(User {
-                    key: s.key.clone(),
-                    ports: s.ports.clone(),
-                    share,
+    }
+
+    fn release_all_of(&mut self, key: &SvcKey) {
+        for users in self.0.values_mut() {
+            users.retain(|u| u.key != *key);
+        }
+        self.0.retain(|_, users| !users.is_empty());
+    }
+}
+
+/// Checks a requested list against the rules; on success the addresses
+/// are taken.
+fn place_fixed(
+    s: &SvcInfo,
+    ips: Vec<IpAddr>,
+    origin: Origin,
+    pools: &Pools,
+    guard: &Guard,
+    used: &mut Used,
+) -> Result<Assignment, Problem> {
+    let share = pools.allow_share(&s.key.namespace);
+    for ip in &ips {
+        if let Some(reason) = guard.check(*ip) {
+            return Err(Problem::Forbidden {
+                ip: *ip,
+                reason: reason.to_string(),
+            });
+        }
+        if !s.families.is_empty() && !s.families.contains(&Family::of(*ip)) {
+            return Err(Problem::WrongFamily {
+                ip: *ip,
+                families: s.families.clone(),
+            });
+        }
+        if origin != Origin::Status && !pools.is_empty() && !pools.contains(&s.key.namespace, *ip) {
+            return Err(Problem::NotInPool { ip: *ip });
+        }
+        if let Some(users) = used.0.get(ip) {
+            if !can_join(users, &s.ports, share) {
+                return Err(Problem::InUse {
+                    ip: *ip,
+                    by: users[0].key.clone(),
                 });
             }
         }
-        out.insert(s.key.clone(), decision);
     }
+    for ip in &ips {
+        used.take(*ip, s, share);
+    }
+    Ok(Assignment {
+        ips,
+        origin,
+        replaced: Vec::new(),
+    })
+}
 
-    // Then the pool, in creation order.
-    for s in &order {
-        if out.contains_key(&s.key) {
+/// Allocates from the Service's pool.
+fn place_from_pool(
+    s: &SvcInfo,
+    stale: Vec<IpAddr>,
+    pools: &Pools,
+    guard: &Guard,
+    used: &mut Used,
+) -> Result<Assignment, Problem> {
+    let Some(pool) = pools.for_namespace(&s.key.namespace) else {
+        return Err(if stale.is_empty() {
+            Problem::NoPool
+        } else {
+            Problem::UntrustedStatus { ips: stale }
+        });
+    };
+    let share = pools.allow_share(&s.key.namespace);
+    let mut ips = Vec::new();
+    let mut problem = None;
+    let families = wanted_families(s);
+    for fam in &families {
+        let has_family = pool.ranges.iter().any(|r| Family::of(r.first) == *fam);
+        if !has_family {
+            if s.family_policy == FamilyPolicy::RequireDualStack || families.len() == 1 {
+                problem = Some(Problem::FamilyMissing {
+                    pool: pool.key.clone(),
+                    family: *fam,
+                });
+            }
             continue;
         }
-        let Some(pool) = pools.for_namespace(&s.key.namespace) else {
-            out.insert(s.key.clone(), Err(Problem::NoPool));
-            continue;
-        };
-        let share = pools.allow_share(&s.key.namespace);
-        let mut ips = Vec::new();
-        let mut problem = None;
-        let families = wanted_families(s);
-        for fam in &families {
-            let has_family = pool.ranges.iter().any(|r| Family::of(r.first) == *fam);
-            if !has_family {
-                if s.family_policy == FamilyPolicy::RequireDualStack || families.len() == 1 {
-                    problem = Some(Problem::FamilyMissing {
+        // Sharing (IPv4, as kube-vip-cloud-provider): join an address of
+        // this pool whose users all share and whose ports do not overlap.
+        let shared = (share && *fam == Family::V4)
+            .then(|| {
+                used.0
+                    .iter()
+                    .find(|(ip, users)| {
+                        ip.is_ipv4()
+                            && pools.contains(&s.key.namespace, **ip)
+                            && can_join(users, &s.ports, share)
+                    })
+                    .map(|(ip, _)| *ip)
+            })
+            .flatten();
+        let picked = shared.or_else(|| {
+            pools.pick(pool, *fam, |ip| {
+                used.0.contains_key(&ip) || guard.is_forbidden(ip)
+            })
+        });
+        match picked {
+            Some(ip) => {
+                used.take(ip, s, share);
+                ips.push(ip);
+            }
+            None => {
+                if s.family_policy != FamilyPolicy::PreferDualStack || families.len() == 1 {
+                    problem = Some(Problem::PoolExhausted {
                         pool: pool.key.clone(),
                         family: *fam,
                     });
                 }
-                continue;
-            }
-            // Sharing (IPv4, as kube-vip-cloud-provider): join an address of
-            // this pool whose users all share and whose ports do not overlap.
-            let shared = (share && *fam == Family::V4)
-                .then(|| {
-                    used.iter()
-                        .find(|(ip, users)| {
-                            ip.is_ipv4()
-                                && pools.contains(&s.key.namespace, **ip)
-                                && can_join(users, &s.ports, share)
-                        })
-                        .map(|(ip, _)| *ip)
-                })
-                .flatten();
-            match shared.or_else(|| pools.pick(pool, *fam, |ip| used.contains_key(&ip))) {
-                Some(ip) => {
-                    used.entry(ip).or_default().push(User {
-                        key: s.key.clone(),
-                        ports: s.ports.clone(),
-                        share,
-                    });
-                    ips.push(ip);
-                }
-                None => {
-                    if s.family_policy != FamilyPolicy::PreferDualStack || families.len() == 1 {
-                        problem = Some(Problem::PoolExhausted {
-                            pool: pool.key.clone(),
-                            family: *fam,
-                        });
-                    }
-                }
             }
         }
-        let decision = match (problem, ips.is_empty()) {
-            (Some(p), _) => Err(p),
-            (None, true) => Err(Problem::PoolExhausted {
-                pool: pool.key.clone(),
-                family: families[0],
-            }),
-            (None, false) => Ok(Assignment {
-                ips,
-                origin: Origin::Pool(pool.key.clone()),
-            }),
-        };
-        // A failed dual-stack allocation must not keep half its addresses.
-        if decision.is_err() {
-            for users in used.values_mut() {
-                users.retain(|u| u.key != s.key);
+    }
+    let decision = match (problem, ips.is_empty()) {
+        (Some(p), _) => Err(p),
+        (None, true) => Err(Problem::PoolExhausted {
+            pool: pool.key.clone(),
+            family: families[0],
+        }),
+        (None, false) => Ok(Assignment {
+            ips,
+            origin: Origin::Pool(pool.key.clone()),
+            replaced: stale,
+        }),
+    };
+    // A failed dual-stack allocation must not keep half its addresses.
+    if decision.is_err() {
+        used.release_all_of(&s.key);
+    }
+    decision
+}
+
+/// Decides every served Service's addresses; `guard` holds the addresses
+/// no Service may have.
+pub fn allocate(services: &[&SvcInfo], pools: &Pools, guard: &Guard) -> Decisions {
+    let mut order: Vec<&SvcInfo> = services.to_vec();
+    order.sort_by(|a, b| (&a.created, &a.key).cmp(&(&b.created, &b.key)));
+    let asks: Vec<(&SvcInfo, Ask)> = order.iter().map(|s| (*s, ask(s, pools))).collect();
+    let mut used = Used::default();
+    let mut out = Decisions::new();
+
+    // What Services hold and keep asking for is theirs: placed first.
+    for (s, a) in &asks {
+        if let Ask::Fixed(ips, origin) = a {
+            if keeps_what_it_holds(s, ips, pools) {
+                let d = place_fixed(s, ips.clone(), origin.clone(), pools, guard, &mut used);
+                out.insert(s.key.clone(), d);
             }
-            used.retain(|_, users| !users.is_empty());
         }
-        out.insert(s.key.clone(), decision);
+    }
+    // Then other requests, older Services first; bad ones are named.
+    for (s, a) in &asks {
+        if out.contains_key(&s.key) {
+            continue;
+        }
+        match a {
+            Ask::Fixed(ips, origin) => {
+                let d = place_fixed(s, ips.clone(), origin.clone(), pools, guard, &mut used);
+                out.insert(s.key.clone(), d);
+            }
+            Ask::Bad(p) => {
+                out.insert(s.key.clone(), Err(p.clone()));
+            }
+            Ask::Pool { .. } => {}
+        }
+    }
+    // Then the pool, in creation order.
+    for (s, a) in asks {
+        if let Ask::Pool { stale } = a {
+            let d = place_from_pool(s, stale, pools, guard, &mut used);
+            out.insert(s.key.clone(), d);
+        }
     }
     out
 }

@@ -173,20 +173,10 @@ mod tests {
             },
             created: "1".into(),
             is_load_balancer: true,
-            class: None,
-            ignored: false,
-            requested: None,
-            spec_ip: None,
             status_ips: vec![ip.parse().unwrap()],
             families: vec![Family::V4],
             family_policy: FamilyPolicy::SingleStack,
-            ports: vec![],
-            local_policy: false,
-            lbpool: None,
-            interface: None,
-            vip_host: None,
-            bgp_communities: None,
-            bgp_local_pref: None,
+            ..Default::default()
         }
     }
 
@@ -195,6 +185,7 @@ mod tests {
             name: name.into(),
             enablelb,
             lbpool: pool.map(String::from),
+            ..Default::default()
         }
     }
 

@@ -26,6 +26,10 @@ pub struct Informers {
     pub nodes: Store<Node>,
     pub pools: Store<ConfigMap>,
     pub address_leases: Store<Lease>,
+    /// Every vipd's instance record (`instance`): the control-plane VIPs
+    /// and host facts the address guard refuses. Read on every pass (and
+    /// the resync), not a reason for one: records renew every 10 s.
+    pub instances: Store<Lease>,
     /// Notified on every change of any of them.
     pub changed: Arc<Notify>,
     /// Notified on changes of the per-address Leases only.
@@ -54,7 +58,7 @@ where
 }
 
 impl Informers {
-    pub fn start(client: &Client, cfg: &ServicesConfig) -> Informers {
+    pub fn start(client: &Client, cfg: &ServicesConfig, instance_namespace: &str) -> Informers {
         let changed = Arc::new(Notify::new());
         let leases_changed = Arc::new(Notify::new());
         let services: Api<Service> = match &cfg.namespace {
@@ -85,6 +89,11 @@ impl Informers {
                 watcher::Config::default().labels(ADDRESS_LEASE_LABEL),
                 vec![leases_changed.clone()],
             ),
+            instances: spawn_reflector(
+                Api::namespaced(client.clone(), instance_namespace),
+                watcher::Config::default().labels(crate::instance::LABEL),
+                vec![],
+            ),
             changed,
             leases_changed,
         }
@@ -98,5 +107,6 @@ impl Informers {
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.pools.wait_until_ready().await;
         let _ = self.address_leases.wait_until_ready().await;
+        let _ = self.instances.wait_until_ready().await;
     }
 }

@@ -12,6 +12,11 @@
 //!    with `svc_election`) under a Lease of their own ([`address_leases`]);
 //! 3. the announcer writes `kube-vip.io/vipHost`.
 //!
+//! The address [`guard`] runs at steps 1 and 2: the leader never assigns an
+//! address that is a node's, a control-plane VIP or a gateway, and every
+//! node refuses such an address again before it claims it, whoever wrote it
+//! into a Service's status.
+//!
 //! Claims on addresses go to the address owner (`vips`), which does the
 //! kernel and the wire; a Service that is deleted or stops being a
 //! LoadBalancer drops out of step 2 and its address is withdrawn at once.
@@ -19,6 +24,7 @@
 pub mod address_leases;
 pub mod allocate;
 pub mod eligibility;
+pub mod guard;
 pub mod informers;
 pub mod model;
 pub mod pools;
@@ -40,8 +46,9 @@ use crate::events::Events;
 use crate::status::{Announced, ServicesSummary, Status};
 use crate::vips::{Claim, Source, VipHandle};
 use address_leases::{AddressLeases, Want, STAGGER};
-use allocate::{allocate, Origin};
+use allocate::{allocate, join, Origin};
 use eligibility::{plan_addresses, rank, AddressPlan};
+use guard::{Guard, HostFacts, NodeAddresses, PublishedFacts};
 use informers::Informers;
 use model::{add_ready_nodes, keys, ClassFilter, NodeInfo, ReadyNodes, SvcInfo, SvcKey};
 use model::{current_ingress, Ingress};
@@ -61,6 +68,14 @@ pub struct Context {
     pub status: Arc<Status>,
     /// BGP mode: every eligible node announces; these are the default attributes.
     pub bgp: Option<vipd_bgp::RouteAttrs>,
+    /// This vipd's control-plane VIPs (resolved): never a Service's.
+    pub control_plane_vips: Vec<IpAddr>,
+    /// The API server address vipd talks to, when it is an IP.
+    pub api_server: Option<IpAddr>,
+    /// vipd's namespace: the instance records other vipds publish.
+    pub instance_namespace: String,
+    /// To read this host's own addresses, gateways and subnets.
+    pub netlink: crate::netlink::Netlink,
 }
 
 /// The Services leader's state, shared with its election: `hold` is the
@@ -98,7 +113,7 @@ impl Leadership for ServicesLeadership {
 
 /// Runs the controller until `shutdown`.
 pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
-    let informers = Informers::start(&ctx.client, &ctx.config);
+    let informers = Informers::start(&ctx.client, &ctx.config, &ctx.instance_namespace);
     let (hold, hold_rx) = watch::channel(None);
     let leader = LeaderState {
         hold,
@@ -141,6 +156,9 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         last_problem: BTreeMap::new(),
         pending_reasons: BTreeMap::new(),
         reconciles: 0,
+        host: HostFacts::default(),
+        host_read_at: None,
+        refused_logged: BTreeSet::new(),
     };
     info!("Services: waiting for the first lists of Services, EndpointSlices, Nodes and pools");
     c.informers.ready().await;
@@ -172,6 +190,11 @@ struct Controller {
     /// Leader: pending Services by reason, as of the last pass.
     pending_reasons: BTreeMap<String, u64>,
     reconciles: u64,
+    /// This host's own facts for the guard, and when they were read.
+    host: HostFacts,
+    host_read_at: Option<Instant>,
+    /// Addresses this node refused to claim (logged once each).
+    refused_logged: BTreeSet<IpAddr>,
 }
 
 impl Controller {
@@ -197,11 +220,56 @@ impl Controller {
                 }
                 _ = self.leader_rx.changed() => {}
                 Some(()) = addr_rx.recv() => {}
-                _ = resync.tick() => {}
+                _ = resync.tick() => self.host_read_at = None,
                 _ = shutdown.changed() => {}
             }
         }
         self.address_leases.shutdown().await;
+    }
+
+    /// Re-reads this host's addresses, gateways and subnets (at most once
+    /// a second; every resync). Failing, the last ones stay.
+    async fn refresh_host_facts(&mut self) {
+        if self
+            .host_read_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        match self.ctx.netlink.host_facts().await {
+            Ok(h) => {
+                self.host = h;
+                self.host_read_at = Some(Instant::now());
+            }
+            Err(e) => warn!(error = %e, "cannot read this host's addresses for the address guard"),
+        }
+    }
+
+    /// Every address no Service may have, as this node knows them now.
+    fn guard(&self, nodes: &[NodeInfo]) -> Guard {
+        let addrs: Vec<NodeAddresses> = nodes
+            .iter()
+            .map(|n| NodeAddresses {
+                name: n.name.clone(),
+                internal: n.internal.clone(),
+                external: n.external.clone(),
+            })
+            .collect();
+        let published: Vec<PublishedFacts> = self
+            .informers
+            .instances
+            .state()
+            .iter()
+            .filter_map(|l| crate::instance::published_facts(l))
+            .collect();
+        Guard::build(
+            &self.ctx.control_plane_vips,
+            self.ctx.api_server,
+            &addrs,
+            &published,
+            &self.ctx.me,
+            Some(&self.host),
+        )
     }
 
     fn leader_hold(&self) -> Option<Instant> {
@@ -342,6 +410,7 @@ impl Controller {
 
     async fn reconcile_once(&mut self) {
         self.refresh_pools().await;
+        self.refresh_host_facts().await;
         let objects: Vec<Arc<Service>> = self.informers.services.state();
         let infos: Vec<(Arc<Service>, SvcInfo)> = objects
             .iter()
@@ -363,17 +432,23 @@ impl Controller {
             add_ready_nodes(&s, &mut ready);
         }
         let mut changes = Vec::new();
+        let guard = self.guard(&nodes);
 
         if self.leader_hold().is_some() {
-            self.decide(&infos, &served, &mut changes);
+            self.decide(&infos, &served, &guard, &mut changes);
         }
 
-        // Announce what the Services' status says.
+        // Announce what the Services' status says, but never what the guard
+        // refuses (whoever wrote it there).
         let served_infos: Vec<&SvcInfo> = served.iter().map(|(_, i)| i).collect();
-        let plans = plan_addresses(&served_infos, &nodes, &ready);
-        let per_address = self.ctx.config.per_address_election;
         let by_key: BTreeMap<&SvcKey, &(Arc<Service>, SvcInfo)> =
             served.iter().map(|s| (&s.1.key, *s)).collect();
+        let (plans, refused): (Vec<AddressPlan>, Vec<AddressPlan>) =
+            plan_addresses(&served_infos, &nodes, &ready)
+                .into_iter()
+                .partition(|p| !guard.is_forbidden(p.addr));
+        self.refuse(&refused, &guard, &by_key, &mut changes);
+        let per_address = self.ctx.config.per_address_election;
         let mut leader_claims = Vec::new();
         let mut bgp_claims = Vec::new();
         let mut wants = BTreeMap::new();
@@ -466,7 +541,37 @@ impl Controller {
             }
         }
         self.writer.apply(changes).await;
-        self.publish_summary(&served_infos, &plans, &announced);
+        self.publish_summary(&served_infos, &plans, &refused, &announced);
+    }
+
+    /// Addresses in some Service's status that this node will not claim:
+    /// logged once each, and an Event on each Service that carries one.
+    fn refuse(
+        &mut self,
+        refused: &[AddressPlan],
+        guard: &Guard,
+        by_key: &BTreeMap<&SvcKey, &(Arc<Service>, SvcInfo)>,
+        changes: &mut Vec<Change>,
+    ) {
+        let now: BTreeSet<IpAddr> = refused.iter().map(|p| p.addr).collect();
+        for plan in refused {
+            let why = guard.explain(plan.addr).unwrap_or_default();
+            if self.refused_logged.insert(plan.addr) {
+                let users: Vec<String> = plan.users.iter().map(|k| k.to_string()).collect();
+                warn!(address = %plan.addr, services = ?users, "{why}: refusing to announce it for a Service");
+            }
+            for user in &plan.users {
+                if let Some((obj, _)) = by_key.get(user) {
+                    changes.push(Change::Event {
+                        svc: obj.clone(),
+                        warning: true,
+                        reason: "AddressForbidden",
+                        note: format!("{why}: not announced (vipd never announces it for a Service; choose another address)"),
+                    });
+                }
+            }
+        }
+        self.refused_logged.retain(|a| now.contains(a));
     }
 
     /// What `/status` and `/metrics` say about Services.
@@ -474,11 +579,13 @@ impl Controller {
         &self,
         served: &[&SvcInfo],
         plans: &[AddressPlan],
+        refused: &[AddressPlan],
         announced: &BTreeSet<IpAddr>,
     ) {
         let withdrawn: BTreeSet<&SvcKey> = plans
             .iter()
             .filter(|p| p.eligible.is_none())
+            .chain(refused)
             .flat_map(|p| p.users.iter())
             .collect();
         let pending = served.iter().filter(|s| s.status_ips.is_empty()).count();
@@ -528,10 +635,11 @@ impl Controller {
         &mut self,
         infos: &[(Arc<Service>, SvcInfo)],
         served: &[&(Arc<Service>, SvcInfo)],
+        guard: &Guard,
         changes: &mut Vec<Change>,
     ) {
         let served_infos: Vec<&SvcInfo> = served.iter().map(|(_, i)| i).collect();
-        let decisions = allocate(&served_infos, &self.pools);
+        let decisions = allocate(&served_infos, &self.pools, guard);
         let mut now_served = BTreeMap::new();
         self.pending_reasons.clear();
         for (obj, info) in served {
@@ -542,22 +650,39 @@ impl Controller {
                 Ok(a) => {
                     self.last_problem.remove(&info.key);
                     now_served.insert(info.key.clone(), a.ips.clone());
-                    let joined = a
-                        .ips
-                        .iter()
-                        .map(|i| i.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",");
+                    let joined = join(&a.ips);
+                    let mut set = Vec::new();
                     if matches!(a.origin, Origin::Pool(_))
                         && info.requested.as_deref() != Some(joined.as_str())
                     {
+                        set.push((keys::LOADBALANCER_IPS, Some(joined.clone())));
+                    }
+                    // What vipd writes to the status is recorded as vipd's:
+                    // only such a status is kept on its own (see allocate).
+                    if info.assigned != a.ips {
+                        set.push((keys::ASSIGNED, Some(joined.clone())));
+                    }
+                    if !set.is_empty() {
                         changes.push(Change::Annotations {
                             svc: obj.clone(),
-                            set: vec![(keys::LOADBALANCER_IPS, Some(joined.clone()))],
+                            set,
                         });
                     }
                     let desired: Ingress =
                         a.ips.iter().map(|ip| (*ip, info.ports.clone())).collect();
+                    if current_ingress(obj) != desired && !a.replaced.is_empty() {
+                        let note = format!(
+                            "status.loadBalancer.ingress held {} which vipd did not assign and no pool contains (left by another controller, K3s ServiceLB perhaps): replaced by {joined}",
+                            join(&a.replaced)
+                        );
+                        info!(service = %info.key, "{note}");
+                        changes.push(Change::Event {
+                            svc: obj.clone(),
+                            warning: true,
+                            reason: "StaleStatusReplaced",
+                            note,
+                        });
+                    }
                     if current_ingress(obj) != desired {
                         let from = match &a.origin {
                             Origin::Pool(k) => format!("from pool {k}"),
@@ -594,10 +719,17 @@ impl Controller {
                             ingress: Vec::new(),
                         });
                     }
+                    let mut unset = Vec::new();
                     if info.vip_host.is_some() {
+                        unset.push((keys::VIP_HOST, None));
+                    }
+                    if !info.assigned.is_empty() {
+                        unset.push((keys::ASSIGNED, None));
+                    }
+                    if !unset.is_empty() {
                         changes.push(Change::Annotations {
                             svc: obj.clone(),
-                            set: vec![(keys::VIP_HOST, None)],
+                            set: unset,
                         });
                     }
                     changes.push(Change::Event {
@@ -617,11 +749,7 @@ impl Controller {
                 continue;
             }
             if let Some((obj, _)) = infos.iter().find(|(_, i)| i.key == *key) {
-                let joined = ips
-                    .iter()
-                    .map(|i| i.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",");
+                let joined = join(ips);
                 info!(service = %key, addresses = %joined, "released");
                 changes.push(Change::Event {
                     svc: obj.clone(),

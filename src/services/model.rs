@@ -16,6 +16,11 @@ pub mod keys {
     pub const VIP_HOST: &str = "kube-vip.io/vipHost";
     /// Written by vipd: the pool a Service's addresses came from.
     pub const POOL: &str = "vipd.dev/pool";
+    /// Written by vipd with every status it writes: the addresses it put in
+    /// `status.loadBalancer.ingress`. A status address not listed here (nor
+    /// in a pool) was written by someone else, K3s ServiceLB perhaps, and
+    /// is not trusted.
+    pub const ASSIGNED: &str = "vipd.dev/assigned";
     /// BGP communities (AS:VALUE,...) and LOCAL_PREF of a Service's routes.
     pub const BGP_COMMUNITIES: &str = "vipd.dev/bgp-communities";
     pub const BGP_LOCAL_PREF: &str = "vipd.dev/bgp-local-pref";
@@ -25,7 +30,7 @@ pub mod keys {
 }
 
 /// `namespace/name` of a Service.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct SvcKey {
     pub namespace: String,
     pub name: String,
@@ -62,8 +67,9 @@ impl fmt::Display for Family {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FamilyPolicy {
+    #[default]
     SingleStack,
     PreferDualStack,
     RequireDualStack,
@@ -98,7 +104,7 @@ pub fn current_ingress(svc: &Service) -> Ingress {
 }
 
 /// One Service, as the decisions need it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SvcInfo {
     pub key: SvcKey,
     /// For "older wins" when two Services want one address.
@@ -110,6 +116,8 @@ pub struct SvcInfo {
     pub requested: Option<String>,
     pub spec_ip: Option<String>,
     pub status_ips: Vec<IpAddr>,
+    /// `vipd.dev/assigned`: the addresses vipd itself wrote to the status.
+    pub assigned: Vec<IpAddr>,
     pub families: Vec<Family>,
     pub family_policy: FamilyPolicy,
     pub ports: Vec<PortKey>,
@@ -120,6 +128,11 @@ pub struct SvcInfo {
     /// `vipd.dev/bgp-communities` and `vipd.dev/bgp-local-pref`, as written.
     pub bgp_communities: Option<String>,
     pub bgp_local_pref: Option<String>,
+}
+
+/// The addresses of a comma list; what does not parse is left out.
+pub fn parse_ips(v: &str) -> Vec<IpAddr> {
+    v.split(',').filter_map(|p| p.trim().parse().ok()).collect()
 }
 
 fn family_of(s: &str) -> Option<Family> {
@@ -176,6 +189,10 @@ impl SvcInfo {
                 .filter(|v| !v.trim().is_empty()),
             spec_ip: spec.load_balancer_ip.clone().filter(|v| !v.is_empty()),
             status_ips,
+            assigned: ann
+                .get(keys::ASSIGNED)
+                .map(|v| parse_ips(v))
+                .unwrap_or_default(),
             families,
             family_policy,
             ports,
@@ -223,18 +240,35 @@ impl ClassFilter {
     }
 }
 
-/// A node's labels that matter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A node's labels and addresses that matter.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeInfo {
     pub name: String,
     pub enablelb: bool,
     pub lbpool: Option<String>,
+    /// `status.addresses` of type InternalIP and ExternalIP.
+    pub internal: Vec<IpAddr>,
+    pub external: Vec<IpAddr>,
 }
 
 impl NodeInfo {
     pub fn from_node(n: &Node) -> Option<NodeInfo> {
         let labels = n.metadata.labels.clone().unwrap_or_default();
+        let of_type = |t: &str| -> Vec<IpAddr> {
+            n.status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .map(|a| {
+                    a.iter()
+                        .filter(|a| a.type_ == t)
+                        .filter_map(|a| a.address.trim().parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         Some(NodeInfo {
+            internal: of_type("InternalIP"),
+            external: of_type("ExternalIP"),
             name: n.metadata.name.clone()?,
             enablelb: labels
                 .get(keys::SERVICELB_ENABLE)

@@ -101,6 +101,9 @@ pub struct StatusDoc {
     pub addresses: Vec<HeldDoc>,
     /// VIPs present on this node although it does not claim them.
     pub stray_addresses: Vec<IpAddr>,
+    /// Addresses claimed for Services that this node refuses to hold, and why.
+    #[serde(default)]
+    pub refused_addresses: BTreeMap<IpAddr, String>,
     pub services: Option<ServicesSummary>,
     pub announcements_sent: u64,
     pub announcement_errors: u64,
@@ -242,6 +245,7 @@ impl Status {
                 })
                 .collect(),
             stray_addresses: held.stray.iter().copied().collect(),
+            refused_addresses: held.refused.clone(),
             services: self.services(),
             announcements_sent: self.vips.stats.sent.load(Ordering::Relaxed),
             announcement_errors: self.vips.stats.errors.load(Ordering::Relaxed),

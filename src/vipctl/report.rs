@@ -313,8 +313,14 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
             state = "Pending";
         }
         let key = format!("{ns}/{name}");
+        let last_event = last_events
+            .get(&(ns.clone(), name.clone()))
+            .map(|(_, t)| t.clone());
         match state {
-            "Pending" => report.problems.push(format!("Service {key} is pending")),
+            "Pending" => report.problems.push(match &last_event {
+                Some(why) => format!("Service {key} is pending: {why}"),
+                None => format!("Service {key} is pending"),
+            }),
             "Unannounced" => report
                 .problems
                 .push(format!("Service {key}: an address is held by no node")),
@@ -324,9 +330,7 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
             _ => {}
         }
         report.services.push(ServiceRow {
-            last_event: last_events
-                .get(&(ns.clone(), name.clone()))
-                .map(|(_, t)| t.clone()),
+            last_event,
             namespace: ns,
             name,
             addresses,

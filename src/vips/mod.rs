@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 use vipd_arp::Schedule;
 
-pub use plan::{plan, wanted, ClaimSet, Plan, Want};
+pub use plan::{plan, refuse_foreign, wanted, ClaimSet, Plan, Want};
 
 use crate::announce::{self, AnnounceStats};
 use crate::config::Announce;
@@ -76,6 +76,9 @@ pub struct Held {
     /// Watched addresses (the VIPs) on this node although nobody here
     /// claims them: somebody configured them by hand, or a split brain.
     pub stray: BTreeSet<IpAddr>,
+    /// Addresses claimed for Services that this node refuses to hold (the
+    /// node has them already and vipd did not add them), with why.
+    pub refused: BTreeMap<IpAddr, String>,
 }
 
 /// How the owner works.
@@ -372,7 +375,7 @@ impl Owner {
                     .retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
                 self.have.push(k);
                 if self.config.watch.contains(&k.addr) {
-                    self.publish(wanted(Instant::now(), &self.claims));
+                    self.publish(self.wanted_now().0);
                 }
             }
             KernelEvent::AddressRemoved(k) => {
@@ -381,10 +384,10 @@ impl Owner {
                 if self.claimed_now(k.addr) {
                     warn!(addr = %k.addr, "a held address was removed from the interface; adding it back");
                     // Record the gap before closing it: readiness tells the truth.
-                    self.publish(wanted(Instant::now(), &self.claims));
+                    self.publish(self.wanted_now().0);
                     self.converge().await;
                 } else if self.config.watch.contains(&k.addr) {
-                    self.publish(wanted(Instant::now(), &self.claims));
+                    self.publish(self.wanted_now().0);
                 }
             }
             KernelEvent::LinkChanged(link) => {
@@ -400,7 +403,14 @@ impl Owner {
     }
 
     fn claimed_now(&self, addr: IpAddr) -> bool {
-        wanted(Instant::now(), &self.claims).contains_key(&addr)
+        self.wanted_now().0.contains_key(&addr)
+    }
+
+    /// What should be on this node now, and the claims refused.
+    fn wanted_now(&self) -> (BTreeMap<IpAddr, Want>, BTreeMap<IpAddr, String>) {
+        let mut want = wanted(Instant::now(), &self.claims);
+        let refused = refuse_foreign(&mut want, &self.have);
+        (want, refused)
     }
 
     async fn refresh_kernel_view(&mut self) -> Result<(), NetlinkError> {
@@ -427,8 +437,12 @@ impl Owner {
 
     /// Brings the kernel and the announcers in line with the claims.
     async fn converge(&mut self) {
-        let now = Instant::now();
-        let want = wanted(now, &self.claims);
+        let (want, refused) = self.wanted_now();
+        for (addr, why) in &refused {
+            if !self.held.borrow().refused.contains_key(addr) {
+                warn!(%addr, "{why}: refusing to hold it for a Service");
+            }
+        }
         for w in want.values() {
             if self.link(&w.interface).await.is_none() {
                 error!(interface = %w.interface, "interface not found: cannot hold addresses on it");
@@ -499,7 +513,7 @@ impl Owner {
             }
             self.since.remove(&a);
         }
-        self.publish(want);
+        self.publish_with(want, refused);
     }
 
     fn start_announcer(&mut self, link: &Link, addr: IpAddr) {
@@ -533,7 +547,7 @@ impl Owner {
         let Some(lifetime) = self.config.lifetime else {
             return;
         };
-        let want = wanted(Instant::now(), &self.claims);
+        let (want, _) = self.wanted_now();
         let ours: Vec<KernelAddr> = self
             .have
             .iter()
@@ -551,7 +565,13 @@ impl Owner {
         }
     }
 
+    /// Publishes what is held now, keeping the refusals of the last converge.
     fn publish(&self, claimed: BTreeMap<IpAddr, Want>) {
+        let refused = self.held.borrow().refused.clone();
+        self.publish_with(claimed, refused);
+    }
+
+    fn publish_with(&self, claimed: BTreeMap<IpAddr, Want>, refused: BTreeMap<IpAddr, String>) {
         let mut addresses = BTreeMap::new();
         for (addr, w) in &claimed {
             if let Some(link) = self.links.get(&w.interface) {
@@ -594,6 +614,7 @@ impl Owner {
                 addresses,
                 claimed,
                 stray,
+                refused,
             };
             if *h != new {
                 *h = new;

@@ -55,6 +55,38 @@ pub fn wanted(now: Instant, claims: &BTreeMap<Source, ClaimSet>) -> BTreeMap<IpA
     out
 }
 
+impl Source {
+    /// A Service's address (by any election, or BGP).
+    pub fn is_service(&self) -> bool {
+        !matches!(self, Source::ControlPlane)
+    }
+}
+
+/// Takes out of `want` every address claimed only for Services that the
+/// kernel has and vipd did not add (on any interface): it is the node's own,
+/// or another program's, and vipd would announce it from under its owner.
+/// Returns them, with why. A control-plane VIP configured by hand is still
+/// announced (the operator meant it).
+pub fn refuse_foreign(
+    want: &mut BTreeMap<IpAddr, Want>,
+    have: &[KernelAddr],
+) -> BTreeMap<IpAddr, String> {
+    let mut refused = BTreeMap::new();
+    want.retain(|addr, w| {
+        let foreign = have.iter().any(|k| k.addr == *addr && !k.ours);
+        if foreign && w.sources.iter().all(Source::is_service) {
+            refused.insert(
+                *addr,
+                format!("{addr} is an address of this node that vipd did not add"),
+            );
+            false
+        } else {
+            true
+        }
+    });
+    refused
+}
+
 /// What to change in the kernel.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -226,6 +258,49 @@ mod tests {
             plan(&w, &[kaddr("192.0.2.150", 2, true)], idx),
             Plan::default()
         );
+    }
+
+    #[test]
+    fn a_service_never_takes_an_address_the_node_has() {
+        let now = Instant::now();
+        let c = claims(vec![
+            (
+                Source::ServicesLeader,
+                vec![claim("192.0.2.11", "eth0"), claim("192.0.2.150", "eth0")],
+                None,
+            ),
+            (
+                Source::ServicesBgp,
+                vec![claim("198.51.100.7", "eth0")],
+                None,
+            ),
+        ]);
+        let have = [
+            kaddr("192.0.2.11", 2, false),   // the node's address, on eth0
+            kaddr("198.51.100.7", 3, false), // another interface's address
+        ];
+        let mut w = wanted(now, &c);
+        let refused = refuse_foreign(&mut w, &have);
+        assert_eq!(
+            refused.keys().copied().collect::<Vec<IpAddr>>(),
+            vec![
+                "192.0.2.11".parse::<IpAddr>().unwrap(),
+                "198.51.100.7".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            w.keys().copied().collect::<Vec<IpAddr>>(),
+            vec!["192.0.2.150".parse::<IpAddr>().unwrap()]
+        );
+        // The control-plane VIP configured by hand is still announced.
+        let c = claims(vec![(
+            Source::ControlPlane,
+            vec![claim("192.0.2.100", "eth0")],
+            None,
+        )]);
+        let mut w = wanted(now, &c);
+        assert!(refuse_foreign(&mut w, &[kaddr("192.0.2.100", 2, false)]).is_empty());
+        assert_eq!(w.len(), 1);
     }
 
     #[test]

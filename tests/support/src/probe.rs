@@ -246,6 +246,100 @@ impl NodeKernel {
     }
 }
 
+impl NodeKernel {
+    /// Every address on the host, and whether vipd added it (IFA_PROTO 86).
+    pub async fn addresses(&self) -> Vec<(IpAddr, bool)> {
+        let mut out = Vec::new();
+        let mut stream = self.handle.address().get().execute();
+        while let Ok(Some(msg)) = stream.try_next().await {
+            let mut addr = None;
+            let mut ours = false;
+            for a in &msg.attributes {
+                match a {
+                    AddressAttribute::Address(x) => addr = Some(*x),
+                    AddressAttribute::Protocol(p) => ours = u8::from(*p) == 86,
+                    _ => {}
+                }
+            }
+            if let Some(a) = addr {
+                out.push((a, ours));
+            }
+        }
+        out
+    }
+}
+
+/// Every address each node had, sampled until finished: which node ever
+/// held which address, and whether vipd had added it.
+pub struct AddressSampler {
+    stop: Arc<AtomicBool>,
+    task: Option<tokio::task::JoinHandle<AddressHistory>>,
+}
+
+/// What an [`AddressSampler`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct AddressHistory {
+    pub samples: usize,
+    /// (node, address, added by vipd) ever seen.
+    pub seen: std::collections::BTreeSet<(String, IpAddr, bool)>,
+}
+
+impl AddressHistory {
+    /// The nodes on which vipd ever added `ip`.
+    pub fn vipd_added(&self, ip: IpAddr) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter(|(_, a, ours)| *a == ip && *ours)
+            .map(|(n, _, _)| n.clone())
+            .collect()
+    }
+
+    /// The nodes that ever had `ip`, by anyone's hand.
+    pub fn holders(&self, ip: IpAddr) -> std::collections::BTreeSet<String> {
+        self.seen
+            .iter()
+            .filter(|(_, a, _)| *a == ip)
+            .map(|(n, _, _)| n.clone())
+            .collect()
+    }
+}
+
+impl AddressSampler {
+    /// Starts sampling; call from within a runtime.
+    pub fn start(nodes: &[&Host], every: Duration) -> AddressSampler {
+        let kernels: Vec<NodeKernel> = nodes.iter().map(|h| NodeKernel::open(h)).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut h = AddressHistory::default();
+            let mut tick = tokio::time::interval(every);
+            while !stop2.load(Ordering::Relaxed) {
+                tick.tick().await;
+                for k in &kernels {
+                    for (a, ours) in k.addresses().await {
+                        h.seen.insert((k.name.clone(), a, ours));
+                    }
+                }
+                h.samples += 1;
+            }
+            h
+        });
+        AddressSampler {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    pub async fn finish(mut self) -> AddressHistory {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task
+            .take()
+            .expect("running")
+            .await
+            .expect("sampler task")
+    }
+}
+
 /// Who held an address at one instant.
 #[derive(Debug, Clone)]
 pub struct HolderSample {
