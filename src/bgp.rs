@@ -27,12 +27,12 @@ pub fn start(cfg: &BgpConfig, router_id: Ipv4Addr, vips: &VipHandle, status: Arc
     let gobgpd = (!cfg.external).then(|| {
         tokio::spawn(vipd_bgp::supervisor::run(
             cfg.gobgpd.clone(),
-            cfg.api,
+            cfg.api.clone(),
             stop_rx,
         ))
     });
     let speaker = Speaker {
-        endpoint: format!("http://{}", cfg.api),
+        api: cfg.api.clone(),
         global: GlobalConfig {
             asn: cfg.asn,
             router_id,

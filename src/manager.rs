@@ -351,6 +351,7 @@ fn raft_config(r: &RaftSettings, me: &str) -> vipd_raft::RaftConfig {
         heartbeat_ticks: r.heartbeat_ticks,
         election_ticks: r.election_ticks,
         state_dir: r.state_dir.clone(),
+        secret: r.secret.clone(),
     }
 }
 

@@ -61,6 +61,51 @@ fn the_control_plane_vip_is_ecmp_and_follows_health() {
             .wait_next_hops(ip(VIP), &all(3), Duration::from_secs(30))
             .unwrap();
         eprintln!("three next hops after {took:?}");
+        // gobgpd's gRPC API is a Unix socket in a private directory: no TCP
+        // port, and another (non-root) host-network process cannot reach it.
+        let api = nodes[0]
+            .env
+            .iter()
+            .find(|(k, _)| k == "bgp_gobgp_api")
+            .map(|(_, v)| v.trim_start_matches("unix://").to_string())
+            .unwrap();
+        let dir = Path::new(&api).parent().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let listening = nodes[0]
+            .host
+            .ns
+            .command("ss")
+            .args(["-Hltn"])
+            .output()
+            .unwrap();
+        let listening = String::from_utf8_lossy(&listening.stdout).to_string();
+        assert!(!listening.contains(":50051"), "{listening}");
+        let probe = nodes[0]
+            .host
+            .ns
+            .command("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "python3",
+                "-c",
+            ])
+            .arg(format!(
+                "import socket; s = socket.socket(socket.AF_UNIX); s.connect({api:?})"
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            !probe.status.success()
+                && String::from_utf8_lossy(&probe.stderr).contains("Permission denied"),
+            "another user reached gobgpd's API: {}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
         // vipctl: in BGP mode three holders are the design, not a conflict.
         let t0 = Instant::now();
         loop {
@@ -153,7 +198,12 @@ fn the_control_plane_vip_is_ecmp_and_follows_health() {
             .command("gobgpd")
             .args([
                 "--api-hosts",
-                "127.0.0.1:50051",
+                nodes[1]
+                    .env
+                    .iter()
+                    .find(|(k, _)| k == "bgp_gobgp_api")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap(),
                 "--log-level",
                 "warn",
                 "--pprof-disable",

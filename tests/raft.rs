@@ -302,3 +302,61 @@ fn inconsistent_peer_lists_are_refused_clearly() {
         );
     });
 }
+
+/// A host that knows the peer list but not the secret forges the messages
+/// that would move or pin the VIP (a transfer-flagged vote request with a
+/// far higher term, a "campaign now"), tries a wrong secret and holds
+/// connections open: the leader does not change, no sample shows two
+/// holders, and each node logs that it refused a connection.
+#[test]
+fn forged_raft_messages_without_the_secret_change_nothing() {
+    let _l = lock();
+    let mut lab = RaftLab::start(3, vip(), bin(), &[]).unwrap();
+    let c = &mut lab.cluster;
+    lab.rt.block_on(async {
+        let leader = c.wait_stable(Duration::from_secs(20)).await.unwrap();
+        let list = c.nodes[0]
+            .env
+            .iter()
+            .find(|(k, _)| k == "vip_raft_peers")
+            .unwrap()
+            .1
+            .clone();
+        let peers = vipd_raft::Peers::parse(&list).unwrap();
+        let hosts: Vec<&vipd_testkit::lab::Host> = c.nodes.iter().map(|n| &n.host).collect();
+        let sampler = HolderSampler::start(&hosts, vip(), Duration::from_millis(20));
+        // The forger runs on the client host, in this runtime's namespace.
+        let report = tokio::spawn(async move {
+            vipd_testkit::raft_forge::forge(&peers, Duration::from_secs(8)).await
+        })
+        .await
+        .unwrap();
+        eprintln!("{report:?}");
+        assert!(report.attempts >= 10, "{report:?}");
+        let samples = sampler.finish().await;
+        let name = c.nodes[leader].name().to_string();
+        assert!(
+            samples.iter().all(|s| s.holders == vec![name.clone()]),
+            "the VIP moved or was held twice: {:?}",
+            samples
+                .iter()
+                .map(|s| s.holders.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+        );
+        assert_eq!(report.plaintext_accepted, 0, "{report:?}");
+        assert_eq!(report.wrong_secret_accepted, 0, "{report:?}");
+        for n in c.nodes.iter() {
+            let log = n.log_tail(2000);
+            assert!(
+                log.contains("refused a Raft connection"),
+                "{}: {}",
+                n.name(),
+                n.log_tail(20)
+            );
+        }
+        // The peers still talk to each other: a graceful handover works.
+        c.nodes[leader].terminate(Duration::from_secs(10)).unwrap();
+        let next = c.wait_stable(Duration::from_secs(5)).await.unwrap();
+        assert_ne!(next, leader);
+    });
+}

@@ -47,8 +47,8 @@ pub type Routes = BTreeMap<IpAddr, RouteAttrs>;
 
 /// The speaker's configuration.
 pub struct Speaker {
-    /// gobgpd's gRPC address, e.g. `http://127.0.0.1:50051`.
-    pub endpoint: String,
+    /// gobgpd's gRPC address.
+    pub api: crate::ApiAddr,
     pub global: GlobalConfig,
     pub peers: Vec<PeerConfig>,
 }
@@ -171,11 +171,28 @@ impl Speaker {
     }
 
     async fn connect(&self) -> Result<GobgpApiClient<Channel>, tonic::transport::Error> {
-        let ch = Endpoint::from_shared(self.endpoint.clone())?
+        let (uri, socket) = match &self.api {
+            crate::ApiAddr::Tcp(a) => (format!("http://{a}"), None),
+            // The authority is unused: the connector dials the socket.
+            crate::ApiAddr::Unix(p) => ("http://gobgpd".to_string(), Some(p.clone())),
+        };
+        let endpoint = Endpoint::from_shared(uri)?
             .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(5))
-            .connect()
-            .await?;
+            .timeout(Duration::from_secs(5));
+        let ch = match socket {
+            None => endpoint.connect().await?,
+            Some(path) => {
+                endpoint
+                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                        let path = path.clone();
+                        async move {
+                            let s = tokio::net::UnixStream::connect(path).await?;
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                        }
+                    }))
+                    .await?
+            }
+        };
         Ok(GobgpApiClient::new(ch))
     }
 

@@ -1,4 +1,5 @@
-//! vipd's own gobgpd: started with its gRPC API on localhost only and no
+//! vipd's own gobgpd: started with its gRPC API on a Unix socket in a
+//! private directory (see [`crate::endpoint`]) and no
 //! configuration file (the speaker configures it), restarted if it dies,
 //! stopped gracefully (SIGTERM: it closes sessions with a NOTIFICATION, so
 //! peers withdraw at once) when vipd stops.
@@ -10,13 +11,14 @@
 //! address) is stopped before vipd starts its own, so vipd never configures
 //! a stranger's speaker.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use crate::endpoint::ApiAddr;
 
 /// Waits until `stop` turns true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -97,12 +99,15 @@ async fn stop_leftovers(api: &str) {
 }
 
 /// Runs gobgpd until `stop` turns true.
-pub async fn run(binary: PathBuf, api: SocketAddr, mut stop: watch::Receiver<bool>) {
+pub async fn run(binary: PathBuf, api: ApiAddr, mut stop: watch::Receiver<bool>) {
     let mut restarts = 0u32;
     stop_leftovers(&api.to_string()).await;
     loop {
         if *stop.borrow() {
             return;
+        }
+        if let Err(e) = api.prepare() {
+            warn!(%api, error = %e, "cannot prepare gobgpd's API socket");
         }
         let mut cmd = Command::new(&binary);
         cmd.arg(API_FLAG).arg(api.to_string()).args([

@@ -7,7 +7,8 @@
 //! - [`peers`]: the peer list (`n1=192.0.2.11:7946,...`) and its fingerprint;
 //! - [`storage`]: term, vote and log, persisted so a restarted node can never
 //!   vote twice in a term;
-//! - [`transport`]: length-framed raft messages over TCP, reconnecting;
+//! - [`secure`]: the Noise handshake and frames, keyed by the shared secret;
+//! - [`transport`]: authenticated raft messages over TCP, reconnecting;
 //! - [`lease`]: how long the leader may hold the VIP, from heartbeats a quorum
 //!   acknowledged (pure, tested);
 //! - [`node`]: the raft-rs loop (tick, step, ready).
@@ -18,8 +19,10 @@
 pub mod lease;
 pub mod node;
 pub mod peers;
+pub mod secure;
 pub mod storage;
 pub mod transport;
 
 pub use node::{run, Leadership, RaftConfig, RaftError};
 pub use peers::{Peer, Peers};
+pub use secure::Secret;

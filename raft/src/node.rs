@@ -43,6 +43,8 @@ pub struct RaftConfig {
     pub heartbeat_ticks: usize,
     pub election_ticks: usize,
     pub state_dir: PathBuf,
+    /// The key derived from the secret every peer shares.
+    pub secret: crate::Secret,
 }
 
 impl RaftConfig {
@@ -124,7 +126,7 @@ pub async fn run<L: Leadership>(
     let node =
         RawNode::new(&config, storage, &logger).map_err(|e| RaftError(format!("Raft: {e}")))?;
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(4096);
-    let transport = Transport::start(&me, &cfg.peers, in_tx)
+    let transport = Transport::start(&me, &cfg.peers, cfg.secret.clone(), in_tx)
         .await
         .map_err(RaftError)?;
     info!(

@@ -71,6 +71,9 @@ pub enum Election {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaftSettings {
     pub peers: vipd_raft::Peers,
+    /// The key derived from `vip_raft_secret_file`.
+    pub secret: vipd_raft::Secret,
+    pub secret_file: PathBuf,
     pub state_dir: PathBuf,
     pub tick: Duration,
     pub heartbeat_ticks: usize,
@@ -167,7 +170,7 @@ pub struct BgpConfig {
     pub peers: Vec<vipd_bgp::PeerConfig>,
     pub attrs: vipd_bgp::RouteAttrs,
     pub gobgpd: PathBuf,
-    pub api: SocketAddr,
+    pub api: vipd_bgp::ApiAddr,
     pub external: bool,
     /// The control-plane VIP is announced only while this answers 200.
     pub health_url: String,
@@ -815,10 +818,8 @@ fn bgp_config(r: &Reader, api_port: u16) -> Result<BgpConfig, ConfigError> {
         attrs.local_pref = Some(r.number("bgp_local_pref", 100u32, "a number")?);
     }
     let api = match r.string("bgp_gobgp_api") {
-        None => SocketAddr::from(([127, 0, 0, 1], 50051)),
-        Some(v) => v
-            .parse()
-            .map_err(|_| r.err("bgp_gobgp_api", "expected HOST:PORT"))?,
+        None => vipd_bgp::ApiAddr::default(),
+        Some(v) => vipd_bgp::ApiAddr::parse(&v).map_err(|m| r.err("bgp_gobgp_api", m))?,
     };
     Ok(BgpConfig {
         asn,
@@ -876,8 +877,20 @@ fn raft_settings(r: &Reader, me: &str) -> Result<RaftSettings, ConfigError> {
     let state_dir = r
         .string("vip_raft_state_dir")
         .unwrap_or_else(|| "/var/lib/vipd/raft".into());
+    let Some(secret_file) = r.string("vip_raft_secret_file") else {
+        return Err(r.err(
+            "vip_raft_secret_file",
+            "vip_raft=true needs a secret shared by every peer: a file with the same random bytes on each node (from a Secret or a host file), so nobody else can speak Raft to it",
+        ));
+    };
+    let bytes = std::fs::read(&secret_file)
+        .map_err(|e| r.err("vip_raft_secret_file", format!("cannot read: {e}")))?;
+    let secret =
+        vipd_raft::Secret::from_bytes(&bytes).map_err(|m| r.err("vip_raft_secret_file", m))?;
     Ok(RaftSettings {
         peers,
+        secret,
+        secret_file: PathBuf::from(secret_file),
         state_dir: PathBuf::from(state_dir),
         tick,
         heartbeat_ticks,

@@ -65,6 +65,7 @@ pub const SETTINGS: &[Setting] = &[
     b("vip_raft", "raft", "elect the control-plane VIP holder with Raft among vip_raft_peers: no API server needed (default false)"),
     s("vip_raft_peers", "raftPeers", "NAME=HOST:PORT of every control-plane node, comma separated; the same list, in the same order, on every node"),
     s("vip_raft_state_dir", "raftStateDir", "where Raft keeps term, vote and log (default /var/lib/vipd/raft)"),
+    s("vip_raft_secret_file", "raftSecretFile", "file holding the secret every Raft peer shares (at least 16 bytes); required with vip_raft"),
     s("vip_raft_tick", "raftTick", "Raft tick (default 50ms)"),
     s("vip_raft_heartbeat_ticks", "raftHeartbeatTicks", "ticks between leader heartbeats (default 2)"),
     s("vip_raft_election_ticks", "raftElectionTicks", "ticks without a leader before a follower campaigns; randomized up to twice this (default 8)"),
@@ -85,7 +86,7 @@ pub const SETTINGS: &[Setting] = &[
     s("bgp_communities", "bgpCommunities", "communities on every route, AS:VALUE,... (vipd)"),
     s("bgp_local_pref", "bgpLocalPref", "LOCAL_PREF on every route, for iBGP peers (vipd)"),
     s("bgp_gobgpd_path", "gobgpdPath", "gobgpd binary vipd runs (vipd; default gobgpd)"),
-    s("bgp_gobgp_api", "gobgpAPI", "gRPC address of gobgpd (vipd; default 127.0.0.1:50051)"),
+    s("bgp_gobgp_api", "gobgpAPI", "gRPC address of gobgpd: unix:///PATH or HOST:PORT (vipd; default unix:///run/vipd/gobgpd.sock, a private directory)"),
     b("bgp_gobgp_external", "gobgpExternal", "use a gobgpd already running at bgp_gobgp_api instead of starting one (vipd)"),
     s("vip_healthcheck_url", "healthCheckURL", "BGP mode: announce the control-plane VIP only while this URL answers 200 (vipd; default https://127.0.0.1:PORT/readyz)"),
     // ARP.

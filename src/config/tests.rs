@@ -260,13 +260,25 @@ fn services_settings() {
     }
 }
 
+/// A secret file for Raft settings, unique to this test process.
+fn secret_file(name: &str, content: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("vipd-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
 #[test]
 fn raft_settings() {
     let peers = "n1=192.0.2.11:7946,n2=192.0.2.12:7946,n3=192.0.2.13:7946";
+    let secret = secret_file("good", "an-example-secret-of-32-bytes-ok\n");
+    let short = secret_file("short", "0123456789\n");
     let c = cp_arp(&[
         ("vip_raft", "true"),
         ("vip_raft_peers", peers),
         ("vip_nodename", "n2"),
+        ("vip_raft_secret_file", &secret),
     ])
     .unwrap();
     let Election::Raft(r) = c.control_plane.unwrap().election else {
@@ -281,6 +293,32 @@ fn raft_settings() {
 
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[("vip_raft", "true")], "vip_raft_peers"),
+        (
+            &[
+                ("vip_raft", "true"),
+                ("vip_raft_peers", peers),
+                ("vip_nodename", "n1"),
+            ],
+            "vip_raft_secret_file (flag --raftSecretFile): vip_raft=true needs a secret",
+        ),
+        (
+            &[
+                ("vip_raft", "true"),
+                ("vip_raft_peers", peers),
+                ("vip_nodename", "n1"),
+                ("vip_raft_secret_file", &short),
+            ],
+            "has 10 bytes; use at least 16",
+        ),
+        (
+            &[
+                ("vip_raft", "true"),
+                ("vip_raft_peers", peers),
+                ("vip_nodename", "n1"),
+                ("vip_raft_secret_file", "/nonexistent/vipd-secret"),
+            ],
+            "cannot read",
+        ),
         (
             &[
                 ("vip_raft", "true"),
@@ -306,6 +344,7 @@ fn raft_settings() {
                 ("vip_raft", "true"),
                 ("vip_raft_peers", peers),
                 ("vip_nodename", "n1"),
+                ("vip_raft_secret_file", &secret),
                 ("vip_raft_tick", "1ms"),
             ],
             "vip_raft_tick",
@@ -315,6 +354,7 @@ fn raft_settings() {
                 ("vip_raft", "true"),
                 ("vip_raft_peers", peers),
                 ("vip_nodename", "n1"),
+                ("vip_raft_secret_file", &secret),
                 ("vip_raft_election_ticks", "4"),
             ],
             "vip_raft_election_ticks",

@@ -305,6 +305,17 @@ pub async fn vipd_nodes(
         let host = env.lab.add_host(&name, 10 + i as u8)?;
         let mut e = base.clone();
         set_env(&mut e, "vip_nodename", &name);
+        // The hosts share one filesystem: each vipd's gobgpd gets a socket
+        // of its own (on a real node the default path is private to it).
+        let bgp = e.iter().any(|(k, v)| k == "bgp_enable" && v == "true");
+        if bgp && !e.iter().any(|(k, _)| k == "bgp_gobgp_api") {
+            let sock = crate::run_dir().join(host.ns.name()).join("gobgpd.sock");
+            set_env(
+                &mut e,
+                "bgp_gobgp_api",
+                &format!("unix://{}", sock.display()),
+            );
+        }
         let mut node = VipdNode::new(host, bin, e, ports);
         node.start()?;
         nodes.push(node);
@@ -404,6 +415,7 @@ impl RaftLab {
             .map(|i| format!("n{i}={}:7946", crate::lab::host_v4(10 + i as u8)))
             .collect();
         let peers = peers.join(",");
+        let secret = crate::vipd::raft_secret_file(&prefix)?;
         let mut nodes = Vec::new();
         for i in 1..=n {
             let name = format!("n{i}");
@@ -421,6 +433,11 @@ impl RaftLab {
             .collect();
             crate::vipd::set_env(&mut env, "address", &vip.to_string());
             crate::vipd::set_env(&mut env, "vip_raft_peers", &peers);
+            crate::vipd::set_env(
+                &mut env,
+                "vip_raft_secret_file",
+                secret.to_str().expect("utf-8"),
+            );
             crate::vipd::set_env(&mut env, "vip_nodename", &name);
             crate::vipd::set_env(
                 &mut env,

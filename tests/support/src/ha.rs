@@ -145,6 +145,12 @@ impl HaCluster {
             set_env(&mut base, "vip_leaderelection", "false");
             set_env(&mut base, "vip_raft", "true");
             set_env(&mut base, "vip_raft_peers", &raft_peers);
+            let secret = crate::vipd::raft_secret_file(&prefix)?;
+            set_env(
+                &mut base,
+                "vip_raft_secret_file",
+                secret.to_str().expect("utf-8"),
+            );
         }
         for (k, v) in extra {
             set_env(&mut base, k, v);

@@ -18,6 +18,7 @@ pub mod lab;
 pub mod netns;
 pub mod probe;
 pub mod process;
+pub mod raft_forge;
 pub mod services;
 pub mod vipd;
 

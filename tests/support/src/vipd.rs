@@ -34,6 +34,18 @@ pub fn manifest_env(path: &Path) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// A file holding a fresh random Raft secret (`vip_raft_secret_file`),
+/// shared by the peers of one lab.
+pub fn raft_secret_file(prefix: &str) -> Result<PathBuf> {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let path = run_dir().join(format!("{prefix}-raft-secret"));
+    std::fs::write(&path, format!("{text}\n"))?;
+    Ok(path)
+}
+
 /// Replaces or adds `key=value` in an environment list.
 pub fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
     env.retain(|(k, _)| k != key);
