@@ -2,13 +2,51 @@
 //! (address assigned, moved, released, every error) and on a node
 //! (leadership changes). One recorder; a repeated identical message for the
 //! same object is published once.
+//!
+//! Events are created directly (`events.k8s.io/v1`), without kube's
+//! `Recorder`: it keeps every Event it published for six minutes to count
+//! series, so a burst of Services leaves megabytes behind. vipd's own
+//! de-duplication already keeps repeats off the API server.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, PostParams};
 use kube::Client;
+
+/// One Event to publish.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: String,
+    pub note: Option<String>,
+}
+
+/// The Event object for `ev` about `object`, reported by vipd on `node`.
+fn event_object(ev: &Event, object: &ObjectReference, node: &str) -> K8sEvent {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut e = K8sEvent {
+        action: Some(ev.reason.clone()),
+        reason: Some(ev.reason.clone()),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(object.clone()),
+        note: ev.note.clone(),
+        reporting_controller: Some("vipd".into()),
+        reporting_instance: Some(node.to_string()),
+        type_: Some(if ev.warning { "Warning" } else { "Normal" }.into()),
+        ..Default::default()
+    };
+    e.metadata.namespace = object.namespace.clone();
+    e.metadata.name = Some(format!(
+        "{}.{:x}",
+        object.name.as_deref().unwrap_or("vipd"),
+        now.as_nanosecond()
+    ));
+    e
+}
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -18,8 +56,10 @@ const QUEUE: usize = 256;
 
 pub struct Events {
     queue: mpsc::Sender<(ObjectReference, Event)>,
-    /// Last (reason, note) published per object uid, to publish changes only.
-    last: Mutex<HashMap<String, (String, String)>>,
+    /// Last (kind, reason, note) published per object uid, to publish
+    /// changes only; entries of deleted objects are dropped (see
+    /// [`Events::forget_absent`]), so it stays as large as the cluster.
+    last: Mutex<HashMap<String, (String, String, String)>>,
 }
 
 impl Events {
@@ -27,15 +67,14 @@ impl Events {
     /// and in order. Publishing only queues: a slow or unreachable API
     /// server never holds up an election, an address change or a reconcile.
     pub fn new(client: Client, node: &str) -> Events {
-        let reporter = Reporter {
-            controller: "vipd".into(),
-            instance: Some(node.to_string()),
-        };
-        let recorder = Recorder::new(client, reporter);
+        let node = node.to_string();
         let (queue, mut rx) = mpsc::channel::<(ObjectReference, Event)>(QUEUE);
         tokio::spawn(async move {
             while let Some((object, ev)) = rx.recv().await {
-                if let Err(e) = recorder.publish(&ev, &object).await {
+                let ns = object.namespace.clone().unwrap_or_else(|| "default".into());
+                let api: Api<K8sEvent> = Api::namespaced(client.clone(), &ns);
+                let obj = event_object(&ev, &object, &node);
+                if let Err(e) = api.create(&PostParams::default(), &obj).await {
                     debug!(error = %e, reason = ev.reason, "could not publish an Event");
                 }
             }
@@ -55,22 +94,17 @@ impl Events {
             .unwrap_or_else(|| format!("{:?}/{:?}", object.namespace, object.name));
         {
             let mut last = self.last.lock().expect("not poisoned");
-            let entry = (reason.to_string(), note.clone());
+            let kind = object.kind.clone().unwrap_or_default();
+            let entry = (kind, reason.to_string(), note.clone());
             if last.get(&id) == Some(&entry) {
                 return;
             }
             last.insert(id.clone(), entry);
         }
         let ev = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+            warning,
             reason: reason.to_string(),
             note: Some(note),
-            action: reason.to_string(),
-            secondary: None,
         };
         if let Err(e) = self.queue.try_send((object.clone(), ev)) {
             let ev = match e {
@@ -82,9 +116,18 @@ impl Events {
         }
     }
 
-    /// Forgets what was published for `uid` (the object is gone).
-    pub fn forget(&self, uid: &str) {
-        self.last.lock().expect("not poisoned").remove(uid);
+    /// Forgets what was published for objects of `kind` whose uid is not
+    /// in `live` (they were deleted).
+    pub fn forget_absent(&self, kind: &str, live: &std::collections::HashSet<String>) {
+        self.last
+            .lock()
+            .expect("not poisoned")
+            .retain(|uid, (k, _, _)| k != kind || live.contains(uid));
+    }
+
+    /// Objects remembered (for tests and status).
+    pub fn remembered(&self) -> usize {
+        self.last.lock().expect("not poisoned").len()
     }
 }
 
@@ -129,5 +172,28 @@ mod tests {
             "a dropped Event counts as published"
         );
         held.abort();
+    }
+
+    #[tokio::test]
+    async fn deleted_objects_are_forgotten() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let events = Events::new(Client::try_from(config).unwrap(), "n1");
+        let obj = |kind: &str, uid: &str| ObjectReference {
+            kind: Some(kind.into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        };
+        for i in 0..10 {
+            events.publish(
+                &obj("Service", &format!("s{i}")),
+                false,
+                "AddressAssigned",
+                "x".into(),
+            );
+        }
+        events.publish(&obj("Node", "n1"), false, "LeaderElected", "x".into());
+        let live: std::collections::HashSet<String> = ["s3".to_string()].into();
+        events.forget_absent("Service", &live);
+        assert_eq!(events.remembered(), 2, "a live Service and the Node stay");
     }
 }

@@ -1,5 +1,10 @@
 //! The Kubernetes client: kubeconfig from `k8s_config_file`, else the
 //! in-cluster service account, else `$KUBECONFIG` / `~/.kube/config`.
+//!
+//! One HTTP/2 connection carries every request and watch (kube's own
+//! client speaks HTTP/1.1: a burst of Lease renewals and Service writes
+//! opens a connection each, a hundred per node, each a TLS session kept
+//! idle for 90 s). HTTP/2 pings notice a dead API server within 15 s.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -39,6 +44,68 @@ pub async fn connect_to(kubeconfig: Option<&Path>) -> Result<(Client, Option<IpA
         .host()
         .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
         .and_then(|h| h.parse().ok());
-    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    let client = build(config).context("building the Kubernetes client")?;
     Ok((client, server))
+}
+
+/// kube's client stack over a hyper client that negotiates HTTP/2.
+fn build(config: kube::Config) -> Result<Client> {
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    use kube::client::ConfigExt;
+    use tower::ServiceBuilder;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(config.connect_timeout);
+    let mut tls = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config.rustls_client_config()?)
+        .https_or_http();
+    if let Some(name) = &config.tls_server_name {
+        let name = rustls::pki_types::ServerName::try_from(name.clone())
+            .map_err(|e| anyhow::anyhow!("tls-server-name {name:?}: {e}"))?;
+        tls = tls.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+    }
+    let https = tls.enable_http1().enable_http2().wrap_connector(http);
+    let hyper = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(2)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_while_idle(true)
+        .build(https);
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_err(tower::BoxError::from)
+        .service(hyper);
+    Ok(Client::new(service, config.default_namespace))
+}
+
+/// Creates vipd's namespace when it is missing and these credentials may
+/// (a static pod with the admin kubeconfig starts before anything is
+/// applied); otherwise says what to do. Never fatal: the elections retry.
+pub async fn ensure_namespace(client: &Client, name: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, PostParams};
+    let api: Api<Namespace> = Api::all(client.clone());
+    match api.get_opt(name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let mut ns = Namespace::default();
+            ns.metadata.name = Some(name.to_string());
+            match api.create(&PostParams::default(), &ns).await {
+                Ok(_) => tracing::info!(namespace = name, "created vipd's namespace"),
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => {
+                    tracing::warn!(namespace = name, error = %e, "vipd's namespace does not exist and cannot be created: apply manifests/rbac.yaml")
+                }
+            }
+        }
+        // A ServiceAccount may not read Namespaces: rbac.yaml made it.
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        Err(e) => tracing::debug!(namespace = name, error = %e, "cannot check vipd's namespace"),
+    }
 }

@@ -22,6 +22,7 @@ pub mod instance;
 pub mod kubeclient;
 pub mod manager;
 pub mod manifest;
+pub mod memory;
 pub mod netlink;
 pub mod services;
 pub mod shutdown;

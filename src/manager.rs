@@ -59,6 +59,9 @@ pub async fn run(config: Config) -> Result<()> {
         }
     };
     let shutdown = shutdown::on_signal()?;
+    if let Some(c) = &client {
+        kubeclient::ensure_namespace(c, &config.namespace).await;
+    }
 
     let vips = vips::start(
         netlink.clone(),
@@ -352,6 +355,7 @@ fn raft_config(r: &RaftSettings, me: &str) -> vipd_raft::RaftConfig {
         election_ticks: r.election_ticks,
         state_dir: r.state_dir.clone(),
         secret: r.secret.clone(),
+        compact_after: 0,
     }
 }
 

@@ -26,7 +26,20 @@ impl Distro {
 }
 
 pub const NAME: &str = "vipd";
-pub const NAMESPACE: &str = "kube-system";
+/// vipd's own namespace: its ServiceAccount, DaemonSets and every Lease it
+/// writes. A namespace of its own lets RBAC grant Leases there and nowhere
+/// else (kube-system holds the scheduler's and controller-manager's).
+pub const NAMESPACE: &str = "vipd-system";
+/// Where static pods run, as every control-plane static pod does.
+pub const STATIC_POD_NAMESPACE: &str = "kube-system";
+/// The pools ConfigMap's namespace and name (kube-vip-cloud-provider's).
+pub const POOLS_NAMESPACE: &str = "kube-system";
+pub const POOLS_NAME: &str = "kubevip";
+/// Raft's state on the host, and the shared secret's file.
+pub const RAFT_STATE_DIR: &str = "/var/lib/vipd/raft";
+pub const RAFT_SECRET_FILE: &str = "/etc/vipd/raft-secret";
+/// The Secret a DaemonSet reads the Raft secret from (key `secret`).
+pub const RAFT_SECRET_NAME: &str = "vipd-raft";
 
 /// What every manifest needs to know.
 #[derive(Debug, Clone)]
@@ -35,13 +48,53 @@ pub struct ManifestOptions {
     pub distro: Distro,
 }
 
-/// The container environment for `layers` (flags given to `vipd manifest`).
+fn on(layers: &Layers, key: &str) -> bool {
+    layers
+        .get(key)
+        .and_then(|g| crate::config::parse_bool(&g.value))
+        .unwrap_or(false)
+}
+
+/// Where Raft keeps its state and finds its secret, as the manifest sets them.
+fn raft_paths(layers: &Layers) -> Option<(String, String)> {
+    if !on(layers, "vip_raft") {
+        return None;
+    }
+    let given = |k: &str, d: &str| {
+        layers
+            .get(k)
+            .map(|g| g.value.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| d.to_string())
+    };
+    Some((
+        given("vip_raft_state_dir", RAFT_STATE_DIR),
+        given("vip_raft_secret_file", RAFT_SECRET_FILE),
+    ))
+}
+
+/// The container environment for `layers` (flags given to `vipd manifest`):
+/// what was asked, plus vipd's namespace and (Raft) the paths the volumes
+/// provide, unless given.
 fn env(layers: &Layers, kubeconfig: Option<&str>) -> Vec<Value> {
     let mut out: Vec<Value> = layers
         .iter()
         .filter(|(k, _)| *k != "vip_nodename" && *k != "k8s_config_file")
         .map(|(k, g)| json!({ "name": k, "value": g.value }))
         .collect();
+    if layers.get("cp_namespace").is_none() {
+        out.push(json!({ "name": "cp_namespace", "value": NAMESPACE }));
+    }
+    if let Some((state, secret)) = raft_paths(layers) {
+        for (k, v) in [
+            ("vip_raft_state_dir", state),
+            ("vip_raft_secret_file", secret),
+        ] {
+            if layers.get(k).is_none() {
+                out.push(json!({ "name": k, "value": v }));
+            }
+        }
+    }
     out.push(json!({
         "name": "vip_nodename",
         "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } }
@@ -50,6 +103,41 @@ fn env(layers: &Layers, kubeconfig: Option<&str>) -> Vec<Value> {
         out.push(json!({ "name": "k8s_config_file", "value": path }));
     }
     out
+}
+
+/// Volumes for Raft: its state on the host (a restarted container keeps
+/// term and vote, so it can never vote twice in a term), and the shared
+/// secret from a host file (static pod: it cannot read Secrets) or from the
+/// Secret `vipd-raft` (DaemonSet).
+fn raft_volumes(layers: &Layers, static_pod: bool) -> (Vec<Value>, Vec<Value>) {
+    let Some((state, secret)) = raft_paths(layers) else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut mounts = vec![json!({ "name": "raft-state", "mountPath": state })];
+    let mut volumes = vec![
+        json!({ "name": "raft-state", "hostPath": { "path": state, "type": "DirectoryOrCreate" } }),
+    ];
+    if static_pod {
+        mounts.push(json!({ "name": "raft-secret", "mountPath": secret, "readOnly": true }));
+        volumes
+            .push(json!({ "name": "raft-secret", "hostPath": { "path": secret, "type": "File" } }));
+    } else {
+        let path = std::path::Path::new(&secret);
+        let dir = path
+            .parent()
+            .and_then(|d| d.to_str())
+            .unwrap_or("/etc/vipd");
+        let file = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or("raft-secret");
+        mounts.push(json!({ "name": "raft-secret", "mountPath": dir, "readOnly": true }));
+        volumes.push(json!({ "name": "raft-secret", "secret": {
+            "secretName": RAFT_SECRET_NAME, "defaultMode": 0o400,
+            "items": [{ "key": "secret", "path": file }]
+        } }));
+    }
+    (mounts, volumes)
 }
 
 fn container(layers: &Layers, image: &str, kubeconfig: Option<&str>) -> Value {
@@ -78,8 +166,13 @@ fn container(layers: &Layers, image: &str, kubeconfig: Option<&str>) -> Value {
         c["readinessProbe"] =
             json!({ "httpGet": { "path": "/readyz", "port": port }, "periodSeconds": 5 });
     }
+    let mut mounts = Vec::new();
     if let Some(path) = kubeconfig {
-        c["volumeMounts"] = json!([{ "name": "kubeconfig", "mountPath": path, "readOnly": true }]);
+        mounts.push(json!({ "name": "kubeconfig", "mountPath": path, "readOnly": true }));
+    }
+    mounts.extend(raft_volumes(layers, kubeconfig.is_some()).0);
+    if !mounts.is_empty() {
+        c["volumeMounts"] = json!(mounts);
     }
     c
 }
@@ -94,13 +187,7 @@ fn tolerations() -> Value {
 
 /// The component a pod serves: `control-plane` or `services` (or both).
 fn component(layers: &Layers) -> &'static str {
-    let on = |k: &str| {
-        layers
-            .get(k)
-            .and_then(|g| crate::config::parse_bool(&g.value))
-            .unwrap_or(false)
-    };
-    match (on("cp_enable"), on("svc_enable")) {
+    match (on(layers, "cp_enable"), on(layers, "svc_enable")) {
         (false, true) => "services",
         (true, true) => "control-plane-and-services",
         _ => "control-plane",
@@ -124,15 +211,18 @@ fn name_for(component: &str) -> String {
 /// A static pod for every control-plane node.
 pub fn pod(layers: &Layers, o: &ManifestOptions) -> Value {
     let kubeconfig = o.distro.kubeconfig_path();
+    let mut volumes =
+        vec![json!({ "name": "kubeconfig", "hostPath": { "path": kubeconfig, "type": "File" } })];
+    volumes.extend(raft_volumes(layers, true).1);
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": { "name": name_for(component(layers)), "namespace": NAMESPACE, "labels": labels_for(component(layers)) },
+        "metadata": { "name": name_for(component(layers)), "namespace": STATIC_POD_NAMESPACE, "labels": labels_for(component(layers)) },
         "spec": {
             "hostNetwork": true,
             "priorityClassName": "system-node-critical",
             "containers": [container(layers, &o.image, Some(kubeconfig))],
-            "volumes": [{ "name": "kubeconfig", "hostPath": { "path": kubeconfig, "type": "File" } }],
+            "volumes": volumes,
             "tolerations": tolerations()
         }
     })
@@ -141,10 +231,7 @@ pub fn pod(layers: &Layers, o: &ManifestOptions) -> Value {
 /// A DaemonSet that runs with the `vipd` ServiceAccount (see [`rbac`]);
 /// with `cp_enable` only on control-plane nodes.
 pub fn daemonset(layers: &Layers, o: &ManifestOptions) -> Value {
-    let control_plane = layers
-        .get("cp_enable")
-        .and_then(|g| crate::config::parse_bool(&g.value))
-        .unwrap_or(false);
+    let control_plane = on(layers, "cp_enable");
     let mut spec = json!({
         "serviceAccountName": NAME,
         "hostNetwork": true,
@@ -152,6 +239,10 @@ pub fn daemonset(layers: &Layers, o: &ManifestOptions) -> Value {
         "containers": [container(layers, &o.image, None)],
         "tolerations": tolerations()
     });
+    let volumes = raft_volumes(layers, false).1;
+    if !volumes.is_empty() {
+        spec["volumes"] = json!(volumes);
+    }
     if control_plane {
         spec["affinity"] = json!({
             "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": { "nodeSelectorTerms": [
@@ -172,14 +263,11 @@ pub fn daemonset(layers: &Layers, o: &ManifestOptions) -> Value {
     })
 }
 
-/// What vipd does with the API, and nothing more.
+/// What vipd does with the API across the cluster, and nothing more: it
+/// reads Services, EndpointSlices and Nodes (never writes Nodes), writes
+/// Services' annotations and status, and Events. No Secrets, no Leases.
 pub fn cluster_role_rules() -> Value {
     json!([
-        {
-            "apiGroups": ["coordination.k8s.io"],
-            "resources": ["leases"],
-            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]
-        },
         {
             "apiGroups": ["", "events.k8s.io"],
             "resources": ["events"],
@@ -203,20 +291,45 @@ pub fn cluster_role_rules() -> Value {
         {
             "apiGroups": [""],
             "resources": ["nodes"],
-            "verbs": ["list", "watch"]
+            "verbs": ["get", "list", "watch"]
         }
     ])
 }
 
-/// The pools ConfigMap is read in its own namespace only.
-pub fn pools_role_rules() -> Value {
-    json!([{ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"] }])
+/// Leases, in vipd's own namespace only: the elections, per-address
+/// Leases and instance records.
+pub fn lease_role_rules() -> Value {
+    json!([{
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]
+    }])
 }
 
-/// ServiceAccount, ClusterRole and ClusterRoleBinding, and a Role for the
-/// pools ConfigMap in kube-system.
+/// The pools ConfigMap, by name, read only.
+pub fn pools_role_rules() -> Value {
+    json!([{
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": [POOLS_NAME],
+        "verbs": ["get", "list", "watch"]
+    }])
+}
+
+fn subject() -> Value {
+    json!([{ "kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE }])
+}
+
+/// vipd's namespace and ServiceAccount; a ClusterRole for Services,
+/// EndpointSlices, Nodes (read) and Events; a Role for Leases in vipd's
+/// namespace; a Role for the pools ConfigMap in kube-system.
 pub fn rbac() -> Vec<Value> {
     vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": { "name": NAMESPACE }
+        }),
         json!({
             "apiVersion": "v1",
             "kind": "ServiceAccount",
@@ -233,20 +346,33 @@ pub fn rbac() -> Vec<Value> {
             "kind": "ClusterRoleBinding",
             "metadata": { "name": NAME },
             "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME },
-            "subjects": [{ "kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE }]
+            "subjects": subject()
         }),
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": { "name": "vipd-pools", "namespace": NAMESPACE },
+            "metadata": { "name": "vipd-leases", "namespace": NAMESPACE },
+            "rules": lease_role_rules()
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": { "name": "vipd-leases", "namespace": NAMESPACE },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "vipd-leases" },
+            "subjects": subject()
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": { "name": "vipd-pools", "namespace": POOLS_NAMESPACE },
             "rules": pools_role_rules()
         }),
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": { "name": "vipd-pools", "namespace": NAMESPACE },
+            "metadata": { "name": "vipd-pools", "namespace": POOLS_NAMESPACE },
             "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "vipd-pools" },
-            "subjects": [{ "kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE }]
+            "subjects": subject()
         }),
     ]
 }

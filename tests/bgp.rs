@@ -299,7 +299,7 @@ fn services_are_announced_from_eligible_nodes_with_communities() {
         let bird = router(3, &[]);
         let ns = env.namespace("bgpsvc").await;
         let lease_ns = env.namespace("bgplease").await;
-        vipd_testkit::failover::grant_pools_role(env, &ns).unwrap();
+        vipd_testkit::failover::grant_roles(env, &ns).unwrap();
         let pools = format!("{ns}/kubevip");
         let (mut nodes, _health) = bgp_nodes(
             3,

@@ -173,3 +173,201 @@ fn bad_configuration_is_one_clear_line() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// Raft's state directory and secret are host mounts (a static pod) or a
+/// host mount and a Secret (a DaemonSet), at the paths vipd is told.
+#[test]
+fn raft_state_and_secret_are_mounted() {
+    let path = workspace_root().join("manifests/k3s/vipd-static-pod-raft.yaml");
+    let pod: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let daemonset: serde_yaml::Value = {
+        let out = Command::new(env!("CARGO_BIN_EXE_vipd"))
+            .args(["manifest", "daemonset", "--controlplane", "--arp", "--raft"])
+            .args([
+                "--raftPeers",
+                "n1=192.0.2.11:7946,n2=192.0.2.12:7946,n3=192.0.2.13:7946",
+            ])
+            .args([
+                "--raftStateDir",
+                "/var/lib/example/raft",
+                "--address",
+                "192.0.2.100",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        serde_yaml::from_slice(&out.stdout).unwrap()
+    };
+    for (doc, spec, state_dir) in [
+        (&pod, &pod["spec"], "/var/lib/vipd/raft"),
+        (
+            &daemonset,
+            &daemonset["spec"]["template"]["spec"],
+            "/var/lib/example/raft",
+        ),
+    ] {
+        let c = &spec["containers"][0];
+        let env_of = |k: &str| {
+            c["env"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == k)
+                .and_then(|e| e["value"].as_str())
+                .unwrap_or_else(|| panic!("{k} not set in {doc:?}"))
+                .to_string()
+        };
+        assert_eq!(env_of("vip_raft_state_dir"), state_dir);
+        let secret = env_of("vip_raft_secret_file");
+        assert_eq!(secret, "/etc/vipd/raft-secret");
+        let mount = |name: &str| {
+            c["volumeMounts"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == name)
+                .unwrap_or_else(|| panic!("no {name} mount"))
+                .clone()
+        };
+        let volume = |name: &str| {
+            spec["volumes"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == name)
+                .unwrap_or_else(|| panic!("no {name} volume"))
+                .clone()
+        };
+        assert_eq!(mount("raft-state")["mountPath"], state_dir);
+        assert_eq!(volume("raft-state")["hostPath"]["path"], state_dir);
+        assert_eq!(
+            volume("raft-state")["hostPath"]["type"],
+            "DirectoryOrCreate"
+        );
+        let s = volume("raft-secret");
+        if doc["kind"] == "Pod" {
+            assert_eq!(mount("raft-secret")["mountPath"], secret.as_str());
+            assert_eq!(s["hostPath"]["path"], secret.as_str());
+            assert_eq!(s["hostPath"]["type"], "File");
+        } else {
+            assert_eq!(mount("raft-secret")["mountPath"], "/etc/vipd");
+            assert_eq!(s["secret"]["secretName"], "vipd-raft");
+            assert_eq!(s["secret"]["items"][0]["path"], "raft-secret");
+        }
+        assert_eq!(mount("raft-secret")["readOnly"], true);
+    }
+}
+
+/// The ServiceAccount of `manifests/rbac.yaml`, asked of the real API
+/// server: what vipd needs, and nothing else (other Leases, Secrets,
+/// writing Nodes, other ConfigMaps).
+#[test]
+fn rbac_grants_what_vipd_uses_and_nothing_more() {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let env = env();
+    env.apply_once("manifests/rbac.yaml").unwrap();
+    env.run(async move {
+        let api: kube::Api<SubjectAccessReview> = kube::Api::all(env.admin().await);
+        let can = |verb: &'static str,
+                   resource: &'static str,
+                   ns: Option<&'static str>,
+                   name: Option<&'static str>| {
+            let api = api.clone();
+            async move {
+                let group = match resource {
+                    "leases" => "coordination.k8s.io",
+                    "endpointslices" => "discovery.k8s.io",
+                    _ => "",
+                };
+                let (resource, subresource) = match resource.split_once('/') {
+                    Some((r, s)) => (r, Some(s.to_string())),
+                    None => (resource, None),
+                };
+                let sar = SubjectAccessReview {
+                    spec: SubjectAccessReviewSpec {
+                        user: Some("system:serviceaccount:vipd-system:vipd".into()),
+                        groups: Some(vec![
+                            "system:serviceaccounts".into(),
+                            "system:serviceaccounts:vipd-system".into(),
+                            "system:authenticated".into(),
+                        ]),
+                        resource_attributes: Some(ResourceAttributes {
+                            verb: Some(verb.into()),
+                            group: Some(group.into()),
+                            resource: Some(resource.into()),
+                            subresource,
+                            namespace: ns.map(String::from),
+                            name: name.map(String::from),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                let r = api.create(&Default::default(), &sar).await.unwrap();
+                r.status.unwrap().allowed
+            }
+        };
+        let allowed = [
+            (
+                "update",
+                "leases",
+                Some("vipd-system"),
+                Some("plndr-cp-lock"),
+            ),
+            ("create", "leases", Some("vipd-system"), None),
+            (
+                "delete",
+                "leases",
+                Some("vipd-system"),
+                Some("vipd-addr-192-0-2-150"),
+            ),
+            ("watch", "leases", Some("vipd-system"), None),
+            ("list", "configmaps", Some("kube-system"), Some("kubevip")),
+            ("watch", "configmaps", Some("kube-system"), Some("kubevip")),
+            ("patch", "services/status", Some("default"), Some("traefik")),
+            ("patch", "services", Some("tenant"), Some("web")),
+            ("list", "nodes", None, None),
+            ("create", "events", Some("tenant"), None),
+        ];
+        for (verb, res, ns, name) in allowed {
+            assert!(
+                can(verb, res, ns, name).await,
+                "vipd may not {verb} {res} {ns:?}/{name:?}"
+            );
+        }
+        let denied = [
+            ("update", "leases", Some("kube-node-lease"), Some("n1")),
+            ("create", "leases", Some("kube-node-lease"), None),
+            (
+                "update",
+                "leases",
+                Some("kube-system"),
+                Some("kube-scheduler"),
+            ),
+            (
+                "delete",
+                "leases",
+                Some("kube-system"),
+                Some("kube-controller-manager"),
+            ),
+            ("get", "secrets", Some("vipd-system"), Some("vipd-raft")),
+            ("list", "secrets", None, None),
+            ("update", "nodes", None, Some("n1")),
+            ("patch", "nodes", None, Some("n1")),
+            ("get", "configmaps", Some("kube-system"), Some("coredns")),
+            ("list", "configmaps", Some("kube-system"), None),
+            ("update", "services", Some("default"), Some("kubernetes")),
+            ("delete", "services", Some("default"), Some("kubernetes")),
+        ];
+        for (verb, res, ns, name) in denied {
+            assert!(
+                !can(verb, res, ns, name).await,
+                "vipd may {verb} {res} {ns:?}/{name:?}"
+            );
+        }
+    });
+}

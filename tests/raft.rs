@@ -360,3 +360,68 @@ fn forged_raft_messages_without_the_secret_change_nothing() {
         assert_ne!(next, leader);
     });
 }
+
+/// Raft's term and vote survive a restart on the same state directory (the
+/// manifests mount it from the host): a node that voted in a term, killed
+/// and started again, refuses a second candidate in that term.
+#[test]
+fn a_restarted_node_cannot_vote_twice_in_a_term() {
+    let _l = lock();
+    let mut lab = RaftLab::start(3, vip(), bin(), &[]).unwrap();
+    let c = &mut lab.cluster;
+    // Only n1 runs vipd; n2 and n3 are stand-ins the test speaks for.
+    c.nodes[1].kill();
+    c.nodes[2].kill();
+    let setting = |k: &str| {
+        c.nodes[0]
+            .env
+            .iter()
+            .find(|(n, _)| n == k)
+            .unwrap()
+            .1
+            .clone()
+    };
+    let peers = vipd_raft::Peers::parse(&setting("vip_raft_peers")).unwrap();
+    let secret =
+        vipd_raft::Secret::from_bytes(&std::fs::read(setting("vip_raft_secret_file")).unwrap())
+            .unwrap();
+    let state = Path::new(&setting("vip_raft_state_dir")).join("raft-state.json");
+    let term_now = || -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+        v["term"].as_u64().unwrap()
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let term = term_now() + 100;
+    let ask = |host: &vipd_testkit::lab::Host, me: &str| {
+        // The stand-in's sockets must be opened on the namespace's threads.
+        let rt = host.ns.runtime(1).unwrap();
+        let (peers, secret, me) = (peers.clone(), secret.clone(), me.to_string());
+        rt.block_on(async move {
+            tokio::spawn(async move {
+                vipd_testkit::raft_forge::request_vote(&peers, &secret, &me, "n1", term).await
+            })
+            .await
+        })
+        .unwrap()
+        .unwrap()
+    };
+    assert!(
+        ask(&c.nodes[1].host, "n2"),
+        "n1 did not vote for n2 in a fresh term"
+    );
+    // Voting twice in the same term is refused while running...
+    assert!(
+        !ask(&c.nodes[2].host, "n3"),
+        "n1 voted twice in term {term}"
+    );
+    // ... and after a crash and restart on the same state directory.
+    c.nodes[0].kill();
+    c.nodes[0].start().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !ask(&c.nodes[2].host, "n3"),
+        "after a restart n1 voted twice in term {term}"
+    );
+    assert_eq!(term_now(), term);
+}

@@ -219,7 +219,7 @@ fn vipctl_status_matches_the_real_state() {
     let _l = env.lab_lock();
     env.run(async move {
         let svc_ns = env.namespace("ctl").await;
-        vipd_testkit::failover::grant_pools_role(env, &svc_ns).unwrap();
+        vipd_testkit::failover::grant_roles(env, &svc_ns).unwrap();
         let pools = format!("{svc_ns}/kubevip");
         let extra = [("svc_enable", "true"), ("svc_namespace", svc_ns.as_str()), ("svc_pool_configmap", pools.as_str())];
         let (mut c, lease_ns) = lease_cluster(env, 3, &[ip(VIP4)], bin(), &extra).await.unwrap();

@@ -11,9 +11,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::{ConfState, Message, MessageType};
+use raft::eraftpb::{ConfState, Message, MessageType, Snapshot};
 use raft::storage::MemStorage;
-use raft::{Config, RawNode, StateRole};
+use raft::{Config, GetEntriesContext, RawNode, StateRole, Storage};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -45,6 +45,9 @@ pub struct RaftConfig {
     pub state_dir: PathBuf,
     /// The key derived from the secret every peer shares.
     pub secret: crate::Secret,
+    /// Compact the log when this many applied entries piled up (0: the
+    /// default, [`COMPACT_AFTER`]).
+    pub compact_after: u64,
 }
 
 impl RaftConfig {
@@ -58,12 +61,32 @@ impl RaftConfig {
 #[error("{0}")]
 pub struct RaftError(pub String);
 
+/// Compact the log once this many entries are applied past the last
+/// compaction, keeping the last [`KEEP`] for followers a little behind.
+/// Elections append one entry per term, so this bounds the state file.
+pub const COMPACT_AFTER: u64 = 64;
+pub const KEEP: u64 = 16;
+
+/// A snapshot of the log up to `index`: an election has no state machine,
+/// so its metadata is all there is.
+fn snapshot(index: u64, term: u64, conf: &ConfState) -> Snapshot {
+    let mut s = Snapshot::default();
+    let m = s.mut_metadata();
+    m.index = index;
+    m.term = term;
+    m.set_conf_state(conf.clone());
+    s
+}
+
 fn stamp(epoch: Instant) -> Vec<u8> {
     (epoch.elapsed().as_micros() as u64).to_be_bytes().to_vec()
 }
 
 struct Loop<L> {
     node: RawNode<MemStorage>,
+    /// The voters (the peer list), for snapshots.
+    conf: ConfState,
+    compact_after: u64,
     disk: Persisted,
     transport: Transport,
     leadership: L,
@@ -102,9 +125,15 @@ pub async fn run<L: Leadership>(
     )
     .map_err(RaftError)?;
     let voters: Vec<u64> = cfg.peers.list.iter().map(|p| p.id).collect();
-    let storage = MemStorage::new_with_conf_state(ConfState::from((voters, vec![])));
+    let conf = ConfState::from((voters, vec![]));
+    let storage = MemStorage::new_with_conf_state(conf.clone());
     {
         let mut w = storage.wl();
+        let (index, term) = disk.snapshot();
+        if index > 0 {
+            w.apply_snapshot(snapshot(index, term, &conf))
+                .map_err(|e| RaftError(format!("Raft state: {e}")))?;
+        }
         w.append(&disk.entries())
             .map_err(|e| RaftError(format!("Raft state: {e}")))?;
         w.set_hardstate(disk.hard_state());
@@ -138,6 +167,8 @@ pub async fn run<L: Leadership>(
     );
     let mut l = Loop {
         node,
+        conf,
+        compact_after: cfg.compact_after,
         disk,
         transport,
         leadership,
@@ -245,8 +276,20 @@ impl<L: Leadership> Loop<L> {
         }
         let mut ready = self.node.ready();
         self.send(ready.take_messages());
-        let _ = ready.take_committed_entries();
         let mut dirty = false;
+        // A follower far behind gets the leader's snapshot instead of entries.
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+            self.node
+                .store()
+                .wl()
+                .apply_snapshot(snap)
+                .map_err(|e| RaftError(format!("Raft snapshot: {e}")))?;
+            self.disk.apply_snapshot(index, term);
+            dirty = true;
+        }
+        let _ = ready.take_committed_entries();
         if !ready.entries().is_empty() {
             self.disk.append(ready.entries());
             self.node
@@ -278,7 +321,46 @@ impl<L: Leadership> Loop<L> {
         self.send(light.take_messages());
         let _ = light.take_committed_entries();
         self.node.advance_apply();
-        Ok(())
+        self.compact()
+    }
+
+    /// Forgets applied entries once enough have piled up.
+    fn compact(&mut self) -> Result<(), RaftError> {
+        let applied = self.node.raft.raft_log.applied;
+        let (done, _) = self.disk.snapshot();
+        let after = if self.compact_after == 0 {
+            COMPACT_AFTER
+        } else {
+            self.compact_after
+        };
+        if applied < done + after + KEEP {
+            return Ok(());
+        }
+        let upto = applied - KEEP;
+        let err = |e: raft::Error| RaftError(format!("Raft log compaction: {e}"));
+        let store = self.node.store();
+        let term = store.term(upto).map_err(err)?;
+        let last = store.last_index().map_err(err)?;
+        let tail = store
+            .entries(
+                upto + 1,
+                last + 1,
+                u64::MAX,
+                GetEntriesContext::empty(false),
+            )
+            .map_err(err)?;
+        {
+            let mut w = store.wl();
+            let hs = w.hard_state().clone();
+            w.apply_snapshot(snapshot(upto, term, &self.conf))
+                .map_err(err)?;
+            w.append(&tail).map_err(err)?;
+            w.set_hardstate(hs);
+        }
+        self.disk.compact(upto, term);
+        self.disk
+            .write()
+            .map_err(|e| RaftError(format!("cannot persist the Raft state: {e}")))
     }
 
     /// Claims or extends the VIP while a quorum keeps acknowledging.

@@ -35,6 +35,11 @@ struct OnDisk {
     vote: u64,
     commit: u64,
     entries: Vec<DiskEntry>,
+    /// The log before these is compacted away: its last index and term.
+    #[serde(default)]
+    snapshot_index: u64,
+    #[serde(default)]
+    snapshot_term: u64,
 }
 
 #[derive(Debug)]
@@ -83,6 +88,8 @@ impl Persisted {
                 vote: 0,
                 commit: 0,
                 entries: Vec::new(),
+                snapshot_index: 0,
+                snapshot_term: 0,
             },
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
@@ -130,6 +137,39 @@ impl Persisted {
 
     pub fn set_commit(&mut self, commit: u64) {
         self.disk.commit = commit;
+    }
+
+    /// Index and term of the last compacted entry (0, 0: none).
+    pub fn snapshot(&self) -> (u64, u64) {
+        (self.disk.snapshot_index, self.disk.snapshot_term)
+    }
+
+    /// Forgets the entries up to `index` (whose term is `term`).
+    pub fn compact(&mut self, index: u64, term: u64) {
+        if index <= self.disk.snapshot_index {
+            return;
+        }
+        self.disk.entries.retain(|d| d.index > index);
+        self.disk.snapshot_index = index;
+        self.disk.snapshot_term = term;
+    }
+
+    /// Takes a leader's snapshot: the log up to `index` is replaced by it.
+    pub fn apply_snapshot(&mut self, index: u64, term: u64) {
+        self.disk.entries.clear();
+        self.disk.snapshot_index = index;
+        self.disk.snapshot_term = term;
+        self.disk.commit = self.disk.commit.max(index);
+        self.disk.term = self.disk.term.max(term);
+    }
+
+    /// How many entries the file holds.
+    pub fn len(&self) -> usize {
+        self.disk.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.disk.entries.is_empty()
     }
 
     /// Appends `entries`, replacing any entries from the first new index on.
@@ -225,6 +265,35 @@ mod tests {
                 .map(|e| (e.index, e.term))
                 .collect::<Vec<_>>(),
             vec![(1, 1), (2, 3)]
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn compaction_and_snapshots_survive_a_restart() {
+        let d = dir("compact");
+        let mut p = Persisted::open(&d, "fp", "a=1", "n1").unwrap();
+        p.append(&(1..=10).map(|i| entry(i, i)).collect::<Vec<_>>());
+        p.set_commit(10);
+        p.compact(7, 7);
+        p.compact(5, 5); // older: nothing changes
+        p.write().unwrap();
+        let q = Persisted::open(&d, "fp", "a=1", "n1").unwrap();
+        assert_eq!(q.snapshot(), (7, 7));
+        assert_eq!(
+            q.entries().iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![8, 9, 10]
+        );
+        let mut q = q;
+        q.apply_snapshot(20, 12);
+        assert_eq!(
+            (
+                q.snapshot(),
+                q.len(),
+                q.hard_state().commit,
+                q.hard_state().term
+            ),
+            ((20, 12), 0, 20, 12)
         );
         fs::remove_dir_all(&d).unwrap();
     }

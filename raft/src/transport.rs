@@ -103,6 +103,14 @@ impl Throttle {
 
 pub struct Transport {
     senders: HashMap<u64, mpsc::Sender<Message>>,
+    /// The listener's task: the port is free again once the transport is gone.
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
 }
 
 impl Transport {
@@ -120,7 +128,7 @@ impl Transport {
             )
         })?;
         tracing::info!(addr = %me.addr, peers = %peers, "Raft transport listening (authenticated)");
-        tokio::spawn(accept_loop(
+        let accept = tokio::spawn(accept_loop(
             listener,
             peers.clone(),
             secret.clone(),
@@ -138,7 +146,7 @@ impl Transport {
             ));
             senders.insert(p.id, tx);
         }
-        Ok(Transport { senders })
+        Ok(Transport { senders, accept })
     }
 
     /// Queues `msg` for its peer; dropped when the queue is full.
@@ -328,6 +336,9 @@ async fn sender_loop(
     // A message whose write failed: sent again on the next connection.
     let mut pending: Option<Vec<u8>> = None;
     loop {
+        if rx.is_closed() {
+            return;
+        }
         let conn =
             tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(peer.addr)).await;
         let mut s = match conn {
@@ -336,6 +347,9 @@ async fn sender_loop(
                 // Messages for a peer we cannot reach are stale by the time we can.
                 pending = None;
                 while rx.try_recv().is_ok() {}
+                if rx.is_closed() {
+                    return;
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;

@@ -34,9 +34,11 @@ enum Cmd {
         /// Services of this namespace only.
         #[arg(short = 'n', long)]
         namespace: Option<String>,
-        /// vipd's namespace (`cp_namespace`): instance records and the control-plane Lease.
-        #[arg(long, default_value = "kube-system")]
-        vipd_namespace: String,
+        /// vipd's namespace (`cp_namespace`): instance records and the
+        /// control-plane Lease (default: vipd-system, else kube-system,
+        /// whichever holds vipd's records).
+        #[arg(long)]
+        vipd_namespace: Option<String>,
         /// The control-plane Lease (`vip_leasename`).
         #[arg(long, default_value = "plndr-cp-lock")]
         lease: String,
@@ -80,6 +82,10 @@ async fn status(cli: Cmd) -> Result<bool, String> {
     let client = vipd::kubeclient::connect(kubeconfig.as_deref())
         .await
         .map_err(|e| format!("{e:#}"))?;
+    let vipd_namespace = match vipd_namespace {
+        Some(ns) => ns,
+        None => report::find_vipd_namespace(&client, &lease).await,
+    };
     let scope = report::Scope {
         vipd_namespace,
         lease,

@@ -39,6 +39,54 @@ pub fn lease_name(addr: IpAddr) -> String {
     }
 }
 
+/// The address a per-address Lease is for (the inverse of [`lease_name`]).
+pub fn address_of(name: &str) -> Option<IpAddr> {
+    let rest = name.strip_prefix("vipd-addr-")?;
+    let parts: Vec<&str> = rest.split('-').collect();
+    match parts.len() {
+        4 => rest.replace('-', ".").parse().ok(),
+        8 => {
+            let mut segs = [0u16; 8];
+            for (i, p) in parts.iter().enumerate() {
+                segs[i] = u16::from_str_radix(p, 16).ok()?;
+            }
+            Some(IpAddr::V6(segs.into()))
+        }
+        _ => None,
+    }
+}
+
+/// Per-address Leases that can go: their address is in no served
+/// Service's status, and nobody holds them (released, or not renewed for
+/// three lease durations by the record's own clock). Pure.
+pub fn garbage(
+    leases: &[Arc<Lease>],
+    in_use: &BTreeSet<IpAddr>,
+    now: k8s_openapi::jiff::Timestamp,
+    lease_duration: Duration,
+) -> Vec<(String, Option<String>)> {
+    leases
+        .iter()
+        .filter_map(|l| {
+            let name = l.metadata.name.clone()?;
+            let addr = address_of(&name)?;
+            if in_use.contains(&addr) {
+                return None;
+            }
+            let spec = l.spec.clone().unwrap_or_default();
+            let held = spec
+                .holder_identity
+                .as_deref()
+                .is_some_and(|h| !h.is_empty());
+            let stale = spec.renew_time.as_ref().is_none_or(|t| {
+                let age = now.as_millisecond() - t.0.as_millisecond();
+                age > 3 * lease_duration.as_millis() as i64
+            });
+            (!held || stale).then(|| (name, l.metadata.resource_version.clone()))
+        })
+        .collect()
+}
+
 /// An address to compete for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Want {
@@ -216,6 +264,27 @@ impl AddressLeases {
         }
     }
 
+    /// Deletes per-address Leases nobody needs any more (the Services
+    /// leader calls it); a Lease changed since it was read is kept.
+    pub async fn collect_garbage(&self, leases: &Store<Lease>, in_use: &BTreeSet<IpAddr>) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        for (name, rv) in garbage(&leases.state(), in_use, now, self.timing.lease_duration) {
+            let dp = kube::api::DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    resource_version: rv,
+                    uid: None,
+                }),
+                ..Default::default()
+            };
+            match self.api.delete(&name, &dp).await {
+                Ok(_) => tracing::debug!(lease = %name, "deleted a per-address Lease nobody needs"),
+                Err(e) => {
+                    tracing::debug!(lease = %name, error = %e, "could not delete a per-address Lease")
+                }
+            }
+        }
+    }
+
     /// Stops every election (releasing held Leases) and waits for them.
     pub async fn shutdown(&mut self) {
         for r in self.running.values() {
@@ -236,6 +305,54 @@ impl AddressLeases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_read_back_as_addresses() {
+        for a in ["192.0.2.150", "2001:db8::150", "2001:db8::", "::1"] {
+            let ip: IpAddr = a.parse().unwrap();
+            assert_eq!(address_of(&lease_name(ip)), Some(ip));
+        }
+        assert_eq!(address_of("plndr-svcs-lock"), None);
+        assert_eq!(address_of("vipd-addr-1-2-3"), None);
+    }
+
+    #[test]
+    fn only_unneeded_unheld_leases_are_garbage() {
+        use k8s_openapi::api::coordination::v1::LeaseSpec;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let lease = |addr: &str, holder: Option<&str>, age_s: i64| {
+            let mut l = Lease::default();
+            l.metadata.name = Some(lease_name(addr.parse().unwrap()));
+            l.metadata.resource_version = Some("7".into());
+            l.spec = Some(LeaseSpec {
+                holder_identity: holder.map(String::from),
+                renew_time: Some(MicroTime(
+                    k8s_openapi::jiff::Timestamp::from_millisecond(
+                        now.as_millisecond() - age_s * 1000,
+                    )
+                    .unwrap(),
+                )),
+                ..Default::default()
+            });
+            Arc::new(l)
+        };
+        let leases = vec![
+            lease("192.0.2.1", None, 1),        // released, unused: garbage
+            lease("192.0.2.2", Some("n1"), 1),  // held, unused: kept (its holder lets go first)
+            lease("192.0.2.3", Some("n1"), 60), // held by a dead node, unused: garbage
+            lease("192.0.2.4", None, 1),        // released but in use: kept
+        ];
+        let in_use: BTreeSet<IpAddr> = ["192.0.2.4".parse().unwrap()].into();
+        let g: Vec<String> = garbage(&leases, &in_use, now, Duration::from_secs(4))
+            .into_iter()
+            .map(|(n, rv)| {
+                assert_eq!(rv.as_deref(), Some("7"));
+                n
+            })
+            .collect();
+        assert_eq!(g, vec!["vipd-addr-192-0-2-1", "vipd-addr-192-0-2-3"]);
+    }
 
     #[test]
     fn lease_names_are_valid_and_distinct() {

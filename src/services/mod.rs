@@ -159,6 +159,7 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         host: HostFacts::default(),
         host_read_at: None,
         refused_logged: BTreeSet::new(),
+        gc_at: None,
     };
     info!("Services: waiting for the first lists of Services, EndpointSlices, Nodes and pools");
     c.informers.ready().await;
@@ -195,7 +196,12 @@ struct Controller {
     host_read_at: Option<Instant>,
     /// Addresses this node refused to claim (logged once each).
     refused_logged: BTreeSet<IpAddr>,
+    /// Leader: when unneeded per-address Leases were last deleted.
+    gc_at: Option<Instant>,
 }
+
+/// How often the Services leader deletes per-address Leases nobody needs.
+const GC_EVERY: Duration = Duration::from_secs(2);
 
 impl Controller {
     async fn run(
@@ -220,7 +226,10 @@ impl Controller {
                 }
                 _ = self.leader_rx.changed() => {}
                 Some(()) = addr_rx.recv() => {}
-                _ = resync.tick() => self.host_read_at = None,
+                _ = resync.tick() => {
+                    self.host_read_at = None;
+                    crate::memory::give_back();
+                }
                 _ = shutdown.changed() => {}
             }
         }
@@ -412,6 +421,12 @@ impl Controller {
         self.refresh_pools().await;
         self.refresh_host_facts().await;
         let objects: Vec<Arc<Service>> = self.informers.services.state();
+        // Deleted Services are forgotten by the Event de-duplication.
+        let live: std::collections::HashSet<String> = objects
+            .iter()
+            .filter_map(|o| o.metadata.uid.clone())
+            .collect();
+        self.ctx.events.forget_absent("Service", &live);
         let infos: Vec<(Arc<Service>, SvcInfo)> = objects
             .iter()
             .filter_map(|o| SvcInfo::from_service(o).map(|i| (o.clone(), i)))
@@ -491,6 +506,14 @@ impl Controller {
                 .set(wants, &self.informers.address_leases);
             announced.extend(self.set_leader_claims(leader_claims).await);
             announced.extend(self.address_leases.leading());
+            if self.leader_hold().is_some() && self.gc_at.is_none_or(|t| t.elapsed() > GC_EVERY) {
+                self.gc_at = Some(Instant::now());
+                let in_use: BTreeSet<IpAddr> =
+                    plans.iter().chain(&refused).map(|p| p.addr).collect();
+                self.address_leases
+                    .collect_garbage(&self.informers.address_leases, &in_use)
+                    .await;
+            }
         }
 
         // kube-vip.io/vipHost on the Services of the addresses this node

@@ -95,6 +95,24 @@ fn list(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// Where vipd keeps its Leases when the user did not say: the namespace
+/// of vipd's manifests, else kube-vip's default, whichever has vipd's
+/// records or the control-plane Lease.
+pub async fn find_vipd_namespace(client: &Client, lease: &str) -> String {
+    for ns in [crate::manifest::NAMESPACE, "kube-system"] {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+        let records = leases
+            .list(&ListParams::default().labels(instance::LABEL).limit(1))
+            .await
+            .map(|l| !l.items.is_empty())
+            .unwrap_or(false);
+        if records || leases.get_opt(lease).await.ok().flatten().is_some() {
+            return ns.to_string();
+        }
+    }
+    crate::manifest::NAMESPACE.to_string()
+}
+
 pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &scope.vipd_namespace);
     let records = leases

@@ -273,8 +273,9 @@ pub fn median_worst(d: &[Duration]) -> (f64, f64) {
 
 /// `n` lab hosts `n1`.. (192.0.2.11..) running vipd with the environment of
 /// the manifest at `manifest` (relative to the workspace), authenticated as
-/// the `kube-system/vipd` ServiceAccount bound by `manifests/rbac.yaml`;
-/// `extra` overrides settings. Each host answers TCP on `ports`.
+/// the `vipd-system/vipd` ServiceAccount bound by `manifests/rbac.yaml`;
+/// `extra` overrides settings (a test's own `cp_namespace` gets the
+/// manifest's Roles too). Each host answers TCP on `ports`.
 pub async fn vipd_nodes(
     env: &'static crate::apiserver::Env,
     n: usize,
@@ -286,7 +287,7 @@ pub async fn vipd_nodes(
     use crate::vipd::{manifest_env, set_env};
     env.apply_once("manifests/rbac.yaml")?;
     let kubeconfig = env
-        .service_account_kubeconfig("kube-system", "vipd")
+        .service_account_kubeconfig("vipd-system", "vipd")
         .await?;
     let mut base = manifest_env(&crate::workspace_root().join(manifest))?;
     set_env(&mut base, "vip_interface", "eth0");
@@ -298,6 +299,11 @@ pub async fn vipd_nodes(
     set_env(&mut base, "vip_loglevel", "debug");
     for (k, v) in extra {
         set_env(&mut base, k, v);
+    }
+    if let Some((_, ns)) = base.iter().find(|(k, _)| k == "cp_namespace") {
+        if ns != "vipd-system" {
+            grant_roles(env, ns)?;
+        }
     }
     let mut nodes = Vec::new();
     for i in 1..=n {
@@ -358,9 +364,10 @@ pub async fn lease_cluster(
     ))
 }
 
-/// Grants the pools Role of `manifests/rbac.yaml` in namespace `ns` too (the
-/// manifest grants it in kube-system, where the pools ConfigMap lives by default).
-pub fn grant_pools_role(env: &crate::apiserver::Env, ns: &str) -> Result<()> {
+/// Grants the Roles of `manifests/rbac.yaml` (Leases, and the pools
+/// ConfigMap by name) in namespace `ns` too: tests keep their Leases and
+/// pools in namespaces of their own.
+pub fn grant_roles(env: &crate::apiserver::Env, ns: &str) -> Result<()> {
     use serde::Deserialize;
     let rbac = std::fs::read_to_string(crate::workspace_root().join("manifests/rbac.yaml"))?;
     for doc in serde_yaml::Deserializer::from_str(&rbac) {

@@ -140,3 +140,62 @@ pub async fn forge(peers: &Peers, duration: Duration) -> ForgeReport {
     drop(silent);
     r
 }
+
+/// A stand-in for peer `me` that knows the secret: asks `target` for its
+/// vote in `term` (with a log that is up to date whatever the target has)
+/// and waits for the answer, which the target sends on its own connection
+/// to `me`'s address. Run it inside `me`'s network namespace. Returns
+/// whether the vote was granted.
+pub async fn request_vote(
+    peers: &Peers,
+    secret: &Secret,
+    me: &str,
+    target: &str,
+    term: u64,
+) -> anyhow::Result<bool> {
+    let me = peers.by_name(me).expect("known peer").clone();
+    let target = peers.by_name(target).expect("known peer").clone();
+    let listener = tokio::net::TcpListener::bind(me.addr).await?;
+    let mut out = TcpStream::connect(target.addr).await?;
+    let hello = Hello {
+        fingerprint: peers.fingerprint(),
+        from: me.id,
+        peers: peers.to_string(),
+    };
+    let (reply, sender) =
+        secure::initiate(&mut out, secret, &hello, Duration::from_secs(2)).await?;
+    let mut sender = sender.ok_or_else(|| anyhow::anyhow!("refused: {}", reply.reason))?;
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgRequestVote);
+    m.to = target.id;
+    m.from = me.id;
+    m.term = term;
+    m.index = u64::MAX / 2;
+    m.log_term = term;
+    sender.send(&mut out, &m.write_to_bytes()?).await?;
+    // The answer arrives on the target's connection to us.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (mut s, _) = tokio::time::timeout(left, listener.accept()).await??;
+        let ok = |_: &Hello| secure::Reply {
+            ok: true,
+            reason: String::new(),
+        };
+        let Ok((_, Some(mut rx))) =
+            secure::respond(&mut s, secret, ok, Duration::from_secs(2)).await
+        else {
+            continue;
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Ok(frame)) = tokio::time::timeout(left, rx.recv(&mut s)).await else {
+                anyhow::bail!("no vote response from {}", target.name);
+            };
+            let r = Message::parse_from_bytes(frame)?;
+            if r.get_msg_type() == MessageType::MsgRequestVoteResponse && r.term == term {
+                return Ok(!r.reject);
+            }
+        }
+    }
+}

@@ -66,7 +66,7 @@ pub async fn lab(bin: &Path, extra: &[(&str, &str)], namespace: Option<&str>) ->
     };
     let lease_ns = env.namespace("svclease").await;
     // The manifests' pools Role, granted in the test's namespace too.
-    crate::failover::grant_pools_role(env, &ns).unwrap();
+    crate::failover::grant_roles(env, &ns).unwrap();
     nodes_with_labels(&admin, &[BTreeMap::new(), BTreeMap::new(), BTreeMap::new()]).await;
     let pools = format!("{ns}/kubevip");
     let mut settings: Vec<(&str, &str)> = vec![

@@ -17,7 +17,7 @@ pub async fn run(vipd: &Path, rounds: usize) -> Result<()> {
     let bird = lab_router(env, 3, &[])?;
     let ns = env.namespace("bgpbench").await;
     let lease_ns = env.namespace("bgpbenchlease").await;
-    vipd_testkit::failover::grant_pools_role(env, &ns)?;
+    vipd_testkit::failover::grant_roles(env, &ns)?;
     let pools = format!("{ns}/kubevip");
     let settings = [
         ("svc_enable", "true"),

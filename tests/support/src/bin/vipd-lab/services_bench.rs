@@ -13,7 +13,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use vipd_testkit::apiserver::env;
-use vipd_testkit::failover::{grant_pools_role, median_worst, vipd_nodes};
+use vipd_testkit::failover::{grant_roles, median_worst, vipd_nodes};
 use vipd_testkit::netns::ip;
 use vipd_testkit::probe::ArpProber;
 
@@ -66,18 +66,7 @@ async fn answering(addrs: &[IpAddr], not_from: Option<&str>) -> usize {
         .await
 }
 
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
+use vipd_testkit::process::rss_kib;
 
 pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
     if sequential == 0 || burst == 0 || burst > 4000 {
@@ -87,7 +76,7 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
     let admin = env.admin().await;
     let ns = env.namespace("bench").await;
     let lease_ns = env.namespace("benchlease").await;
-    grant_pools_role(env, &ns)?;
+    grant_roles(env, &ns)?;
     let client = env.client.ns.name().to_string();
     // Service addresses outside the hosts' subnet are on-link for the client.
     ip(&[
