@@ -160,6 +160,7 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         host_read_at: None,
         refused_logged: BTreeSet::new(),
         gc_at: None,
+        asked_before: BTreeSet::new(),
     };
     info!("Services: waiting for the first lists of Services, EndpointSlices, Nodes and pools");
     c.informers.ready().await;
@@ -198,6 +199,8 @@ struct Controller {
     refused_logged: BTreeSet<IpAddr>,
     /// Leader: when unneeded per-address Leases were last deleted.
     gc_at: Option<Instant>,
+    /// Every address served Services asked for or held, as of the last pass.
+    asked_before: BTreeSet<IpAddr>,
 }
 
 /// How often the Services leader deletes per-address Leases nobody needs.
@@ -419,7 +422,6 @@ impl Controller {
 
     async fn reconcile_once(&mut self) {
         self.refresh_pools().await;
-        self.refresh_host_facts().await;
         let objects: Vec<Arc<Service>> = self.informers.services.state();
         // Deleted Services are forgotten by the Event de-duplication.
         let live: std::collections::HashSet<String> = objects
@@ -447,6 +449,17 @@ impl Controller {
             add_ready_nodes(&s, &mut ready);
         }
         let mut changes = Vec::new();
+        // An address no pass has seen yet is judged on this host's facts
+        // as they are now, not as they were up to a second ago.
+        let asked: BTreeSet<IpAddr> = served
+            .iter()
+            .flat_map(|(_, i)| i.addresses_asked())
+            .collect();
+        if !asked.is_subset(&self.asked_before) {
+            self.host_read_at = None;
+        }
+        self.asked_before = asked;
+        self.refresh_host_facts().await;
         let guard = self.guard(&nodes);
 
         if self.leader_hold().is_some() {

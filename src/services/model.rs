@@ -144,6 +144,19 @@ fn family_of(s: &str) -> Option<Family> {
 }
 
 impl SvcInfo {
+    /// Every address this Service names: requested (annotation,
+    /// `spec.loadBalancerIP`) or in its status.
+    pub fn addresses_asked(&self) -> Vec<IpAddr> {
+        let mut out = self.status_ips.clone();
+        out.extend(self.requested.as_deref().map(parse_ips).unwrap_or_default());
+        out.extend(
+            self.spec_ip
+                .as_deref()
+                .and_then(|v| v.trim().parse::<IpAddr>().ok()),
+        );
+        out
+    }
+
     pub fn from_service(s: &Service) -> Option<SvcInfo> {
         let meta = &s.metadata;
         let key = SvcKey {

@@ -63,6 +63,8 @@ pub struct VipdNode {
     /// Arguments of the daemon (`manager` for vipd).
     pub args: Vec<String>,
     starts: u32,
+    /// Unique in this test process: labs reuse host names, logs must not.
+    serial: u32,
 }
 
 impl VipdNode {
@@ -77,6 +79,10 @@ impl VipdNode {
             bin: bin.to_path_buf(),
             args: vec!["manager".to_string()],
             starts: 0,
+            serial: {
+                static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         }
     }
 
@@ -85,9 +91,12 @@ impl VipdNode {
     }
 
     pub fn log_path(&self) -> PathBuf {
-        run_dir()
-            .join("logs")
-            .join(format!("{}-{}.log", self.host.ns.name(), self.starts))
+        run_dir().join("logs").join(format!(
+            "{}-{}-{}.log",
+            self.host.ns.name(),
+            self.serial,
+            self.starts
+        ))
     }
 
     /// Starts `vipd manager` with this node's environment.
