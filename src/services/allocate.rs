@@ -16,7 +16,9 @@
 //!    for a held address (a new annotation, an older Service re-annotated)
 //!    gets `AddressInUse`, whatever its creation time;
 //! 3. then the other requested addresses, older Services first;
-//! 4. then pool allocations, in creation order.
+//! 4. then pool allocations, in creation order (a Service this leader
+//!    allocated for a moment ago, whose annotation is not in the cache yet,
+//!    gets the same address again: allocations never shuffle).
 //!
 //! No address goes to two Services unless sharing is allowed for both and
 //! their ports do not overlap.
@@ -324,10 +326,14 @@ fn place_fixed(
     })
 }
 
-/// Allocates from the Service's pool.
+/// Allocates from the Service's pool; `earlier` is what this leader picked
+/// for it in a recent pass (its annotation write may not be visible yet),
+/// taken again when still free, so allocations never shuffle while the
+/// caches catch up.
 fn place_from_pool(
     s: &SvcInfo,
     stale: Vec<IpAddr>,
+    earlier: Option<&Vec<IpAddr>>,
     pools: &Pools,
     guard: &Guard,
     used: &mut Used,
@@ -368,7 +374,18 @@ fn place_from_pool(
                     .map(|(ip, _)| *ip)
             })
             .flatten();
-        let picked = shared.or_else(|| {
+        let again = earlier.and_then(|e| {
+            e.iter().copied().find(|ip| {
+                Family::of(*ip) == *fam
+                    && pools.contains(&s.key.namespace, *ip)
+                    && !guard.is_forbidden(*ip)
+                    && used
+                        .0
+                        .get(ip)
+                        .is_none_or(|users| can_join(users, &s.ports, share))
+            })
+        });
+        let picked = again.or(shared).or_else(|| {
             pools.pick(pool, *fam, |ip| {
                 used.0.contains_key(&ip) || guard.is_forbidden(ip)
             })
@@ -407,9 +424,13 @@ fn place_from_pool(
     decision
 }
 
+/// This leader's recent pool picks, by Service (see [`place_from_pool`]).
+pub type Recent = BTreeMap<SvcKey, Vec<IpAddr>>;
+
 /// Decides every served Service's addresses; `guard` holds the addresses
-/// no Service may have.
-pub fn allocate(services: &[&SvcInfo], pools: &Pools, guard: &Guard) -> Decisions {
+/// no Service may have; `recent` are this leader's pool picks whose
+/// annotation may not be visible yet.
+pub fn allocate(services: &[&SvcInfo], pools: &Pools, guard: &Guard, recent: &Recent) -> Decisions {
     let mut order: Vec<&SvcInfo> = services.to_vec();
     order.sort_by(|a, b| (&a.created, &a.key).cmp(&(&b.created, &b.key)));
     let asks: Vec<(&SvcInfo, Ask)> = order.iter().map(|s| (*s, ask(s, pools))).collect();
@@ -441,10 +462,15 @@ pub fn allocate(services: &[&SvcInfo], pools: &Pools, guard: &Guard) -> Decision
             Ask::Pool { .. } => {}
         }
     }
-    // Then the pool, in creation order.
-    for (s, a) in asks {
+    // Then the pool: first the Services this leader already picked for
+    // (their picks stay theirs), then the others, in creation order.
+    let (picked, fresh): (Vec<_>, Vec<_>) = asks
+        .into_iter()
+        .filter(|(_, a)| matches!(a, Ask::Pool { .. }))
+        .partition(|(s, _)| recent.contains_key(&s.key));
+    for (s, a) in picked.into_iter().chain(fresh) {
         if let Ask::Pool { stale } = a {
-            let d = place_from_pool(s, stale, pools, guard, &mut used);
+            let d = place_from_pool(s, stale, recent.get(&s.key), pools, guard, &mut used);
             out.insert(s.key.clone(), d);
         }
     }

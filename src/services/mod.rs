@@ -161,6 +161,7 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         refused_logged: BTreeSet::new(),
         gc_at: None,
         asked_before: BTreeSet::new(),
+        recent_picks: BTreeMap::new(),
     };
     info!("Services: waiting for the first lists of Services, EndpointSlices, Nodes and pools");
     c.informers.ready().await;
@@ -201,7 +202,12 @@ struct Controller {
     gc_at: Option<Instant>,
     /// Every address served Services asked for or held, as of the last pass.
     asked_before: BTreeSet<IpAddr>,
+    /// Leader: pool picks whose annotation the cache does not show yet.
+    recent_picks: BTreeMap<SvcKey, (Vec<IpAddr>, Instant)>,
 }
+
+/// How long a pool pick is remembered while its annotation write lands.
+const RECENT_PICK: Duration = Duration::from_secs(30);
 
 /// How often the Services leader deletes per-address Leases nobody needs.
 const GC_EVERY: Duration = Duration::from_secs(2);
@@ -675,7 +681,19 @@ impl Controller {
         changes: &mut Vec<Change>,
     ) {
         let served_infos: Vec<&SvcInfo> = served.iter().map(|(_, i)| i).collect();
-        let decisions = allocate(&served_infos, &self.pools, guard);
+        // Pool picks of recent passes whose annotation is not visible yet.
+        self.recent_picks.retain(|k, (ips, at)| {
+            at.elapsed() < RECENT_PICK
+                && served_infos
+                    .iter()
+                    .any(|i| i.key == *k && i.requested.as_deref() != Some(join(ips).as_str()))
+        });
+        let recent: allocate::Recent = self
+            .recent_picks
+            .iter()
+            .map(|(k, (ips, _))| (k.clone(), ips.clone()))
+            .collect();
+        let decisions = allocate(&served_infos, &self.pools, guard, &recent);
         let mut now_served = BTreeMap::new();
         self.pending_reasons.clear();
         for (obj, info) in served {
@@ -692,6 +710,14 @@ impl Controller {
                         && info.requested.as_deref() != Some(joined.as_str())
                     {
                         set.push((keys::LOADBALANCER_IPS, Some(joined.clone())));
+                        if self
+                            .recent_picks
+                            .get(&info.key)
+                            .is_none_or(|(ips, _)| *ips != a.ips)
+                        {
+                            self.recent_picks
+                                .insert(info.key.clone(), (a.ips.clone(), Instant::now()));
+                        }
                     }
                     // What vipd writes to the status is recorded as vipd's:
                     // only such a status is kept on its own (see allocate).

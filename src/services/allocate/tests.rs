@@ -18,7 +18,7 @@ fn svc(ns: &str, name: &str, created: &str) -> SvcInfo {
 }
 
 fn alloc(services: &[&SvcInfo], pools: &Pools) -> Decisions {
-    allocate(services, pools, &Guard::default())
+    allocate(services, pools, &Guard::default(), &Recent::new())
 }
 
 fn pools(pairs: &[(&str, &str)]) -> Pools {
@@ -311,7 +311,12 @@ fn the_guard_refuses_every_origin_and_pools_skip_it() {
     by_status.status_ips = vec![ip("192.0.2.12")];
     by_status.assigned = vec![ip("192.0.2.12")];
     let from_pool = svc("d", "pool", "4");
-    let d = allocate(&[&by_annotation, &by_spec, &by_status, &from_pool], &p, &g);
+    let d = allocate(
+        &[&by_annotation, &by_spec, &by_status, &from_pool],
+        &p,
+        &g,
+        &Recent::new(),
+    );
     for (name, addr, why) in [
         ("ann", "192.0.2.12", "the InternalIP of node n2"),
         ("spec", "192.0.2.15", "the control-plane VIP"),
@@ -428,4 +433,23 @@ fn an_address_stays_with_the_service_that_holds_it() {
     squatter.status_ips = vec![ip("192.0.2.150")];
     let d = alloc(&[&squatter, &older], &none);
     assert_eq!(ips(&d, "d", "older"), vec![ip("192.0.2.150")]);
+}
+
+#[test]
+fn a_recent_pick_is_kept_while_the_cache_catches_up() {
+    // Pass 1 gave a .10 and b .11; b's annotation landed, a's did not yet,
+    // and an older Service appeared meanwhile.
+    let p = pools(&[("range-global", "198.51.100.10-198.51.100.20")]);
+    let a = svc("d", "a", "2026-01-01T00:00:02Z");
+    let mut b = svc("d", "b", "2026-01-01T00:00:03Z");
+    b.requested = Some("198.51.100.11".into());
+    let older = svc("d", "older", "2026-01-01T00:00:01Z");
+    let recent: Recent = [(a.key.clone(), vec![ip("198.51.100.10")])].into();
+    let d = allocate(&[&older, &a, &b], &p, &Guard::default(), &recent);
+    assert_eq!(ips(&d, "d", "a"), vec![ip("198.51.100.10")]);
+    assert_eq!(ips(&d, "d", "b"), vec![ip("198.51.100.11")]);
+    assert_eq!(ips(&d, "d", "older"), vec![ip("198.51.100.12")]);
+    // Without the memory the older Service takes a's address: a shuffle.
+    let d = alloc(&[&older, &a, &b], &p);
+    assert_eq!(ips(&d, "d", "older"), vec![ip("198.51.100.10")]);
 }
