@@ -5,6 +5,8 @@
 //! client speaks HTTP/1.1: a burst of Lease renewals and Service writes
 //! opens a connection each, a hundred per node, each a TLS session kept
 //! idle for 90 s). HTTP/2 pings notice a dead API server within 15 s.
+//! Elections get a connection of their own: on one connection a Lease
+//! renewal's answer would queue behind every watch event sent before it.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -15,12 +17,24 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client> {
-    Ok(connect_to(kubeconfig).await?.0)
+    Ok(connect_to(kubeconfig).await?.main)
 }
 
-/// [`connect`], also returning the API server's address when the
-/// kubeconfig names it by IP (a VIP or a node's address: never a Service's).
-pub async fn connect_to(kubeconfig: Option<&Path>) -> Result<(Client, Option<IpAddr>)> {
+/// vipd's API clients: two connections, so that an election's renewal
+/// never waits behind megabytes of watch events on a busy connection.
+#[derive(Clone)]
+pub struct Clients {
+    /// Watches, Service writes, Events, instance records.
+    pub main: Client,
+    /// Lease elections only.
+    pub elections: Client,
+    /// The API server's address when the kubeconfig names it by IP (a VIP
+    /// or a node's address: never a Service's).
+    pub server: Option<IpAddr>,
+}
+
+/// Connects as [`connect`] does, with a second connection for elections.
+pub async fn connect_to(kubeconfig: Option<&Path>) -> Result<Clients> {
     let mut config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).with_context(|| {
@@ -44,8 +58,13 @@ pub async fn connect_to(kubeconfig: Option<&Path>) -> Result<(Client, Option<IpA
         .host()
         .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
         .and_then(|h| h.parse().ok());
-    let client = build(config).context("building the Kubernetes client")?;
-    Ok((client, server))
+    let elections = build(config.clone()).context("building the Kubernetes client")?;
+    let main = build(config).context("building the Kubernetes client")?;
+    Ok(Clients {
+        main,
+        elections,
+        server,
+    })
 }
 
 /// kube's client stack over a hyper client that negotiates HTTP/2.

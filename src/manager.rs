@@ -50,14 +50,17 @@ pub async fn run(config: Config) -> Result<()> {
         );
     // Raft and BGP control planes run without the API; with credentials
     // they still publish their instance record for `vipctl status`.
-    let (client, api_server) = match kubeclient::connect_to(config.kubeconfig.as_deref()).await {
-        Ok((c, server)) => (Some(c), server),
+    let clients = match kubeclient::connect_to(config.kubeconfig.as_deref()).await {
+        Ok(c) => Some(c),
         Err(e) if needs_api => return Err(e),
         Err(e) => {
             info!(reason = %format!("{e:#}"), "no Kubernetes API: running without it (vipctl status will not list this node)");
-            (None, None)
+            None
         }
     };
+    let client = clients.as_ref().map(|c| c.main.clone());
+    let election_client = clients.as_ref().map(|c| c.elections.clone());
+    let api_server = clients.as_ref().and_then(|c| c.server);
     let shutdown = shutdown::on_signal()?;
     if let Some(c) = &client {
         kubeclient::ensure_namespace(c, &config.namespace).await;
@@ -171,7 +174,7 @@ pub async fn run(config: Config) -> Result<()> {
                 start_control_plane(
                     cp,
                     claims,
-                    client.clone(),
+                    election_client.clone(),
                     parts,
                     &mut tasks,
                     shutdown.clone(),
@@ -181,9 +184,12 @@ pub async fn run(config: Config) -> Result<()> {
             }
         }
     }
-    if let (Some(svc), Some(client), Some(events)) =
-        (&config.services, client.clone(), events.clone())
-    {
+    if let (Some(svc), Some(client), Some(election_client), Some(events)) = (
+        &config.services,
+        client.clone(),
+        election_client.clone(),
+        events.clone(),
+    ) {
         info!(
             lease = %format!("{}/{}", svc.lease.namespace, svc.lease.name),
             per_address_election = svc.per_address_election,
@@ -193,6 +199,7 @@ pub async fn run(config: Config) -> Result<()> {
         let ctx = services::Context {
             events,
             client,
+            election_client,
             config: svc.clone(),
             me: config.node_name.clone(),
             default_interface: interface.clone(),

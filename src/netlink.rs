@@ -83,11 +83,41 @@ pub struct Netlink {
 }
 
 impl Netlink {
-    /// Opens a socket in the current network namespace; the connection task
-    /// runs on the current tokio runtime.
+    /// Opens a socket in the current thread's network namespace. Its
+    /// connection runs on a thread of its own: a netlink request is a
+    /// blocking `sendto` into the kernel, which waits for the kernel's global
+    /// routing lock; on a runtime worker that wait would stall every task
+    /// queued behind it (an election's renewal among them).
     pub fn connect() -> Result<Netlink> {
-        let (conn, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(conn);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("vipd-netlink".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match rtnetlink::new_connection() {
+                        Ok((conn, handle, _)) => {
+                            let _ = tx.send(Ok(handle));
+                            conn.await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
+        let handle = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the netlink thread ended"))??;
         Ok(Netlink {
             handle,
             dumping: Default::default(),

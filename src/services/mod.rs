@@ -58,6 +58,8 @@ use writer::{Change, Writer};
 /// Everything the controller needs from the manager.
 pub struct Context {
     pub client: Client,
+    /// A connection of its own for the Services Lease and per-address Leases.
+    pub election_client: Client,
     pub config: ServicesConfig,
     pub me: String,
     /// Interface when nothing more specific is asked for.
@@ -120,7 +122,7 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         gate: Arc::new(Mutex::new(())),
     };
     let election = LeaseElection {
-        api: Api::namespaced(ctx.client.clone(), &ctx.config.lease.namespace),
+        api: Api::namespaced(ctx.election_client.clone(), &ctx.config.lease.namespace),
         name: ctx.config.lease.name.clone(),
         me: ctx.me.clone(),
         timing: ctx.config.lease.timing,
@@ -129,7 +131,7 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
     };
     let (addr_tx, addr_rx) = mpsc::unbounded_channel();
     let address_leases = AddressLeases::new(
-        ctx.client.clone(),
+        ctx.election_client.clone(),
         &ctx.config.lease.namespace,
         &ctx.me,
         ctx.config.lease.timing,

@@ -486,14 +486,12 @@ impl Owner {
         }
         // Announce wanted addresses that are present but have no announcer
         // (configured by someone else, or present after a restart race).
+        let present: std::collections::HashSet<(IpAddr, u32)> =
+            self.have.iter().map(|k| (k.addr, k.ifindex)).collect();
         for (addr, w) in &want {
             if !self.announcers.contains_key(addr) {
                 if let Some(link) = links.get(&w.interface) {
-                    if self
-                        .have
-                        .iter()
-                        .any(|k| k.addr == *addr && k.ifindex == link.index)
-                    {
+                    if present.contains(&(*addr, link.index)) {
                         self.since.entry(*addr).or_insert_with(SystemTime::now);
                         self.start_announcer(link, *addr);
                     }
@@ -572,14 +570,13 @@ impl Owner {
     }
 
     fn publish_with(&self, claimed: BTreeMap<IpAddr, Want>, refused: BTreeMap<IpAddr, String>) {
+        // Indexed once: a thousand claims against a thousand addresses.
+        let by_key: HashMap<(IpAddr, u32), &KernelAddr> =
+            self.have.iter().map(|k| ((k.addr, k.ifindex), k)).collect();
         let mut addresses = BTreeMap::new();
         for (addr, w) in &claimed {
             if let Some(link) = self.links.get(&w.interface) {
-                if let Some(k) = self
-                    .have
-                    .iter()
-                    .find(|k| k.addr == *addr && k.ifindex == link.index)
-                {
+                if let Some(k) = by_key.get(&(*addr, link.index)) {
                     addresses.insert(
                         *addr,
                         HeldAddr {

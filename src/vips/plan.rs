@@ -72,8 +72,10 @@ pub fn refuse_foreign(
     have: &[KernelAddr],
 ) -> BTreeMap<IpAddr, String> {
     let mut refused = BTreeMap::new();
+    let foreign_addrs: std::collections::HashSet<IpAddr> =
+        have.iter().filter(|k| !k.ours).map(|k| k.addr).collect();
     want.retain(|addr, w| {
-        let foreign = have.iter().any(|k| k.addr == *addr && !k.ours);
+        let foreign = foreign_addrs.contains(addr);
         if foreign && w.sources.iter().all(Source::is_service) {
             refused.insert(
                 *addr,
@@ -106,11 +108,13 @@ pub fn plan(
     ifindex_of: impl Fn(&str) -> Option<u32>,
 ) -> Plan {
     let mut p = Plan::default();
+    let present: std::collections::HashSet<(IpAddr, u32)> =
+        have.iter().map(|k| (k.addr, k.ifindex)).collect();
     for (addr, w) in want {
         let Some(idx) = ifindex_of(&w.interface) else {
             continue;
         };
-        if !have.iter().any(|k| k.addr == *addr && k.ifindex == idx) {
+        if !present.contains(&(*addr, idx)) {
             p.add.push((*addr, w.interface.clone(), w.prefix));
         }
     }

@@ -17,6 +17,7 @@ use vipd_testkit::apiserver::env;
 use vipd_testkit::failover::{lease_cluster, median_worst, Disruption};
 
 mod bgp_bench;
+mod churn_bench;
 mod ha_bench;
 mod raft_bench;
 mod services_bench;
@@ -81,6 +82,14 @@ enum Bench {
         #[arg(long, default_value_t = 1000)]
         burst: usize,
     },
+    /// Services created and deleted in waves (svc_election): memory before,
+    /// at the peak and after; per-address Leases left behind.
+    Churn {
+        #[arg(long, default_value_t = 2000)]
+        services: usize,
+        #[arg(long, default_value_t = 200)]
+        wave: usize,
+    },
 }
 
 fn main() {
@@ -130,6 +139,9 @@ fn main() {
         Cmd::Bench {
             what: Bench::Services { sequential, burst },
         } => run_interruptible(services_bench::run(vipd, sequential, burst)),
+        Cmd::Bench {
+            what: Bench::Churn { services, wave },
+        } => run_interruptible(churn_bench::run(vipd, services, wave)),
         Cmd::Bench {
             what: Bench::Raft { rounds, nodes },
         } => raft_bench::run(&vipd, rounds, nodes, &INTERRUPTED),

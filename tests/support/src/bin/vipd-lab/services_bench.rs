@@ -105,11 +105,12 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
     }))?;
     cms.create(&PostParams::default(), &cm).await?;
     let pools = format!("{ns}/kubevip");
+    let level = std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".into());
     let settings: Vec<(&str, &str)> = vec![
         ("cp_namespace", &lease_ns),
         ("svc_namespace", &ns),
         ("svc_pool_configmap", &pools),
-        ("vip_loglevel", "info"),
+        ("vip_loglevel", &level),
     ];
     let mut nodes = vipd_nodes(
         env,
