@@ -14,8 +14,11 @@ fi
 
 # Debian packages: apt-get update only when something is missing.
 # keepalived: the comparison benchmark; gobgpd + GoBGP protos: BGP mode; bird2: the test router.
+# umoci + skopeo: the images (vipd's, the sandbox); runc, CNI plugins, iptables, conntrack:
+# the lab's Kubernetes nodes (containerd, kubelet and kube-proxy are built, see scripts/nodes.sh).
 packages=(iproute2 curl ca-certificates build-essential pkg-config python3 procps
-          keepalived gobgpd golang-github-osrg-gobgp-dev bird2)
+          keepalived gobgpd golang-github-osrg-gobgp-dev bird2
+          umoci skopeo runc containernetworking-plugins iptables conntrack)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -45,3 +48,5 @@ command -v cargo >/dev/null 2>&1 || {
 
 # The real Kubernetes API server (and kubectl), cached in target/harness.
 scripts/harness.sh build >/dev/null
+# The lab's Kubernetes nodes: containerd, kubelet, kube-proxy, controllers, sandbox image.
+scripts/nodes.sh build >/dev/null

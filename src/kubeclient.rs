@@ -1,5 +1,5 @@
-//! The Kubernetes client: kubeconfig from `k8s_config_file`, else the
-//! in-cluster service account, else `$KUBECONFIG` / `~/.kube/config`.
+//! The Kubernetes client. The agent finds its credentials as kube-vip
+//! does ([`agent_credentials`]); vipctl as kubectl does.
 //!
 //! One HTTP/2 connection carries every request and watch (kube's own
 //! client speaks HTTP/1.1: a burst of Lease renewals and Service writes
@@ -9,15 +9,64 @@
 //! renewal's answer would queue behind every watch event sent before it.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+/// Where the credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// A kubeconfig file (`k8s_config_file`, or kubeadm's admin.conf).
+    File(PathBuf),
+    /// `$KUBECONFIG`, else `~/.kube/config`.
+    Home,
+    /// The pod's ServiceAccount.
+    InCluster,
+    /// A kubeconfig if there is one, else in-cluster (kubectl's order: vipctl).
+    Infer,
+}
+
+/// kubeadm's admin kubeconfig, which kube-vip reads first: kube-vip's
+/// static pods mount the node's kubeconfig there (K3s' docs mount
+/// k3s.yaml at this path).
+pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+
+/// The agent's credentials, found as kube-vip finds them: `k8s_config_file`
+/// when set; else `/etc/kubernetes/admin.conf` when present; else the home
+/// kubeconfig when there is one; else in-cluster. So a kube-vip static pod
+/// with only its image changed runs vipd with the same credentials.
+pub fn agent_credentials(
+    explicit: Option<&Path>,
+    admin_conf_exists: bool,
+    home_kubeconfig: bool,
+) -> Credentials {
+    match explicit {
+        Some(p) => Credentials::File(p.to_path_buf()),
+        None if admin_conf_exists => Credentials::File(PathBuf::from(ADMIN_CONF)),
+        None if home_kubeconfig => Credentials::Home,
+        None => Credentials::InCluster,
+    }
+}
+
+/// [`agent_credentials`] on this machine.
+pub fn discover_agent_credentials(explicit: Option<&Path>) -> Credentials {
+    let home = std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("HOME")
+            .map(|h| Path::new(&h).join(".kube/config").is_file())
+            .unwrap_or(false);
+    agent_credentials(explicit, Path::new(ADMIN_CONF).is_file(), home)
+}
+
+/// One client (vipctl): `kubeconfig` when given, else kubectl's order.
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client> {
-    Ok(connect_to(kubeconfig).await?.main)
+    let credentials = match kubeconfig {
+        Some(p) => Credentials::File(p.to_path_buf()),
+        None => Credentials::Infer,
+    };
+    Ok(connect_to(&credentials).await?.main)
 }
 
 /// vipd's API clients: two connections, so that an election's renewal
@@ -34,9 +83,14 @@ pub struct Clients {
 }
 
 /// Connects as [`connect`] does, with a second connection for elections.
-pub async fn connect_to(kubeconfig: Option<&Path>) -> Result<Clients> {
-    let mut config = match kubeconfig {
-        Some(path) => {
+pub async fn connect_to(credentials: &Credentials) -> Result<Clients> {
+    let home = || async {
+        Config::from_kubeconfig(&KubeConfigOptions::default())
+            .await
+            .context("no Kubernetes credentials: set k8s_config_file, run in a pod, or provide ~/.kube/config")
+    };
+    let mut config = match credentials {
+        Credentials::File(path) => {
             let kc = Kubeconfig::read_from(path).with_context(|| {
                 format!("invalid configuration: k8s_config_file={:?}: cannot read kubeconfig", path.display())
             })?;
@@ -44,11 +98,13 @@ pub async fn connect_to(kubeconfig: Option<&Path>) -> Result<Clients> {
                 .await
                 .with_context(|| format!("invalid configuration: k8s_config_file={:?}", path.display()))?
         }
-        None => match Config::incluster() {
+        Credentials::Home => home().await?,
+        Credentials::InCluster => Config::incluster().context(
+            "no Kubernetes credentials: no k8s_config_file, no /etc/kubernetes/admin.conf, no ~/.kube/config, and not in a pod",
+        )?,
+        Credentials::Infer => match home().await {
             Ok(c) => c,
-            Err(_) => Config::from_kubeconfig(&KubeConfigOptions::default()).await.context(
-                "no Kubernetes credentials: set k8s_config_file, run in a pod, or provide ~/.kube/config",
-            )?,
+            Err(e) => Config::incluster().map_err(|_| e)?,
         },
     };
     // Fail fast on a dead API server; elections retry on their own schedule.
@@ -126,5 +182,28 @@ pub async fn ensure_namespace(client: &Client, name: &str) {
         // A ServiceAccount may not read Namespaces: rbac.yaml made it.
         Err(kube::Error::Api(s)) if s.code == 403 => {}
         Err(e) => tracing::debug!(namespace = name, error = %e, "cannot check vipd's namespace"),
+    }
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_finds_credentials_in_kube_vips_order() {
+        let given = Path::new("/etc/rancher/k3s/k3s.yaml");
+        assert_eq!(
+            agent_credentials(Some(given), true, true),
+            Credentials::File(given.into())
+        );
+        assert_eq!(
+            agent_credentials(None, true, true),
+            Credentials::File(ADMIN_CONF.into())
+        );
+        assert_eq!(agent_credentials(None, false, true), Credentials::Home);
+        assert_eq!(
+            agent_credentials(None, false, false),
+            Credentials::InCluster
+        );
     }
 }

@@ -54,7 +54,19 @@ fn cli() -> Command {
                         .long("distro")
                         .value_parser(clap::builder::EnumValueParser::<Distro>::new())
                         .default_value("kubeadm")
-                        .help("where the static pod runs (kubeconfig path)"),
+                        .help("the distribution: the static pod's kubeconfig path; on k3s a Services DaemonSet stays off servers, whose static pod serves Services"),
+                )
+                .arg(
+                    Arg::new("inCluster")
+                        .long("inCluster")
+                        .action(ArgAction::SetTrue)
+                        .help("authenticate with the vipd ServiceAccount (kube-vip's flag; vipd's DaemonSets always do, a static pod cannot)"),
+                )
+                .arg(
+                    Arg::new("taint")
+                        .long("taint")
+                        .action(ArgAction::SetTrue)
+                        .help("run the DaemonSet on control-plane nodes only, tolerating their taint (kube-vip's flag)"),
                 )
                 .args(setting_args()),
         )
@@ -135,8 +147,14 @@ fn main() -> ExitCode {
             let opts = ManifestOptions {
                 image: sub.get_one::<String>("image").expect("defaulted").clone(),
                 distro: *sub.get_one::<Distro>("distro").expect("defaulted"),
+                in_cluster: sub.get_flag("inCluster"),
+                taint: sub.get_flag("taint"),
             };
-            let docs = match sub.get_one::<String>("kind").map(String::as_str) {
+            let kind = sub.get_one::<String>("kind").map(String::as_str);
+            if kind == Some("pod") && opts.in_cluster {
+                return fail("--inCluster: a static pod cannot use a ServiceAccount (the kubelet refuses it); it reads the node's kubeconfig (--distro)");
+            }
+            let docs = match kind {
                 Some("pod") => vec![manifest::pod(&layers, &opts)],
                 Some("daemonset") => vec![manifest::daemonset(&layers, &opts)],
                 _ => manifest::rbac(),

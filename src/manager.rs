@@ -50,7 +50,9 @@ pub async fn run(config: Config) -> Result<()> {
         );
     // Raft and BGP control planes run without the API; with credentials
     // they still publish their instance record for `vipctl status`.
-    let clients = match kubeclient::connect_to(config.kubeconfig.as_deref()).await {
+    let credentials = kubeclient::discover_agent_credentials(config.kubeconfig.as_deref());
+    info!(credentials = ?credentials, "Kubernetes credentials");
+    let clients = match kubeclient::connect_to(&credentials).await {
         Ok(c) => Some(c),
         Err(e) if needs_api => return Err(e),
         Err(e) => {

@@ -46,7 +46,18 @@ pub const RAFT_SECRET_NAME: &str = "vipd-raft";
 pub struct ManifestOptions {
     pub image: String,
     pub distro: Distro,
+    /// kube-vip's `--inCluster`: the pod authenticates with the `vipd`
+    /// ServiceAccount. vipd's DaemonSets always do (they never mount a
+    /// node's admin kubeconfig); a static pod cannot (the kubelet refuses
+    /// ServiceAccounts for static pods), so `pod --inCluster` is an error.
+    pub in_cluster: bool,
+    /// kube-vip's `--taint`: only on control-plane nodes, tolerating their
+    /// taint.
+    pub taint: bool,
 }
+
+/// The label every K3s server and kubeadm control-plane node carries.
+pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 
 fn on(layers: &Layers, key: &str) -> bool {
     layers
@@ -177,12 +188,37 @@ fn container(layers: &Layers, image: &str, kubeconfig: Option<&str>) -> Value {
     c
 }
 
+/// Control-plane taints and K3s' `CriticalAddonsOnly`.
 fn tolerations() -> Value {
     json!([
-        { "key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule" },
+        { "key": CONTROL_PLANE_LABEL, "operator": "Exists", "effect": "NoSchedule" },
         { "key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule" },
         { "key": "CriticalAddonsOnly", "operator": "Exists" }
     ])
+}
+
+/// Where a DaemonSet's pods may run: one vipd per node, always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Control-plane nodes only (control-plane VIP, or `--taint`).
+    ControlPlane,
+    /// Every node but K3s servers: on K3s, servers carry no taint and run
+    /// vipd's static pod, which serves Services too.
+    NotControlPlane,
+    /// Every node without a control-plane taint (kubeadm's control-plane
+    /// nodes are tainted and run the static pod).
+    Untainted,
+}
+
+/// Where a DaemonSet of `layers` runs (pure: the generator's one decision).
+pub fn placement(layers: &Layers, o: &ManifestOptions) -> Placement {
+    if on(layers, "cp_enable") || o.taint {
+        Placement::ControlPlane
+    } else if o.distro == Distro::K3s {
+        Placement::NotControlPlane
+    } else {
+        Placement::Untainted
+    }
 }
 
 /// The component a pod serves: `control-plane` or `services` (or both).
@@ -228,28 +264,43 @@ pub fn pod(layers: &Layers, o: &ManifestOptions) -> Value {
     })
 }
 
-/// A DaemonSet that runs with the `vipd` ServiceAccount (see [`rbac`]);
-/// with `cp_enable` only on control-plane nodes.
+/// A DaemonSet that runs with the `vipd` ServiceAccount (see [`rbac`]),
+/// placed by [`placement`] so that it never lands beside vipd's static pod.
 pub fn daemonset(layers: &Layers, o: &ManifestOptions) -> Value {
-    let control_plane = on(layers, "cp_enable");
     let mut spec = json!({
         "serviceAccountName": NAME,
         "hostNetwork": true,
         "priorityClassName": "system-node-critical",
         "containers": [container(layers, &o.image, None)],
-        "tolerations": tolerations()
     });
     let volumes = raft_volumes(layers, false).1;
     if !volumes.is_empty() {
         spec["volumes"] = json!(volumes);
     }
-    if control_plane {
-        spec["affinity"] = json!({
-            "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": { "nodeSelectorTerms": [
-                { "matchExpressions": [{ "key": "node-role.kubernetes.io/control-plane", "operator": "Exists" }] },
-                { "matchExpressions": [{ "key": "node-role.kubernetes.io/master", "operator": "Exists" }] }
-            ] } }
-        });
+    match placement(layers, o) {
+        Placement::ControlPlane => {
+            spec["tolerations"] = tolerations();
+            spec["affinity"] = json!({
+                "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": { "nodeSelectorTerms": [
+                    { "matchExpressions": [{ "key": CONTROL_PLANE_LABEL, "operator": "Exists" }] },
+                    { "matchExpressions": [{ "key": "node-role.kubernetes.io/master", "operator": "Exists" }] }
+                ] } }
+            });
+        }
+        Placement::NotControlPlane => {
+            spec["tolerations"] = json!([{ "key": "CriticalAddonsOnly", "operator": "Exists" }]);
+            spec["affinity"] = json!({
+                "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": { "nodeSelectorTerms": [
+                    { "matchExpressions": [
+                        { "key": CONTROL_PLANE_LABEL, "operator": "DoesNotExist" },
+                        { "key": "node-role.kubernetes.io/master", "operator": "DoesNotExist" }
+                    ] }
+                ] } }
+            });
+        }
+        Placement::Untainted => {
+            spec["tolerations"] = json!([{ "key": "CriticalAddonsOnly", "operator": "Exists" }]);
+        }
     }
     json!({
         "apiVersion": "apps/v1",
@@ -383,4 +434,91 @@ pub fn to_yaml(docs: &[Value]) -> String {
         .map(|d| serde_yaml::to_string(d).expect("JSON values serialise"))
         .collect::<Vec<_>>()
         .join("---\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layers(flags: &[(&str, &str)]) -> Layers {
+        let mut l = Layers::default();
+        l.add_flags(flags.iter().map(|(k, v)| (*k, v.to_string())));
+        l
+    }
+
+    fn opts(distro: Distro, taint: bool) -> ManifestOptions {
+        ManifestOptions {
+            image: "vipd:test".into(),
+            distro,
+            in_cluster: true,
+            taint,
+        }
+    }
+
+    fn node_terms(ds: &Value) -> Value {
+        ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+            ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            .clone()
+    }
+
+    fn tolerated(ds: &Value) -> Vec<String> {
+        ds["spec"]["template"]["spec"]["tolerations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["key"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// K3s servers carry no taint and run the static pod (which serves
+    /// Services too): the Services DaemonSet must never land there.
+    #[test]
+    fn a_k3s_services_daemonset_stays_off_servers() {
+        let svc = layers(&[("svc_enable", "true")]);
+        let o = opts(Distro::K3s, false);
+        assert_eq!(placement(&svc, &o), Placement::NotControlPlane);
+        let ds = daemonset(&svc, &o);
+        let terms = node_terms(&ds);
+        assert_eq!(terms.as_array().map(Vec::len), Some(1), "{terms}");
+        let exprs = terms[0]["matchExpressions"].as_array().unwrap();
+        assert!(exprs
+            .iter()
+            .any(|e| e["key"] == CONTROL_PLANE_LABEL && e["operator"] == "DoesNotExist"));
+        assert!(!tolerated(&ds).iter().any(|k| k == CONTROL_PLANE_LABEL));
+    }
+
+    /// kubeadm's control-plane nodes are tainted and run the static pod:
+    /// the Services DaemonSet does not tolerate their taint.
+    #[test]
+    fn a_kubeadm_services_daemonset_does_not_tolerate_the_control_plane() {
+        let svc = layers(&[("svc_enable", "true")]);
+        let o = opts(Distro::Kubeadm, false);
+        assert_eq!(placement(&svc, &o), Placement::Untainted);
+        let ds = daemonset(&svc, &o);
+        assert!(ds["spec"]["template"]["spec"]["affinity"].is_null());
+        assert_eq!(tolerated(&ds), vec!["CriticalAddonsOnly".to_string()]);
+    }
+
+    /// `--taint` and a control-plane DaemonSet: control-plane nodes only.
+    #[test]
+    fn taint_and_control_plane_mean_control_plane_nodes_only() {
+        for (flags, taint) in [
+            (vec![("svc_enable", "true")], true),
+            (vec![("cp_enable", "true"), ("svc_enable", "true")], false),
+        ] {
+            let l = layers(&flags);
+            for distro in [Distro::K3s, Distro::Kubeadm] {
+                let o = opts(distro, taint);
+                assert_eq!(placement(&l, &o), Placement::ControlPlane);
+                let ds = daemonset(&l, &o);
+                let terms = node_terms(&ds);
+                assert!(terms
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|t| t["matchExpressions"][0]["operator"] == "Exists"));
+                assert!(tolerated(&ds).iter().any(|k| k == CONTROL_PLANE_LABEL));
+            }
+        }
+    }
 }

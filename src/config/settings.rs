@@ -93,7 +93,7 @@ pub const SETTINGS: &[Setting] = &[
     s("vip_arpRate", "arpRate", "milliseconds between refresh announcements (default 3000; below 500 means 3000)"),
     s("vip_addr_lifetime", "addressLifetime", "kernel lifetime of held addresses, refreshed while leading; 0 = permanent (vipd default: lease duration - 2s, at least 1s)"),
     // Kubernetes client, observability.
-    s("k8s_config_file", "k8sConfigPath", "kubeconfig (default: in-cluster, else ~/.kube/config)"),
+    s("k8s_config_file", "k8sConfigPath", "kubeconfig (default: /etc/kubernetes/admin.conf if present, else ~/.kube/config, else in-cluster)"),
     s("prometheus_server", "prometheusHTTPServer", "address of /metrics, /healthz, /readyz, /status (default :2112; empty = off)"),
     s("health_check_port", "healthCheckPort", "extra port serving /healthz only (default 0 = off)"),
     s("vip_loglevel", "log", "log level: error, warn, info, debug, trace or kube-vip's number (default info)"),

@@ -69,6 +69,7 @@ type serverFlags struct {
 	kubeconfig    string
 	readyTimeout  int
 	extraAPIFlags string
+	saAdmission   bool
 }
 
 func (f *serverFlags) register(fs *flag.FlagSet) {
@@ -85,6 +86,7 @@ func (f *serverFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.serviceCIDR, "service-cidr", "10.43.0.0/16,2001:db8:43::/112", "Service ClusterIP ranges: K3s' IPv4 default and an IPv6 documentation range (dual-stack)")
 	fs.IntVar(&f.readyTimeout, "ready-timeout", 180, "seconds `start` waits for /readyz")
 	fs.StringVar(&f.extraAPIFlags, "apiserver-flags", "", "extra space-separated kube-apiserver flags")
+	fs.BoolVar(&f.saAdmission, "service-account-admission", false, "admit pods with the ServiceAccount plugin (projected tokens); needs a kube-controller-manager beside it")
 }
 
 func (f *serverFlags) validate() error {

@@ -76,11 +76,16 @@ func runServe(args []string) error {
 		"--service-account-key-file=" + filepath.Join(f.pki, saPubFile),
 		"--service-account-signing-key-file=" + filepath.Join(f.pki, saKeyFile),
 		"--service-cluster-ip-range=" + f.serviceCIDR,
-		// There is no controller-manager to create ServiceAccount tokens.
-		"--disable-admission-plugins=ServiceAccount",
+		// Logs and exec reach kubelets by the address they registered.
+		"--kubelet-preferred-address-types=InternalIP",
 		"--allow-privileged=true",
 		"--profiling=false",
 		"--v=0",
+	}
+	if !f.saAdmission {
+		// Without a controller-manager nobody creates the ServiceAccounts
+		// pods would need, so pods are admitted without them.
+		apiArgs = append(apiArgs, "--disable-admission-plugins=ServiceAccount")
 	}
 	if f.extraAPIFlags != "" {
 		apiArgs = append(apiArgs, strings.Fields(f.extraAPIFlags)...)

@@ -57,6 +57,7 @@ func runStart(args []string) error {
 		"--etcd-initial-cluster", f.etcdCluster, "--etcd-cluster-state", f.etcdState,
 		"--etcd-client-port", strconv.Itoa(f.etcdPort), "--service-cidr", f.serviceCIDR,
 		"--apiserver-flags", f.extraAPIFlags,
+		fmt.Sprintf("--service-account-admission=%t", f.saAdmission),
 	}
 	logPath := filepath.Join(f.dir, logFile)
 	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)

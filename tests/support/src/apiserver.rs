@@ -39,14 +39,35 @@ pub struct Env {
     data_dir: PathBuf,
     lab_lock: Mutex<()>,
     counter: AtomicU32,
+    /// kube-controller-manager and kube-scheduler, when asked for.
+    controllers: Mutex<Vec<crate::process::Proc>>,
+    pub with_controllers: bool,
 }
 
 static ENV: OnceLock<Env> = OnceLock::new();
 
-/// The environment of this test binary, started on first use.
+/// The Service ranges of the environment with real nodes: documentation
+/// ranges, since kube-proxy makes them real inside the lab (K3s' default
+/// 10.43.0.0/16 stays a name in the other environments, never routed).
+pub const SERVICE_CIDRS_WITH_NODES: [&str; 2] = ["203.0.113.0/26", "2001:db8:43::/112"];
+
+/// The environment of this test binary, started on first use: the API
+/// server alone.
 pub fn env() -> &'static Env {
-    ENV.get_or_init(|| {
-        let env = Env::start().unwrap_or_else(|e| panic!("test environment: {e:#}"));
+    env_with(false)
+}
+
+/// The environment with kube-controller-manager and kube-scheduler beside
+/// the API server (and ServiceAccount admission on), for tests that run
+/// real kubelets: DaemonSets are scheduled, pods get projected tokens. One
+/// kind per test binary.
+pub fn env_with_controllers() -> &'static Env {
+    env_with(true)
+}
+
+fn env_with(controllers: bool) -> &'static Env {
+    let env = ENV.get_or_init(|| {
+        let env = Env::start(controllers).unwrap_or_else(|e| panic!("test environment: {e:#}"));
         // Statics are never dropped: tear down at process exit instead.
         extern "C" fn teardown() {
             if let Some(env) = ENV.get() {
@@ -56,7 +77,62 @@ pub fn env() -> &'static Env {
         // SAFETY: registering a plain extern "C" function.
         unsafe { libc::atexit(teardown) };
         env
-    })
+    });
+    assert_eq!(
+        env.with_controllers, controllers,
+        "one kind of test environment per test binary"
+    );
+    env
+}
+
+/// kube-controller-manager and kube-scheduler on the API host, with the
+/// admin credentials (they reach the server on its own address).
+fn start_controllers(
+    api_host: &Host,
+    kubeconfig: &Path,
+    data_dir: &Path,
+) -> Result<Vec<crate::process::Proc>> {
+    let bin = crate::nodes::nodes_bin_dir()?;
+    let kc = kubeconfig.to_str().expect("utf-8");
+    let pki = data_dir.join("pki");
+    let logs = run_dir().join("logs");
+    let kcm_args = vec![
+        format!("--kubeconfig={kc}"),
+        format!("--authentication-kubeconfig={kc}"),
+        format!("--authorization-kubeconfig={kc}"),
+        "--leader-elect=false".to_string(),
+        "--use-service-account-credentials=false".to_string(),
+        format!("--root-ca-file={}", pki.join("ca.crt").display()),
+        format!(
+            "--service-account-private-key-file={}",
+            pki.join("sa.key").display()
+        ),
+        "--controllers=*".to_string(),
+        "--node-monitor-grace-period=20s".to_string(),
+        "--v=1".to_string(),
+    ];
+    let sched_args = vec![
+        format!("--kubeconfig={kc}"),
+        format!("--authentication-kubeconfig={kc}"),
+        format!("--authorization-kubeconfig={kc}"),
+        "--leader-elect=false".to_string(),
+        "--v=1".to_string(),
+    ];
+    let kcm = api_host.spawn(
+        "kube-controller-manager",
+        &bin.join("kube-controller-manager"),
+        &kcm_args,
+        &[],
+        &logs.join("kube-controller-manager.log"),
+    )?;
+    let sched = api_host.spawn(
+        "kube-scheduler",
+        &bin.join("kube-scheduler"),
+        &sched_args,
+        &[],
+        &logs.join("kube-scheduler.log"),
+    )?;
+    Ok(vec![kcm, sched])
 }
 
 /// The directory holding `kube-harness` and `kubectl`, built if stale.
@@ -81,7 +157,7 @@ pub fn harness_bin_dir() -> Result<PathBuf> {
 }
 
 impl Env {
-    fn start() -> Result<Env> {
+    fn start(with_controllers: bool) -> Result<Env> {
         reap_leftovers();
         let bin = harness_bin_dir()?;
         let lab = Lab::new(&run_prefix())?;
@@ -101,6 +177,15 @@ impl Env {
                 &listen,
             ])
             .args(["--kubeconfig", admin_kubeconfig.to_str().expect("utf-8")])
+            .arg(format!("--service-account-admission={with_controllers}"))
+            .args(if with_controllers {
+                vec![
+                    "--service-cidr".to_string(),
+                    SERVICE_CIDRS_WITH_NODES.join(","),
+                ]
+            } else {
+                Vec::new()
+            })
             .output()?;
         if !out.status.success() {
             bail!(
@@ -110,7 +195,14 @@ impl Env {
         }
         let server = String::from_utf8(out.stdout)?.trim().to_string();
         let rt = client.ns.runtime(2)?;
+        let controllers = if with_controllers {
+            start_controllers(&api_host, &admin_kubeconfig, &data_dir)?
+        } else {
+            Vec::new()
+        };
         Ok(Env {
+            controllers: Mutex::new(controllers),
+            with_controllers,
             lab,
             api_host,
             client,
@@ -124,6 +216,14 @@ impl Env {
     }
 
     fn teardown(&self) {
+        for p in self
+            .controllers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            p.kill();
+        }
         let bin = harness_bin_dir().map(|d| d.join("kube-harness"));
         if let Ok(bin) = bin {
             let _ = Command::new(bin)

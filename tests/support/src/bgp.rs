@@ -296,6 +296,7 @@ pub async fn bgp_nodes(
 ) -> Result<(Vec<crate::vipd::VipdNode>, Vec<HealthServer>)> {
     let peers = format!("{ROUTER}:64512::false,[{ROUTER6}]:64512::false");
     let mut s: Vec<(&str, &str)> = vec![
+        ("svc_enable", "false"),
         ("vip_arp", "false"),
         ("bgp_enable", "true"),
         ("vip_leaderelection", "false"),

@@ -342,7 +342,12 @@ pub async fn lease_cluster(
     let lease_ns = env.namespace("cp").await;
     let addresses: Vec<String> = vips.iter().map(|v| v.to_string()).collect();
     let joined = addresses.join(",");
-    let mut settings: Vec<(&str, &str)> = vec![("address", &joined), ("cp_namespace", &lease_ns)];
+    // The control-plane VIP alone (the manifest serves Services too).
+    let mut settings: Vec<(&str, &str)> = vec![
+        ("address", &joined),
+        ("cp_namespace", &lease_ns),
+        ("svc_enable", "false"),
+    ];
     settings.extend_from_slice(extra);
     let nodes = vipd_nodes(
         env,

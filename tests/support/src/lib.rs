@@ -7,6 +7,8 @@
 //!   runtime whose threads live inside a namespace.
 //! - [`lab`]: hosts on one bridge (documentation ranges only), links up and
 //!   down, processes that die with the test.
+//! - [`nodes`]: real Kubernetes nodes (containerd, kubelet, kube-proxy) in
+//!   lab hosts; [`pods`]: a K3s-like cluster of them running vipd's image.
 //! - [`probe`]: what a test measures: TCP responders and probes, who holds an
 //!   address, announcements captured on the wire.
 
@@ -16,6 +18,8 @@ pub mod failover;
 pub mod ha;
 pub mod lab;
 pub mod netns;
+pub mod nodes;
+pub mod pods;
 pub mod probe;
 pub mod process;
 pub mod raft_forge;

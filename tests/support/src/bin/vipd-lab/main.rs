@@ -3,6 +3,7 @@
 //!
 //!   vipd-lab demo                         three nodes, the VIP moving, in plain words
 //!   vipd-lab bench failover [--rounds N]  outage per disruption, median and worst
+//!   vipd-lab bench pods [--rounds N]      the same on K3s static pods run by kubelets
 //!
 //! Needs root. Everything it creates is removed on exit, Ctrl-C included.
 
@@ -19,6 +20,7 @@ use vipd_testkit::failover::{lease_cluster, median_worst, Disruption};
 mod bgp_bench;
 mod churn_bench;
 mod ha_bench;
+mod pods_bench;
 mod raft_bench;
 mod services_bench;
 
@@ -64,6 +66,12 @@ enum Bench {
     },
     /// The HA cluster: the client's longest gap per scenario, Lease and Raft.
     Ha {
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
+    /// The control-plane VIP as K3s static pods run by kubelets from vipd's
+    /// image: pod start, container killed, node death, rolling update.
+    Pods {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
@@ -148,6 +156,9 @@ fn main() {
         Cmd::Bench {
             what: Bench::Ha { rounds },
         } => ha_bench::run(&vipd, rounds, &INTERRUPTED),
+        Cmd::Bench {
+            what: Bench::Pods { rounds },
+        } => pods_bench::run(rounds, &INTERRUPTED),
         Cmd::Bench {
             what: Bench::Bgp { rounds },
         } => run_interruptible(async move { bgp_bench::run(&vipd, rounds).await }),
