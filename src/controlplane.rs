@@ -76,6 +76,10 @@ impl Leadership for VipLeadership {
         self.vips.extend(Source::ControlPlane, hold_until);
     }
 
+    fn holding(&mut self, hold_until: Instant) {
+        self.vips.hold_unconfirmed(Source::ControlPlane, hold_until);
+    }
+
     async fn stopped(&mut self) {
         self.vips.release(Source::ControlPlane).await;
         let _ = self.leader.send(None);

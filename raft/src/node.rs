@@ -28,6 +28,12 @@ pub trait Leadership: Send {
     fn started(&mut self, hold_until: Instant) -> impl Future<Output = ()> + Send;
     /// Still leading: may hold until `hold_until`.
     fn renewed(&mut self, hold_until: Instant);
+    /// Leading, but the record that says so cannot be renewed because its
+    /// store (the API server) cannot be reached: keep holding until
+    /// `hold_until` unless another node is seen announcing the address.
+    fn holding(&mut self, hold_until: Instant) {
+        self.renewed(hold_until)
+    }
     /// No longer leading: withdraw everything the lead allowed.
     fn stopped(&mut self) -> impl Future<Output = ()> + Send;
     /// The leader as last seen (None: nobody), for logs and status.

@@ -93,6 +93,9 @@ pub struct LeaseTiming {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
     pub retry_period: Duration,
+    /// A leader that cannot reach the API server keeps its addresses until
+    /// another node announces them (`vip_hold_on_api_loss`).
+    pub hold_on_api_loss: bool,
 }
 
 impl LeaseTiming {
@@ -102,6 +105,7 @@ impl LeaseTiming {
         lease_duration: Duration::from_secs(4),
         renew_deadline: Duration::from_millis(2500),
         retry_period: Duration::from_millis(500),
+        hold_on_api_loss: true,
     };
 }
 
@@ -639,6 +643,7 @@ fn lease_config(
         lease_duration: r.duration("vip_leaseduration", d.lease_duration)?,
         renew_deadline: r.duration("vip_renewdeadline", d.renew_deadline)?,
         retry_period: r.duration("vip_retryperiod", d.retry_period)?,
+        hold_on_api_loss: r.bool("vip_hold_on_api_loss", d.hold_on_api_loss)?,
     };
     if timing.lease_duration < Duration::from_secs(2) {
         return Err(r.err("vip_leaseduration", "must be at least 2s"));

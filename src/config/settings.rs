@@ -37,6 +37,7 @@ const fn b(env: &'static str, flag: &'static str, help: &'static str) -> Setting
 pub const SETTINGS: &[Setting] = &[
     // Modes and features.
     b("vip_arp", "arp", "announce addresses by gratuitous ARP / unsolicited NA (default false)"),
+    b("vip_hold_on_api_loss", "holdOnApiLoss", "a Lease holder that cannot reach the API server keeps its addresses until another node announces them (default true; false: drop them at the renew deadline)"),
     b("bgp_enable", "bgp", "announce addresses by BGP through gobgpd (default false)"),
     b("cp_enable", "controlplane", "hold the control-plane VIP (default false)"),
     s("cp_namespace", "namespace", "namespace of the control-plane Lease (default kube-system)"),

@@ -176,6 +176,9 @@ impl LeaseElection {
         observe(initial, &mut obs);
         // Some(t): leading; t = start of the last successful acquire/renew.
         let mut leading: Option<Instant> = None;
+        // Leading past the renew deadline because the API server cannot be
+        // reached (vip_hold_on_api_loss): since when.
+        let mut holding_since: Option<Instant> = None;
         let mut last_holder: Option<String> = None;
         // When the Lease was first seen free in the current free spell.
         let mut free_since: Option<Instant> = None;
@@ -188,26 +191,66 @@ impl LeaseElection {
             }
             let now = Instant::now();
             if let Some(since) = leading {
-                let deadline = since + self.timing.renew_deadline;
+                // Holding: each attempt gets a call's time; else the renew
+                // deadline bounds them.
+                let deadline = match holding_since {
+                    Some(_) => now + self.call_timeout(),
+                    None => since + self.timing.renew_deadline,
+                };
+                let hold_allowed = self.timing.hold_on_api_loss;
                 tokio::select! {
                     _ = renew_tick.tick() => {
-                        match self.renew(&mut obs, deadline).await {
+                        if holding_since.is_some() {
+                            // Each attempt may hang for a call's time: the
+                            // hold must outlast it.
+                            leadership.holding(Instant::now() + self.call_timeout() + self.timing.renew_deadline);
+                        }
+                        // When holding is allowed, a failing call returns
+                        // early enough for the hold to begin before the
+                        // claim lapses.
+                        let call_deadline = if hold_allowed && holding_since.is_none() {
+                            deadline.checked_sub(HOLD_MARGIN).unwrap_or(deadline)
+                        } else {
+                            deadline
+                        };
+                        match self.renew(&mut obs, call_deadline).await {
                             Ok(started) => {
+                                if let Some(t) = holding_since.take() {
+                                    info!(lease = %self.name, after = ?t.elapsed(), "the API server answers again: Lease renewed, still the holder");
+                                }
                                 leading = Some(started);
                                 leadership.renewed(started + self.timing.renew_deadline);
                             }
                             Err(RenewError::Lost(holder)) => {
                                 warn!(lease = %self.name, holder = holder.as_deref().unwrap_or(""), "lost the Lease to another holder");
                                 leading = None;
+                                holding_since = None;
                                 leadership.stopped().await;
                             }
                             Err(RenewError::Failed(e)) => {
-                                if Instant::now() >= deadline {
-                                    warn!(lease = %self.name, error = %e, "could not renew the Lease before the renew deadline: stepping down");
-                                    leading = None;
-                                    leadership.stopped().await;
-                                } else {
-                                    debug!(error = %e, "renew failed; retrying");
+                                let now = Instant::now();
+                                let lapses = since + self.timing.renew_deadline;
+                                let decision = decide_on_failed_renew(
+                                    now >= lapses,
+                                    now + self.timing.retry_period + HOLD_MARGIN >= lapses,
+                                    hold_allowed,
+                                    unreachable(&e),
+                                );
+                                match decision {
+                                    OnFailedRenew::Retry => debug!(error = %e, "renew failed; retrying"),
+                                    OnFailedRenew::Hold => {
+                                        if holding_since.is_none() {
+                                            warn!(lease = %self.name, error = %e, "cannot reach the API server to renew the Lease: holding the addresses until another node announces them or the API server answers");
+                                            holding_since = Some(now);
+                                        }
+                                        leadership.holding(now + self.call_timeout() + self.timing.renew_deadline);
+                                    }
+                                    OnFailedRenew::StepDown => {
+                                        warn!(lease = %self.name, error = %e, "could not renew the Lease before the renew deadline: stepping down");
+                                        leading = None;
+                                        holding_since = None;
+                                        leadership.stopped().await;
+                                    }
                                 }
                             }
                         }
@@ -254,6 +297,11 @@ impl LeaseElection {
                     Ok(Outcome::Lost) => Instant::now(),
                     Err(e) => {
                         debug!(error = %e, "could not acquire the Lease; retrying");
+                        if self.timing.hold_on_api_loss && unreachable(&e) {
+                            if let Some(o) = obs.as_mut() {
+                                o.unverifiable(Instant::now());
+                            }
+                        }
                         Instant::now() + self.timing.retry_period
                     }
                 },
@@ -478,6 +526,53 @@ impl LeaseElection {
     }
 }
 
+/// What a leader does when a renewal failed without another holder
+/// winning the Lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailedRenew {
+    /// Still within the renew deadline: try again next tick.
+    Retry,
+    /// Past it, the API server unreachable, holding allowed: keep the
+    /// addresses (until another node announces them).
+    Hold,
+    /// Past it otherwise (the API server answered with a refusal, or
+    /// `vip_hold_on_api_loss=false`): give the addresses up.
+    StepDown,
+}
+
+/// How long before its renew deadline a leader that may hold on needs its
+/// failed call back, to start holding before its claim lapses.
+const HOLD_MARGIN: Duration = Duration::from_millis(200);
+
+/// The leader's rule after a failed renewal (pure): `past_deadline`, the
+/// renew deadline has passed; `lapses_before_next_try`, it will before the
+/// next attempt.
+pub fn decide_on_failed_renew(
+    past_deadline: bool,
+    lapses_before_next_try: bool,
+    hold_on_api_loss: bool,
+    unreachable: bool,
+) -> OnFailedRenew {
+    if hold_on_api_loss && unreachable && (past_deadline || lapses_before_next_try) {
+        OnFailedRenew::Hold
+    } else if past_deadline {
+        OnFailedRenew::StepDown
+    } else {
+        OnFailedRenew::Retry
+    }
+}
+
+/// Whether an API error means "the API server cannot be reached or is not
+/// serving" (no answer, a timeout, 5xx, 429), as opposed to an answer
+/// that refuses (403, 422, ...): only the former lets a leader hold on.
+pub fn unreachable(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code >= 500 || s.code == 429,
+        kube::Error::SerdeError(_) => false,
+        _ => true,
+    }
+}
+
 enum RenewError {
     /// The Lease names another holder (or none).
     Lost(Option<String>),
@@ -511,6 +606,33 @@ mod tests {
         l.metadata.name = Some("plndr-cp-lock".into());
         l.metadata.resource_version = Some(rv.into());
         l
+    }
+
+    #[test]
+    fn a_leader_holds_only_when_the_api_server_cannot_be_reached() {
+        use OnFailedRenew::*;
+        // Well within the renew deadline: retry.
+        assert_eq!(decide_on_failed_renew(false, false, true, true), Retry);
+        assert_eq!(decide_on_failed_renew(false, false, false, false), Retry);
+        // The claim would lapse before the next try: hold when allowed and
+        // the API server is out of reach, else retry until the deadline.
+        assert_eq!(decide_on_failed_renew(false, true, true, true), Hold);
+        assert_eq!(decide_on_failed_renew(false, true, true, false), Retry);
+        assert_eq!(decide_on_failed_renew(false, true, false, true), Retry);
+        // Past it: hold only when unreachable and allowed.
+        assert_eq!(decide_on_failed_renew(true, true, true, true), Hold);
+        assert_eq!(decide_on_failed_renew(true, true, true, false), StepDown);
+        assert_eq!(decide_on_failed_renew(true, true, false, true), StepDown);
+        assert!(unreachable(&timeout_error()));
+        let status = |code| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            }))
+        };
+        assert!(unreachable(&status(503)));
+        assert!(unreachable(&status(429)));
+        assert!(!unreachable(&status(403)));
     }
 
     #[test]

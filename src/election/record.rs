@@ -38,6 +38,17 @@ pub struct Deleted {
 }
 
 impl Observation {
+    /// The API server could not be reached: the holder may have renewed
+    /// meanwhile without this node seeing it, so its term counts again from
+    /// now (a follower never takes a Lease over just because it could not
+    /// watch it; a holder out of reach of the API is noticed by the
+    /// followers that can reach it).
+    pub fn unverifiable(&mut self, now: Instant) {
+        if self.lease.is_some() {
+            self.observed_at = now;
+        }
+    }
+
     pub fn resource_version(&self) -> Option<&str> {
         self.lease.as_ref()?.metadata.resource_version.as_deref()
     }

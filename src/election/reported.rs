@@ -46,6 +46,10 @@ impl<L: Leadership> Leadership for Reported<L> {
         self.inner.renewed(hold_until);
     }
 
+    fn holding(&mut self, hold_until: Instant) {
+        self.inner.holding(hold_until);
+    }
+
     async fn stopped(&mut self) {
         self.inner.stopped().await;
         self.status.election(&self.lease, false, None);

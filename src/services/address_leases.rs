@@ -141,6 +141,11 @@ impl Leadership for AddrLeadership {
             .extend(Source::ServiceAddress(self.addr), hold_until);
     }
 
+    fn holding(&mut self, hold_until: Instant) {
+        self.vips
+            .hold_unconfirmed(Source::ServiceAddress(self.addr), hold_until);
+    }
+
     async fn stopped(&mut self) {
         self.vips.release(Source::ServiceAddress(self.addr)).await;
         self.leading

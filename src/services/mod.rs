@@ -105,6 +105,12 @@ impl Leadership for ServicesLeadership {
         self.vips.extend(Source::ServicesLeader, hold_until);
     }
 
+    fn holding(&mut self, hold_until: Instant) {
+        self.state.hold.send_replace(Some(hold_until));
+        self.vips
+            .hold_unconfirmed(Source::ServicesLeader, hold_until);
+    }
+
     async fn stopped(&mut self) {
         let _gate = self.state.gate.lock().await;
         self.state.hold.send_replace(None);

@@ -14,9 +14,10 @@
 //!
 //! At start the owner removes every address a previous vipd left behind.
 
+mod conflict;
 mod plan;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -24,10 +25,11 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use vipd_arp::Schedule;
 
-pub use plan::{plan, refuse_foreign, wanted, ClaimSet, Plan, Want};
+pub use conflict::Conflict;
+pub use plan::{plan, refuse_foreign, wanted, yields_to_another, ClaimSet, Plan, Want};
 
 use crate::announce::{self, AnnounceStats};
 use crate::config::Announce;
@@ -79,6 +81,10 @@ pub struct Held {
     /// Addresses claimed for Services that this node refuses to hold (the
     /// node has them already and vipd did not add them), with why.
     pub refused: BTreeMap<IpAddr, String>,
+    /// Claimed addresses let go because another node announced them while
+    /// this node could not confirm its claim (the API server out of
+    /// reach), with what was seen.
+    pub yielded: BTreeMap<IpAddr, String>,
 }
 
 /// How the owner works.
@@ -103,6 +109,8 @@ enum Command {
     Extend {
         source: Source,
         hold_until: Instant,
+        /// False: holding on without a renewed Lease (see `ClaimSet`).
+        confirmed: bool,
     },
     ReleaseAll {
         done: oneshot::Sender<()>,
@@ -179,7 +187,11 @@ impl VipHandle {
     /// Replaces `source`'s claims; returns once the kernel has converged.
     pub async fn set(&self, source: Source, claims: Vec<Claim>, hold_until: Option<Instant>) {
         let (done, wait) = oneshot::channel();
-        let set = ClaimSet { claims, hold_until };
+        let set = ClaimSet {
+            claims,
+            hold_until,
+            confirmed: true,
+        };
         if self.tx.send(Command::Set { source, set, done }).is_ok() {
             let _ = wait.await;
         }
@@ -192,7 +204,21 @@ impl VipHandle {
 
     /// Moves `source`'s deadline (a renewed lease).
     pub fn extend(&self, source: Source, hold_until: Instant) {
-        let _ = self.tx.send(Command::Extend { source, hold_until });
+        let _ = self.tx.send(Command::Extend {
+            source,
+            hold_until,
+            confirmed: true,
+        });
+    }
+
+    /// Moves `source`'s deadline without a renewed lease (the API server is
+    /// out of reach): the addresses stay unless another node announces them.
+    pub fn hold_unconfirmed(&self, source: Source, hold_until: Instant) {
+        let _ = self.tx.send(Command::Extend {
+            source,
+            hold_until,
+            confirmed: false,
+        });
     }
 
     /// Removes every address (shutdown); returns once removed.
@@ -214,6 +240,7 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
     let stats = Arc::new(AnnounceStats::default());
     let readiness = Arc::new(Mutex::new(Readiness::new()));
     let (tx, rx) = mpsc::unbounded_channel();
+    let (conflict_tx, conflict_rx) = mpsc::unbounded_channel();
     let (held_tx, held_rx) = watch::channel(Held::default());
     let guardian = if config.guardian {
         if !crate::guardian::wait_for_previous(Duration::from_secs(10)) {
@@ -241,6 +268,10 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         stats: stats.clone(),
         held: held_tx,
         readiness: readiness.clone(),
+        yielded: BTreeMap::new(),
+        held_set: Default::default(),
+        conflict_tx,
+        watched_links: HashSet::new(),
     };
     owner.refresh_kernel_view().await?;
     let stale: Vec<KernelAddr> = owner.have.iter().filter(|k| k.ours).copied().collect();
@@ -251,7 +282,7 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         }
     }
     owner.refresh_kernel_view().await?;
-    tokio::spawn(owner.run(rx, events));
+    tokio::spawn(owner.run(rx, conflict_rx, events));
     Ok(VipHandle {
         tx,
         held: held_rx,
@@ -273,12 +304,20 @@ struct Owner {
     stats: Arc<AnnounceStats>,
     held: watch::Sender<Held>,
     readiness: Arc<Mutex<Readiness>>,
+    /// Addresses let go to another node's announcement, with why.
+    yielded: BTreeMap<IpAddr, String>,
+    /// What the conflict watchers compare announcements with.
+    held_set: conflict::HeldSet,
+    conflict_tx: mpsc::UnboundedSender<Conflict>,
+    /// Interfaces with a conflict watcher.
+    watched_links: HashSet<u32>,
 }
 
 impl Owner {
     async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Command>,
+        mut conflicts: mpsc::UnboundedReceiver<Conflict>,
         events: impl futures::Stream<Item = KernelEvent> + Unpin + Send,
     ) {
         let mut events = events;
@@ -297,6 +336,11 @@ impl Owner {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Set { source, set, done }) => {
+                        // A new confirmed claim (leadership won again)
+                        // takes back what was let go.
+                        for c in &set.claims {
+                            self.yielded.remove(&c.addr);
+                        }
                         if set.claims.is_empty() {
                             self.claims.remove(&source);
                         } else {
@@ -305,15 +349,26 @@ impl Owner {
                         self.converge().await;
                         let _ = done.send(());
                     }
-                    Some(Command::Extend { source, hold_until }) => {
+                    Some(Command::Extend { source, hold_until, confirmed }) => {
                         let now = Instant::now();
                         let mut lapsed = false;
+                        let mut reclaimed = false;
                         if let Some(set) = self.claims.get_mut(&source) {
                             lapsed = set.hold_until.is_some_and(|t| t <= now);
                             set.hold_until = Some(hold_until);
+                            set.confirmed = confirmed;
+                            if confirmed {
+                                // Renewed after all: what was let go is ours again.
+                                for c in &set.claims {
+                                    if self.yielded.remove(&c.addr).is_some() {
+                                        info!(addr = %c.addr, "the Lease was renewed: holding the address again");
+                                        reclaimed = true;
+                                    }
+                                }
+                            }
                         }
                         // A claim that had lapsed (and was withdrawn) comes back.
-                        if lapsed {
+                        if lapsed || reclaimed {
                             self.converge().await;
                         }
                     }
@@ -330,6 +385,7 @@ impl Owner {
                     }
                 },
                 Some(ev) = events.next() => self.on_kernel_event(ev).await,
+                Some(c) = conflicts.recv() => self.on_conflict(c).await,
                 _ = refresh.tick() => {
                     if let Err(e) = self.refresh_kernel_view().await {
                         warn!(error = %e, "cannot read addresses");
@@ -402,6 +458,29 @@ impl Owner {
         }
     }
 
+    /// Another node announced `c.addr`: let it go when this node holds it
+    /// only on an unconfirmed claim (see `plan::yields_to_another`).
+    async fn on_conflict(&mut self, c: Conflict) {
+        if self.yielded.contains_key(&c.addr) {
+            return;
+        }
+        let m = c.mac;
+        let mac = format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        );
+        if yields_to_another(Instant::now(), &self.claims, c.addr) {
+            warn!(addr = %c.addr, other = %mac, "another node announces this address while this node cannot renew its Lease (API server out of reach): letting it go");
+            self.yielded.insert(
+                c.addr,
+                format!("announced by {mac} while the API server was out of reach"),
+            );
+            self.converge().await;
+        } else {
+            debug!(addr = %c.addr, other = %mac, "another node announces an address this node holds with a renewed Lease");
+        }
+    }
+
     fn claimed_now(&self, addr: IpAddr) -> bool {
         self.wanted_now().0.contains_key(&addr)
     }
@@ -409,6 +488,7 @@ impl Owner {
     /// What should be on this node now, and the claims refused.
     fn wanted_now(&self) -> (BTreeMap<IpAddr, Want>, BTreeMap<IpAddr, String>) {
         let mut want = wanted(Instant::now(), &self.claims);
+        want.retain(|a, _| !self.yielded.contains_key(a));
         let refused = refuse_foreign(&mut want, &self.have);
         (want, refused)
     }
@@ -525,6 +605,17 @@ impl Owner {
         if let Some(h) = announce::spawn(link, addr, schedule, self.stats.clone()) {
             self.announcers.insert(addr, h);
         }
+        if let Some(mac) = link.mac {
+            if self.watched_links.insert(link.index) {
+                conflict::watch(
+                    link.index,
+                    link.name.clone(),
+                    mac,
+                    self.held_set.clone(),
+                    self.conflict_tx.clone(),
+                );
+            }
+        }
     }
 
     fn reannounce_on(&mut self, link: &Link) {
@@ -606,12 +697,16 @@ impl Owner {
             .filter(|a| !claimed.contains_key(a) && self.have.iter().any(|k| k.addr == **a))
             .copied()
             .collect();
+        *self.held_set.write().expect("not poisoned") = addresses.keys().copied().collect();
+        // Let-go addresses nobody claims any more are forgotten.
+        let yielded: BTreeMap<IpAddr, String> = self.yielded.clone();
         self.held.send_if_modified(|h| {
             let new = Held {
                 addresses,
                 claimed,
                 stray,
                 refused,
+                yielded,
             };
             if *h != new {
                 *h = new;

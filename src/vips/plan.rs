@@ -13,6 +13,10 @@ use crate::netlink::KernelAddr;
 pub struct ClaimSet {
     pub claims: Vec<Claim>,
     pub hold_until: Option<Instant>,
+    /// False while the source holds on without being able to confirm its
+    /// right (a Lease it cannot renew because the API server is out of
+    /// reach): then another node announcing the address wins at once.
+    pub confirmed: bool,
 }
 
 impl ClaimSet {
@@ -87,6 +91,23 @@ pub fn refuse_foreign(
         }
     });
     refused
+}
+
+/// Whether to let `addr` go because another node announces it: only when
+/// every live source claiming it holds on unconfirmed. A confirmed holder
+/// keeps it (the other node is the one in the wrong, and its own election
+/// will say so); an address nobody claims is not ours to judge.
+pub fn yields_to_another(now: Instant, claims: &BTreeMap<Source, ClaimSet>, addr: IpAddr) -> bool {
+    let mut claimed = false;
+    for set in claims.values().filter(|s| s.live(now)) {
+        if set.claims.iter().any(|c| c.addr == addr) {
+            if set.confirmed {
+                return false;
+            }
+            claimed = true;
+        }
+    }
+    claimed
 }
 
 /// What to change in the kernel.
@@ -167,6 +188,7 @@ mod tests {
                 (
                     s,
                     ClaimSet {
+                        confirmed: true,
                         claims: c,
                         hold_until: h,
                     },
@@ -332,5 +354,60 @@ mod tests {
             None,
         )]);
         assert_eq!(plan(&wanted(now, &c), &[], idx), Plan::default());
+    }
+}
+
+#[cfg(test)]
+mod yield_tests {
+    use super::*;
+
+    fn set(addr: &str, confirmed: bool, live: bool) -> ClaimSet {
+        let now = Instant::now();
+        ClaimSet {
+            claims: vec![Claim {
+                addr: addr.parse().unwrap(),
+                prefix: 32,
+                interface: "eth0".into(),
+                route: Default::default(),
+            }],
+            hold_until: Some(if live {
+                now + std::time::Duration::from_secs(5)
+            } else {
+                now - std::time::Duration::from_secs(1)
+            }),
+            confirmed,
+        }
+    }
+
+    #[test]
+    fn only_an_unconfirmed_holder_yields_to_another_announcer() {
+        let vip: IpAddr = "192.0.2.100".parse().unwrap();
+        let now = Instant::now();
+        let one = |s: ClaimSet| BTreeMap::from([(Source::ControlPlane, s)]);
+        assert!(yields_to_another(
+            now,
+            &one(set("192.0.2.100", false, true)),
+            vip
+        ));
+        assert!(!yields_to_another(
+            now,
+            &one(set("192.0.2.100", true, true)),
+            vip
+        ));
+        // Not claimed (or lapsed): nothing to yield.
+        assert!(!yields_to_another(
+            now,
+            &one(set("192.0.2.101", false, true)),
+            vip
+        ));
+        assert!(!yields_to_another(
+            now,
+            &one(set("192.0.2.100", false, false)),
+            vip
+        ));
+        // Shared: one confirmed claim keeps it.
+        let mut both = one(set("192.0.2.100", false, true));
+        both.insert(Source::ServicesLeader, set("192.0.2.100", true, true));
+        assert!(!yields_to_another(now, &both, vip));
     }
 }
