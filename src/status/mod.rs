@@ -104,6 +104,10 @@ pub struct StatusDoc {
     /// Addresses claimed for Services that this node refuses to hold, and why.
     #[serde(default)]
     pub refused_addresses: BTreeMap<IpAddr, String>,
+    /// Addresses let go because another node announced them while this
+    /// node could not renew its Lease (the API server out of reach).
+    #[serde(default)]
+    pub yielded_addresses: BTreeMap<IpAddr, String>,
     pub services: Option<ServicesSummary>,
     pub announcements_sent: u64,
     pub announcement_errors: u64,
@@ -246,6 +250,7 @@ impl Status {
                 .collect(),
             stray_addresses: held.stray.iter().copied().collect(),
             refused_addresses: held.refused.clone(),
+            yielded_addresses: held.yielded.clone(),
             services: self.services(),
             announcements_sent: self.vips.stats.sent.load(Ordering::Relaxed),
             announcement_errors: self.vips.stats.errors.load(Ordering::Relaxed),

@@ -367,8 +367,9 @@ impl Owner {
                                 }
                             }
                         }
-                        // A claim that had lapsed (and was withdrawn) comes back.
-                        if lapsed || reclaimed {
+                        // A claim that had lapsed (and was withdrawn) comes
+                        // back; an unconfirmed one is judged again.
+                        if lapsed || reclaimed || !confirmed {
                             self.converge().await;
                         }
                     }
@@ -453,6 +454,8 @@ impl Owner {
                 if now_up && !was_up {
                     // Carrier is back: neighbours may have forgotten us.
                     self.reannounce_on(&link);
+                } else if was_up && !now_up {
+                    self.converge().await;
                 }
             }
         }
@@ -517,6 +520,30 @@ impl Owner {
 
     /// Brings the kernel and the announcers in line with the claims.
     async fn converge(&mut self) {
+        // A let-go address nobody claims any more is forgotten.
+        let now = Instant::now();
+        let claimed = wanted(now, &self.claims);
+        self.yielded.retain(|a, _| claimed.contains_key(a));
+        // Held on without a renewed Lease, on an interface that lost its
+        // carrier: the address serves nobody there, and brought back with
+        // the link it would fight the node that took over. Let it go until
+        // the Lease is renewed.
+        for (addr, w) in &claimed {
+            let down = self.links.get(&w.interface).is_some_and(|l| !l.up);
+            if down
+                && !self.yielded.contains_key(addr)
+                && yields_to_another(now, &self.claims, *addr)
+            {
+                warn!(%addr, interface = %w.interface, "the interface is down and the Lease cannot be renewed: letting the address go");
+                self.yielded.insert(
+                    *addr,
+                    format!(
+                        "{} lost its carrier while the API server was out of reach",
+                        w.interface
+                    ),
+                );
+            }
+        }
         let (want, refused) = self.wanted_now();
         for (addr, why) in &refused {
             if !self.held.borrow().refused.contains_key(addr) {
@@ -698,7 +725,6 @@ impl Owner {
             .copied()
             .collect();
         *self.held_set.write().expect("not poisoned") = addresses.keys().copied().collect();
-        // Let-go addresses nobody claims any more are forgotten.
         let yielded: BTreeMap<IpAddr, String> = self.yielded.clone();
         self.held.send_if_modified(|h| {
             let new = Held {

@@ -19,6 +19,7 @@ pub mod ha;
 pub mod lab;
 pub mod netns;
 pub mod nodes;
+pub mod outage;
 pub mod pods;
 pub mod probe;
 pub mod process;

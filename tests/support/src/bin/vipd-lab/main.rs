@@ -20,6 +20,7 @@ use vipd_testkit::failover::{lease_cluster, median_worst, Disruption};
 mod bgp_bench;
 mod churn_bench;
 mod ha_bench;
+mod outage_bench;
 mod pods_bench;
 mod raft_bench;
 mod services_bench;
@@ -68,6 +69,15 @@ enum Bench {
     Ha {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
+    },
+    /// A control-plane outage: the API server frozen (VIP and Service gaps,
+    /// holding vs strict), and the holder cut off from it.
+    Outage {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds the API server stays frozen.
+        #[arg(long, default_value_t = 60)]
+        freeze: u64,
     },
     /// The control-plane VIP as K3s static pods run by kubelets from vipd's
     /// image: pod start, container killed, node death, rolling update.
@@ -156,6 +166,11 @@ fn main() {
         Cmd::Bench {
             what: Bench::Ha { rounds },
         } => ha_bench::run(&vipd, rounds, &INTERRUPTED),
+        Cmd::Bench {
+            what: Bench::Outage { rounds, freeze },
+        } => run_interruptible(async move {
+            outage_bench::run(&vipd, rounds, Duration::from_secs(freeze), &INTERRUPTED).await
+        }),
         Cmd::Bench {
             what: Bench::Pods { rounds },
         } => pods_bench::run(rounds, &INTERRUPTED),
