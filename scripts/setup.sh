@@ -14,11 +14,13 @@ fi
 
 # Debian packages: apt-get update only when something is missing.
 # keepalived: the comparison benchmark; gobgpd + GoBGP protos: BGP mode; bird2: the test router.
+# nftables + stress-ng: packet loss and load in the lab (the switch's bridge filter, saturated cores).
 # umoci + skopeo: the images (vipd's, the sandbox); runc, CNI plugins, iptables, conntrack:
 # the lab's Kubernetes nodes (containerd, kubelet and kube-proxy are built, see scripts/nodes.sh).
 packages=(iproute2 curl ca-certificates build-essential pkg-config python3 procps
           keepalived gobgpd golang-github-osrg-gobgp-dev bird2
-          umoci skopeo runc containernetworking-plugins iptables conntrack)
+          umoci skopeo runc containernetworking-plugins iptables conntrack
+          nftables stress-ng)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,5 +1,6 @@
-//! The Kubernetes client. The agent finds its credentials as kube-vip
-//! does ([`agent_credentials`]); vipctl as kubectl does.
+//! The Kubernetes client. vipd and vipctl find their credentials as
+//! kube-vip does ([`agent_credentials`]); vipctl's `--kubeconfig` comes
+//! first.
 //!
 //! One HTTP/2 connection carries every request and watch (kube's own
 //! client speaks HTTP/1.1: a burst of Lease renewals and Service writes
@@ -19,15 +20,17 @@ use kube::{Client, Config};
 /// Where the credentials come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
-    /// A kubeconfig file (`k8s_config_file`, or kubeadm's admin.conf).
-    File(PathBuf),
+    /// A kubeconfig file, and what named it (`k8s_config_file`,
+    /// `--kubeconfig`, or the admin.conf found on the node).
+    File { path: PathBuf, from: &'static str },
     /// `$KUBECONFIG`, else `~/.kube/config`.
     Home,
     /// The pod's ServiceAccount.
     InCluster,
-    /// A kubeconfig if there is one, else in-cluster (kubectl's order: vipctl).
-    Infer,
 }
+
+/// What to tell a user who has no credentials: every way that works.
+pub const NO_CREDENTIALS: &str = "no Kubernetes credentials: none of k8s_config_file, /etc/kubernetes/admin.conf, $KUBECONFIG, ~/.kube/config, and not in a pod with a ServiceAccount";
 
 /// kubeadm's admin kubeconfig, which kube-vip reads first: kube-vip's
 /// static pods mount the node's kubeconfig there (K3s' docs mount
@@ -39,20 +42,26 @@ pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
 /// kubeconfig when there is one; else in-cluster. So a kube-vip static pod
 /// with only its image changed runs vipd with the same credentials.
 pub fn agent_credentials(
-    explicit: Option<&Path>,
+    explicit: Option<(&Path, &'static str)>,
     admin_conf_exists: bool,
     home_kubeconfig: bool,
 ) -> Credentials {
     match explicit {
-        Some(p) => Credentials::File(p.to_path_buf()),
-        None if admin_conf_exists => Credentials::File(PathBuf::from(ADMIN_CONF)),
+        Some((p, from)) => Credentials::File {
+            path: p.to_path_buf(),
+            from,
+        },
+        None if admin_conf_exists => Credentials::File {
+            path: PathBuf::from(ADMIN_CONF),
+            from: "found on this node",
+        },
         None if home_kubeconfig => Credentials::Home,
         None => Credentials::InCluster,
     }
 }
 
 /// [`agent_credentials`] on this machine.
-pub fn discover_agent_credentials(explicit: Option<&Path>) -> Credentials {
+pub fn discover_agent_credentials(explicit: Option<(&Path, &'static str)>) -> Credentials {
     let home = std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty())
         || std::env::var_os("HOME")
             .map(|h| Path::new(&h).join(".kube/config").is_file())
@@ -60,12 +69,18 @@ pub fn discover_agent_credentials(explicit: Option<&Path>) -> Credentials {
     agent_credentials(explicit, Path::new(ADMIN_CONF).is_file(), home)
 }
 
-/// One client (vipctl): `kubeconfig` when given, else kubectl's order.
+/// One client (vipctl): `kubeconfig` (its `--kubeconfig`) when given, else
+/// `k8s_config_file` from the environment, else vipd's order.
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client> {
-    let credentials = match kubeconfig {
-        Some(p) => Credentials::File(p.to_path_buf()),
-        None => Credentials::Infer,
+    let from_env = std::env::var_os("k8s_config_file")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let explicit = match (kubeconfig, &from_env) {
+        (Some(p), _) => Some((p, "from --kubeconfig")),
+        (None, Some(p)) => Some((p.as_path(), "from k8s_config_file")),
+        (None, None) => None,
     };
+    let credentials = discover_agent_credentials(explicit);
     Ok(connect_to(&credentials).await?.main)
 }
 
@@ -84,28 +99,23 @@ pub struct Clients {
 
 /// Connects as [`connect`] does, with a second connection for elections.
 pub async fn connect_to(credentials: &Credentials) -> Result<Clients> {
-    let home = || async {
-        Config::from_kubeconfig(&KubeConfigOptions::default())
-            .await
-            .context("no Kubernetes credentials: set k8s_config_file, run in a pod, or provide ~/.kube/config")
-    };
     let mut config = match credentials {
-        Credentials::File(path) => {
-            let kc = Kubeconfig::read_from(path).with_context(|| {
-                format!("invalid configuration: k8s_config_file={:?}: cannot read kubeconfig", path.display())
+        Credentials::File { path, from } => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| match e {
+                kube::config::KubeconfigError::ReadConfig(io, _) => {
+                    anyhow::anyhow!("cannot read kubeconfig {} ({from}): {io}", path.display())
+                }
+                other => anyhow::Error::new(other)
+                    .context(format!("kubeconfig {} ({from})", path.display())),
             })?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
-                .with_context(|| format!("invalid configuration: k8s_config_file={:?}", path.display()))?
+                .with_context(|| format!("kubeconfig {} ({from})", path.display()))?
         }
-        Credentials::Home => home().await?,
-        Credentials::InCluster => Config::incluster().context(
-            "no Kubernetes credentials: no k8s_config_file, no /etc/kubernetes/admin.conf, no ~/.kube/config, and not in a pod",
-        )?,
-        Credentials::Infer => match home().await {
-            Ok(c) => c,
-            Err(e) => Config::incluster().map_err(|_| e)?,
-        },
+        Credentials::Home => Config::from_kubeconfig(&KubeConfigOptions::default()).await?,
+        Credentials::InCluster => {
+            Config::incluster().map_err(|_| anyhow::anyhow!(NO_CREDENTIALS))?
+        }
     };
     // Fail fast on a dead API server; elections retry on their own schedule.
     config.connect_timeout = Some(Duration::from_secs(2));
@@ -193,12 +203,18 @@ mod credential_tests {
     fn the_agent_finds_credentials_in_kube_vips_order() {
         let given = Path::new("/etc/rancher/k3s/k3s.yaml");
         assert_eq!(
-            agent_credentials(Some(given), true, true),
-            Credentials::File(given.into())
+            agent_credentials(Some((given, "from k8s_config_file")), true, true),
+            Credentials::File {
+                path: given.into(),
+                from: "from k8s_config_file"
+            }
         );
         assert_eq!(
             agent_credentials(None, true, true),
-            Credentials::File(ADMIN_CONF.into())
+            Credentials::File {
+                path: ADMIN_CONF.into(),
+                from: "found on this node"
+            }
         );
         assert_eq!(agent_credentials(None, false, true), Credentials::Home);
         assert_eq!(

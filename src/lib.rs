@@ -15,6 +15,7 @@ pub mod bgp;
 pub mod config;
 pub mod controlplane;
 pub mod election;
+pub mod error_chain;
 pub mod events;
 pub mod guardian;
 pub mod health;

@@ -14,7 +14,7 @@ fn setting_args() -> Vec<Arg> {
         .map(|s| {
             let mut a = Arg::new(s.env)
                 .long(s.flag)
-                .help(s.help)
+                .help(s.help_text())
                 .action(ArgAction::Set);
             if s.switch {
                 a = a
@@ -90,7 +90,15 @@ fn layers(m: &ArgMatches, with_env: bool) -> Result<Layers, String> {
     Ok(l)
 }
 
+/// Colour only for a person at a terminal: never in `kubectl logs`,
+/// journald or a log shipper, and never with `NO_COLOR` set
+/// (https://no-color.org).
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(level: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIPD_LOG").unwrap_or_else(|_| {
         // kube's client logs every failed request at ERROR; vipd logs each
         // failure where it is handled, with what it means, so that line is
@@ -99,8 +107,14 @@ fn init_logging(level: &str, format: LogFormat) {
             "{level},kube=warn,kube_client=warn,kube_client::client::builder=off,kube_runtime=warn,tower=warn,hyper=warn,h2=warn,rustls=warn,tonic=warn"
         ))
     });
+    let ansi = colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_timer(tracing_subscriber::fmt::time::UtcTime::rfc_3339());
     match format {
         LogFormat::Text => builder.with_target(false).init(),
@@ -121,7 +135,13 @@ fn main() -> ExitCode {
                 .unwrap_or_default();
             let config = match Config::from_layers(&layers, &hostname) {
                 Ok(c) => c,
-                Err(e) => return fail(&e.to_string()),
+                Err(errors) => {
+                    // Every setting to fix, one line each.
+                    for e in errors.list() {
+                        eprintln!("vipd: {e}");
+                    }
+                    return ExitCode::from(2);
+                }
             };
             init_logging(&config.log_level, config.log_format);
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -134,7 +154,7 @@ fn main() -> ExitCode {
             };
             match rt.block_on(vipd::manager::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&format!("{e:#}")),
+                Err(e) => fail(&vipd::error_chain::chain(&e)),
             }
         }
         Some(("guard", _)) => vipd::guardian::run_guard(),
@@ -169,4 +189,18 @@ fn main() -> ExitCode {
 fn fail(msg: &str) -> ExitCode {
     eprintln!("vipd: {msg}");
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None), "piped: no escapes");
+        assert!(!colour(true, Some("1".into())));
+        // NO_COLOR present but empty does not count (no-color.org).
+        assert!(colour(true, Some("".into())));
+    }
 }

@@ -50,13 +50,18 @@ pub async fn run(config: Config) -> Result<()> {
         );
     // Raft and BGP control planes run without the API; with credentials
     // they still publish their instance record for `vipctl status`.
-    let credentials = kubeclient::discover_agent_credentials(config.kubeconfig.as_deref());
+    let credentials = kubeclient::discover_agent_credentials(
+        config
+            .kubeconfig
+            .as_deref()
+            .map(|p| (p, "from k8s_config_file")),
+    );
     info!(credentials = ?credentials, "Kubernetes credentials");
     let clients = match kubeclient::connect_to(&credentials).await {
         Ok(c) => Some(c),
         Err(e) if needs_api => return Err(e),
         Err(e) => {
-            info!(reason = %format!("{e:#}"), "no Kubernetes API: running without it (vipctl status will not list this node)");
+            info!(reason = %crate::error_chain::chain(&e), "no Kubernetes API: running without it (vipctl status will not list this node)");
             None
         }
     };
@@ -80,7 +85,29 @@ pub async fn run(config: Config) -> Result<()> {
     )
     .await
     .context("starting the address owner")?;
-    info!(node = %config.node_name, interface = %interface, "vipd started");
+    info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        node = %config.node_name,
+        mode = %match config.announce {
+            crate::config::Announce::Arp => "arp",
+            crate::config::Announce::Bgp => "bgp",
+        },
+        election = %election_summary(&config),
+        interface = %interface,
+        vip = %if cp_vips.is_empty() {
+            "none".to_string()
+        } else {
+            cp_vips.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        },
+        services = %match &config.services {
+            Some(s) if s.per_address_election => "on (a Lease per address)",
+            Some(_) => "on",
+            None => "off",
+        },
+        status = %config.status_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        settings = %config.sources,
+        "vipd started"
+    );
 
     let events = client
         .clone()
@@ -243,6 +270,19 @@ pub async fn run(config: Config) -> Result<()> {
             info!("stopped");
             Ok(())
         }
+    }
+}
+
+/// How the control-plane VIP's holder is chosen, in a word and its Lease.
+fn election_summary(config: &Config) -> String {
+    match (&config.control_plane, &config.bgp) {
+        (None, _) => "none (no control-plane VIP)".into(),
+        (Some(_), Some(_)) => "none (BGP: every healthy node announces)".into(),
+        (Some(cp), None) => match &cp.election {
+            Election::Lease(l) => format!("lease {}/{}", l.namespace, l.name),
+            Election::Raft(r) => format!("raft {}", r.peers),
+            Election::None => "none (this node holds the VIP)".into(),
+        },
     }
 }
 

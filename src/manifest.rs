@@ -32,10 +32,12 @@ pub const NAME: &str = "vipd";
 pub const NAMESPACE: &str = "vipd-system";
 /// Where static pods run, as every control-plane static pod does.
 pub const STATIC_POD_NAMESPACE: &str = "kube-system";
-/// The pools ConfigMap's namespace and name (kube-vip-cloud-provider's).
-pub const POOLS_NAMESPACE: &str = "kube-system";
+/// The pools ConfigMap's namespace and name (kube-vip-cloud-provider's;
+/// `svc_pool_configmap`'s default).
+pub const POOLS_NAMESPACE: &str = crate::config::settings::DEFAULT_NAMESPACE;
 pub const POOLS_NAME: &str = "kubevip";
-/// Raft's state on the host, and the shared secret's file.
+/// Raft's state on the host (`vip_raft_state_dir`'s default), and the
+/// shared secret's file.
 pub const RAFT_STATE_DIR: &str = "/var/lib/vipd/raft";
 pub const RAFT_SECRET_FILE: &str = "/etc/vipd/raft-secret";
 /// The Secret a DaemonSet reads the Raft secret from (key `secret`).
@@ -163,12 +165,12 @@ fn container(layers: &Layers, image: &str, kubeconfig: Option<&str>) -> Value {
         },
         "resources": { "requests": { "cpu": "10m", "memory": "32Mi" } }
     });
-    // Probes on the status server (prometheus_server, :2112 by default; none when it is off).
+    // Probes on the status server (prometheus_server; none when it is off).
     let port = match layers
         .get("prometheus_server")
         .map(|g| g.value.trim().to_string())
     {
-        None => Some(2112),
+        None => Some(crate::config::settings::STATUS_PORT),
         Some(v) if v.is_empty() => None,
         Some(v) => v.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()),
     };
@@ -520,5 +522,20 @@ mod tests {
                 assert!(tolerated(&ds).iter().any(|k| k == CONTROL_PLANE_LABEL));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod default_tests {
+    use super::*;
+    use crate::config::settings::default_of;
+
+    #[test]
+    fn manifest_constants_are_the_settings_defaults() {
+        assert_eq!(
+            default_of("svc_pool_configmap"),
+            Some(format!("{POOLS_NAMESPACE}/{POOLS_NAME}").as_str())
+        );
+        assert_eq!(default_of("vip_raft_state_dir"), Some(RAFT_STATE_DIR));
     }
 }

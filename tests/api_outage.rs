@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use vipd_testkit::apiserver::env;
-use vipd_testkit::outage::{cluster, cut_holder_off, freeze_api, logs};
+use vipd_testkit::outage::{cluster, cut_holder_off, cut_holder_off_with, freeze_api, logs, Cut};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vipd"))
@@ -123,6 +123,44 @@ fn a_holder_cut_off_from_the_api_lets_go_when_another_takes_over() {
         assert!(
             o.stayed,
             "the VIP moved again after the cut healed\n{}",
+            logs(&nodes)
+        );
+        assert!(
+            o.said_why,
+            "the old holder did not say why it let go\n{}",
+            logs(&nodes)
+        );
+    });
+}
+
+/// The same cut, but every gratuitous ARP for the VIP is lost on the
+/// switch: the old holder learns of the new one only from the answer to the
+/// probe it sends with each refresh while it holds without a renewed Lease
+/// (RFC 5227 conflict detection). Without probes it would keep the VIP
+/// until the cut heals.
+#[test]
+fn a_holder_cut_off_finds_the_new_holder_by_probing() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let (nodes, _ns) = cluster(env, bin(), &[("vip_arpRate", "1000")]).await;
+        let o = cut_holder_off_with(
+            env,
+            &nodes,
+            Cut {
+                silence_announcements: true,
+                // Long enough that only a probe can end the overlap in time.
+                after_takeover: Some(Duration::from_secs(5)),
+            },
+        )
+        .await
+        .unwrap();
+        eprintln!("{o:?}");
+        // One refresh (1 s) and a sample.
+        assert!(
+            o.overlap <= Duration::from_millis(1500),
+            "two holders for {:?}\n{}",
+            o.overlap,
             logs(&nodes)
         );
         assert!(

@@ -79,6 +79,31 @@ fn status_endpoints_tell_the_truth_and_metrics_parse() {
             .await;
             assert_eq!(code(&format!("{}/readyz", base(&c, i))).await, 200);
         }
+        // What `kubectl logs` shows (output piped): no colour, and one
+        // start-up line that says what this vipd does and where its
+        // settings came from.
+        for n in &c.nodes {
+            let log = std::fs::read(n.log_path()).unwrap();
+            assert!(!log.contains(&0x1b), "ANSI escapes in {}", n.name());
+            let log = String::from_utf8_lossy(&log);
+            let line = log
+                .lines()
+                .find(|l| l.contains("vipd started"))
+                .unwrap_or_else(|| panic!("no start-up line in\n{log}"));
+            for part in [
+                " INFO ",
+                "mode=arp",
+                &format!("election=lease {lease}"),
+                "interface=eth0",
+                &format!("vip={VIP4}"),
+                "services=off",
+                "status=0.0.0.0:2112",
+                "settings=environment: ",
+                "vip_leaderelection",
+            ] {
+                assert!(line.contains(part), "{part:?} missing from {line:?}");
+            }
+        }
         // Followers learn who leads from the Lease watch; give them a moment.
         tokio::time::sleep(Duration::from_millis(500)).await;
         for i in 0..3 {

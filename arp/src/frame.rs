@@ -5,6 +5,14 @@
 //! - IPv6: an unsolicited Neighbour Advertisement (RFC 4861 §7.2.6) to the
 //!   all-nodes multicast address, Override flag set, Solicited flag clear,
 //!   carrying the Target Link-Layer Address option.
+//!
+//! And frames that ask "does anyone else have this address?" without
+//! claiming it (conflict detection): an ARP Probe (RFC 5227 §2.1.1, sender
+//! protocol address all zeros) and a Neighbour Solicitation from the
+//! unspecified address (RFC 4862 §5.4.2, as Duplicate Address Detection
+//! sends it). A host that holds the address answers the first with an ARP
+//! reply and the second with a Neighbour Advertisement to all nodes; neither
+//! changes anybody's neighbour cache.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -104,6 +112,73 @@ fn unsolicited_na(ip: Ipv6Addr, mac: MacAddr) -> Vec<u8> {
         &Icmpv6Packet::new(icmp).expect("buffer fits ICMPv6"),
         &ip,
         &ALL_NODES,
+    );
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    buf
+}
+
+/// The frame that asks whether any other host holds `ip`, sent from `mac`:
+/// an ARP Probe for IPv4, a DAD Neighbour Solicitation for IPv6.
+pub fn build_probe(ip: IpAddr, mac: MacAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = gratuitous_arp(v4, mac);
+            let mut arp = MutableArpPacket::new(&mut buf[ETH_HEADER..ETH_HEADER + ARP_LEN])
+                .expect("buffer fits an ARP packet");
+            arp.set_sender_proto_addr(Ipv4Addr::UNSPECIFIED);
+            buf
+        }
+        IpAddr::V6(v6) => dad_solicitation(v6, mac),
+    }
+}
+
+/// The solicited-node multicast address of `ip` (RFC 4291 §2.7.1).
+pub fn solicited_node(ip: Ipv6Addr) -> Ipv6Addr {
+    let o = ip.octets();
+    Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    )
+}
+
+/// ICMPv6 Neighbour Solicitation: type, code, checksum, reserved, target;
+/// no Source Link-Layer Address option from the unspecified address
+/// (RFC 4861 §7.1.1).
+const NS_LEN: usize = 24;
+
+fn dad_solicitation(ip: Ipv6Addr, mac: MacAddr) -> Vec<u8> {
+    let group = solicited_node(ip);
+    let g = group.octets();
+    let mut buf = vec![0u8; ETH_HEADER + IPV6_HEADER + NS_LEN];
+    {
+        let mut eth = MutableEthernetPacket::new(&mut buf).expect("buffer fits an Ethernet header");
+        // 33:33 + the low 32 bits of the group (RFC 2464 §7).
+        eth.set_destination(MacAddr::new(0x33, 0x33, g[12], g[13], g[14], g[15]));
+        eth.set_source(mac);
+        eth.set_ethertype(EtherTypes::Ipv6);
+    }
+    {
+        let mut ip6 = MutableIpv6Packet::new(&mut buf[ETH_HEADER..]).expect("buffer fits IPv6");
+        ip6.set_version(6);
+        ip6.set_payload_length(NS_LEN as u16);
+        ip6.set_next_header(IpNextHeaderProtocols::Icmpv6);
+        ip6.set_hop_limit(255);
+        ip6.set_source(Ipv6Addr::UNSPECIFIED);
+        ip6.set_destination(group);
+    }
+    let icmp = &mut buf[ETH_HEADER + IPV6_HEADER..];
+    icmp[0] = Icmpv6Types::NeighborSolicit.0;
+    icmp[8..24].copy_from_slice(&ip.octets());
+    let sum = icmpv6::checksum(
+        &Icmpv6Packet::new(icmp).expect("buffer fits ICMPv6"),
+        &Ipv6Addr::UNSPECIFIED,
+        &group,
     );
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     buf
@@ -276,6 +351,41 @@ mod tests {
                 mac: MacAddr(0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f)
             })
         );
+    }
+
+    #[test]
+    fn arp_probe_bytes() {
+        let frame = build_probe("192.0.2.100".parse().unwrap(), MAC);
+        #[rustfmt::skip]
+        let expected: [u8; 42] = [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, 0x08, 0x06,
+            0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01,  // request
+            0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, 0, 0, 0, 0, // sender: no address (RFC 5227 probe)
+            0, 0, 0, 0, 0, 0, 192, 0, 2, 100,          // target: the address probed
+        ];
+        assert_eq!(frame.len(), 60);
+        assert_eq!(&frame[..42], &expected[..]);
+        // A probe announces nothing.
+        assert_eq!(parse_announcement(&frame), None);
+    }
+
+    #[test]
+    fn dad_solicitation_bytes() {
+        let ip: Ipv6Addr = "2001:db8::1:2345".parse().unwrap();
+        let frame = build_probe(IpAddr::V6(ip), MAC);
+        #[rustfmt::skip]
+        let expected: [u8; 78] = [
+            0x33, 0x33, 0xff, 0x01, 0x23, 0x45, // solicited-node multicast MAC
+            0x02, 0x00, 0x5e, 0x10, 0x20, 0x30,
+            0x86, 0xdd,
+            0x60, 0, 0, 0, 0, 24, 58, 255,      // v6, payload 24, ICMPv6, hop limit 255
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // from ::
+            0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0x01, 0x23, 0x45,
+            135, 0, 0x06, 0x63,                 // NS, code 0, checksum (computed with Python)
+            0, 0, 0, 0,
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x23, 0x45,
+        ];
+        assert_eq!(&frame[..], &expected[..]);
     }
 
     #[test]

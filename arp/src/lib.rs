@@ -18,8 +18,8 @@ pub mod schedule;
 pub mod socket;
 
 pub use frame::{
-    build_announcement, build_arp_request, parse_announcement, parse_arp_reply, Announcement,
-    MacAddr,
+    build_announcement, build_arp_request, build_probe, parse_announcement, parse_arp_reply,
+    Announcement, MacAddr,
 };
 pub use schedule::Schedule;
 pub use socket::{Capture, Sender};

@@ -28,7 +28,8 @@ enum Output {
 enum Cmd {
     /// The state of every VIP, Service and vipd instance.
     Status {
-        /// kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+        /// kubeconfig (default: as vipd finds it: $k8s_config_file,
+        /// /etc/kubernetes/admin.conf, $KUBECONFIG or ~/.kube/config, in-cluster).
         #[arg(long)]
         kubeconfig: Option<std::path::PathBuf>,
         /// Services of this namespace only.
@@ -40,7 +41,7 @@ enum Cmd {
         #[arg(long)]
         vipd_namespace: Option<String>,
         /// The control-plane Lease (`vip_leasename`).
-        #[arg(long, default_value = "plndr-cp-lock")]
+        #[arg(long, default_value = vipd::config::settings::CP_LEASE)]
         lease: String,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
@@ -48,7 +49,7 @@ enum Cmd {
         #[arg(long)]
         local: bool,
         /// The local status server (`prometheus_server`).
-        #[arg(long, default_value = "http://127.0.0.1:2112")]
+        #[arg(long, default_value_t = format!("http://127.0.0.1:{}", vipd::config::settings::STATUS_PORT))]
         url: String,
     },
 }
@@ -75,13 +76,20 @@ async fn status(cli: Cmd) -> Result<bool, String> {
         let url = format!("{}/status", url.trim_end_matches('/'));
         let doc: StatusDoc = http::get_json(&url, Duration::from_secs(3))
             .await
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| vipd::error_chain::chain(&e))?;
         print(&doc, output, render::local);
         return Ok(doc.ready);
     }
     let client = vipd::kubeclient::connect(kubeconfig.as_deref())
         .await
-        .map_err(|e| format!("{e:#}"))?;
+        .map_err(|e| {
+            let text = vipd::error_chain::chain(&e);
+            if text == vipd::kubeclient::NO_CREDENTIALS {
+                format!("{text}: pass --kubeconfig, or run vipctl where one of them is (--local reads this node's vipd without the API)")
+            } else {
+                text
+            }
+        })?;
     let vipd_namespace = match vipd_namespace {
         Some(ns) => ns,
         None => report::find_vipd_namespace(&client, &lease).await,
@@ -93,7 +101,7 @@ async fn status(cli: Cmd) -> Result<bool, String> {
     };
     let r = report::gather(client, &scope)
         .await
-        .map_err(|e| format!("{e:#}"))?;
+        .map_err(|e| vipd::error_chain::chain(&e))?;
     print(&r, output, render::report);
     Ok(r.problems.is_empty())
 }

@@ -95,6 +95,28 @@ impl Layers {
         self.values.get(env)
     }
 
+    /// Which settings were given where, names only (values may be
+    /// secrets): `environment: a, b; flag: c`.
+    pub fn sources(&self) -> String {
+        let mut parts = Vec::new();
+        for origin in [Origin::Env, Origin::Flag, Origin::File] {
+            let names: Vec<&str> = self
+                .values
+                .iter()
+                .filter(|(_, g)| g.origin == origin)
+                .map(|(k, _)| *k)
+                .collect();
+            if !names.is_empty() {
+                parts.push(format!("{origin}: {}", names.join(", ")));
+            }
+        }
+        if parts.is_empty() {
+            "none given (all defaults)".to_string()
+        } else {
+            parts.join("; ")
+        }
+    }
+
     /// Every value given, for `vipd manifest`.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Given)> {
         self.values.iter().map(|(k, v)| (*k, v))
@@ -141,6 +163,19 @@ mod tests {
         m.add_env(|k| (k == "port").then(|| "3".to_string()));
         m.add_flags([("port", "2".to_string())]);
         assert_eq!(m.get("port").unwrap().value, "3");
+    }
+
+    #[test]
+    fn sources_name_settings_by_origin_never_values() {
+        let mut l = Layers::default();
+        l.add_flags([("port", "2".to_string())]);
+        l.add_env(|k| (k == "bgp_peerpass" || k == "vip_arp").then(|| "s3cret".to_string()));
+        assert_eq!(
+            l.sources(),
+            "environment: bgp_peerpass, vip_arp; flag: port"
+        );
+        assert!(!l.sources().contains("s3cret"));
+        assert_eq!(Layers::default().sources(), "none given (all defaults)");
     }
 
     #[test]

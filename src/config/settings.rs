@@ -1,7 +1,8 @@
 //! Every setting vipd accepts, once: its kube-vip environment variable, its
-//! command-line flag, its help. The flags, the environment lookup, the
-//! config-file keys and `vipd manifest` are all derived from this table, so
-//! the names can never drift apart.
+//! command-line flag, its help and its default. The flags, the environment
+//! lookup, the config-file keys, `--help`, the parsers' defaults, `vipd
+//! manifest` and vipctl's defaults are all derived from this table, so
+//! names and defaults can never drift apart.
 
 /// One setting.
 #[derive(Debug, Clone, Copy)]
@@ -12,8 +13,29 @@ pub struct Setting {
     pub flag: &'static str,
     /// A yes/no switch (`--arp` alone means true).
     pub switch: bool,
-    /// Shown in `--help`, with the default.
+    /// Shown in `--help`.
     pub help: &'static str,
+    /// The value used when none is given, as text the setting's parser
+    /// reads; None where there is none or it is computed (said in `help`).
+    pub default: Option<&'static str>,
+}
+
+impl Setting {
+    /// The help text with the default, as `--help` shows it.
+    pub fn help_text(&self) -> String {
+        match self.default {
+            Some("") => format!("{} (default: empty)", self.help),
+            Some(d) => format!("{} (default {d})", self.help),
+            None => self.help.to_string(),
+        }
+    }
+
+    const fn or(self, default: &'static str) -> Setting {
+        Setting {
+            default: Some(default),
+            ..self
+        }
+    }
 }
 
 const fn s(env: &'static str, flag: &'static str, help: &'static str) -> Setting {
@@ -22,6 +44,7 @@ const fn s(env: &'static str, flag: &'static str, help: &'static str) -> Setting
         flag,
         switch: false,
         help,
+        default: None,
     }
 }
 
@@ -31,79 +54,100 @@ const fn b(env: &'static str, flag: &'static str, help: &'static str) -> Setting
         flag,
         switch: true,
         help,
+        default: Some("false"),
     }
 }
 
+/// kube-vip's namespace for its Leases, where vipd keeps them unless told.
+pub const DEFAULT_NAMESPACE: &str = "kube-system";
+/// The control-plane Lease (kube-vip's name).
+pub const CP_LEASE: &str = "plndr-cp-lock";
+/// The Services leader's Lease (kube-vip's name).
+pub const SVC_LEASE: &str = "plndr-svcs-lock";
+/// The pools ConfigMap (kube-vip-cloud-provider's).
+pub const POOLS_CONFIGMAP: &str = "kube-system/kubevip";
+/// The status server's port (`prometheus_server`, kube-vip's metrics port).
+pub const STATUS_PORT: u16 = 2112;
+const STATUS_SERVER: &str = ":2112";
+
 pub const SETTINGS: &[Setting] = &[
     // Modes and features.
-    b("vip_arp", "arp", "announce addresses by gratuitous ARP / unsolicited NA (default false)"),
-    b("vip_hold_on_api_loss", "holdOnApiLoss", "a Lease holder that cannot reach the API server keeps its addresses until another node announces them (default true; false: drop them at the renew deadline)"),
-    b("bgp_enable", "bgp", "announce addresses by BGP through gobgpd (default false)"),
-    b("cp_enable", "controlplane", "hold the control-plane VIP (default false)"),
-    s("cp_namespace", "namespace", "namespace of the control-plane Lease (default kube-system)"),
-    b("svc_enable", "services", "serve LoadBalancer Services (default false)"),
-    b("svc_election", "servicesElection", "one Lease per Service address, spread over nodes (default false)"),
+    b("vip_arp", "arp", "announce addresses by gratuitous ARP / unsolicited NA"),
+    b("vip_hold_on_api_loss", "holdOnApiLoss", "a Lease holder that cannot reach the API server keeps its addresses until another node announces them (false: drop them at the renew deadline)").or("true"),
+    b("bgp_enable", "bgp", "announce addresses by BGP through gobgpd"),
+    b("cp_enable", "controlplane", "hold the control-plane VIP"),
+    s("cp_namespace", "namespace", "namespace of vipd's Leases and instance records").or(DEFAULT_NAMESPACE),
+    b("svc_enable", "services", "serve LoadBalancer Services"),
+    b("svc_election", "servicesElection", "one Lease per Service address, spread over nodes"),
     s("svc_namespace", "serviceNamespace", "serve Services of this namespace only (default: all)"),
-    s("svc_leasename", "servicesLeaseName", "Lease of the Services leader (default plndr-svcs-lock)"),
-    b("lb_class_only", "lbClassOnly", "serve only Services whose loadBalancerClass is lb_class_name (default false)"),
-    s("lb_class_name", "lbClassName", "loadBalancerClass vipd serves (default kube-vip.io/kube-vip-class)"),
-    s("svc_pool_configmap", "poolConfigMap", "ConfigMap of IP pools, NAMESPACE/NAME (default kube-system/kubevip)"),
+    s("svc_leasename", "servicesLeaseName", "Lease of the Services leader").or(SVC_LEASE),
+    b("lb_class_only", "lbClassOnly", "serve only Services whose loadBalancerClass is lb_class_name"),
+    s("lb_class_name", "lbClassName", "loadBalancerClass vipd serves").or("kube-vip.io/kube-vip-class"),
+    s("svc_pool_configmap", "poolConfigMap", "ConfigMap of IP pools, NAMESPACE/NAME").or(POOLS_CONFIGMAP),
     // Address.
     s("address", "address", "control-plane VIP: an IP or DNS name; a comma list for dual-stack"),
     s("vip_address", "vip", "older name of `address`"),
-    s("port", "port", "API server port behind the VIP (default 6443)"),
-    s("vip_interface", "interface", "interface for the VIP (default: that of the default route)"),
+    s("port", "port", "API server port behind the VIP").or("6443"),
+    s("vip_interface", "interface", "interface for the VIP (default: that of the default route; BGP: lo)"),
     s("vip_servicesinterface", "serviceInterface", "interface for Service addresses (default vip_interface)"),
-    s("vip_subnet", "vipSubnet", "prefix length of added addresses: 32, 128 or 32,128 (default)"),
+    s("vip_subnet", "vipSubnet", "prefix length of added addresses: 32, 128 or 32,128").or("32,128"),
     s("vip_nodename", "nodeName", "this node's identity in elections (default: the host name)"),
     // Lease election.
-    b("vip_leaderelection", "leaderElection", "elect the VIP holder with a Kubernetes Lease (default false)"),
-    s("vip_leasename", "leaseName", "control-plane Lease, NAME or NAMESPACE/NAME (default plndr-cp-lock)"),
-    s("vip_leaseduration", "leaseDuration", "Lease duration, seconds or with unit (vipd default 4s)"),
-    s("vip_renewdeadline", "leaseRenewDuration", "leader gives up the VIP if it cannot renew for this long (vipd default 2500ms)"),
-    s("vip_retryperiod", "leaseRetry", "renew / retry period (vipd default 500ms)"),
+    b("vip_leaderelection", "leaderElection", "elect the VIP holder with a Kubernetes Lease"),
+    s("vip_leasename", "leaseName", "control-plane Lease, NAME or NAMESPACE/NAME").or(CP_LEASE),
+    s("vip_leaseduration", "leaseDuration", "Lease duration, seconds or with unit (kube-vip: 15)").or("4s"),
+    s("vip_renewdeadline", "leaseRenewDuration", "leader gives up the VIP if it cannot renew for this long (kube-vip: 10)").or("2500ms"),
+    s("vip_retryperiod", "leaseRetry", "renew / retry period (kube-vip: 2)").or("500ms"),
     // Raft election (vipd).
-    b("vip_raft", "raft", "elect the control-plane VIP holder with Raft among vip_raft_peers: no API server needed (default false)"),
+    b("vip_raft", "raft", "elect the control-plane VIP holder with Raft among vip_raft_peers: no API server needed"),
     s("vip_raft_peers", "raftPeers", "NAME=HOST:PORT of every control-plane node, comma separated; the same list, in the same order, on every node"),
-    s("vip_raft_state_dir", "raftStateDir", "where Raft keeps term, vote and log (default /var/lib/vipd/raft)"),
+    s("vip_raft_state_dir", "raftStateDir", "where Raft keeps term, vote and log").or("/var/lib/vipd/raft"),
     s("vip_raft_secret_file", "raftSecretFile", "file holding the secret every Raft peer shares (at least 16 bytes); required with vip_raft"),
-    s("vip_raft_tick", "raftTick", "Raft tick (default 50ms)"),
-    s("vip_raft_heartbeat_ticks", "raftHeartbeatTicks", "ticks between leader heartbeats (default 2)"),
-    s("vip_raft_election_ticks", "raftElectionTicks", "ticks without a leader before a follower campaigns; randomized up to twice this (default 8)"),
+    s("vip_raft_tick", "raftTick", "Raft tick").or("50ms"),
+    s("vip_raft_heartbeat_ticks", "raftHeartbeatTicks", "ticks between leader heartbeats").or("2"),
+    s("vip_raft_election_ticks", "raftElectionTicks", "ticks without a leader before a follower campaigns; randomized up to twice this").or("8"),
     // BGP (kube-vip's names; vipd's additions marked).
     s("bgp_routerid", "bgpRouterID", "BGP router ID (default: the IPv4 address of bgp_routerinterface or vip_interface)"),
     s("bgp_routerinterface", "bgpRouterInterface", "interface whose IPv4 address is the router ID"),
-    s("bgp_as", "localAS", "local AS number (default 65000)"),
+    s("bgp_as", "localAS", "local AS number").or("65000"),
     s("bgp_peeraddress", "peerAddress", "one BGP peer's address"),
-    s("bgp_peeras", "peerAS", "that peer's AS (default 65000)"),
+    s("bgp_peeras", "peerAS", "that peer's AS").or("65000"),
     s("bgp_peerpass", "peerPass", "that peer's TCP-MD5 password (prefer bgp_peerpass_file or a Secret in the environment)"),
     s("bgp_peerpass_file", "peerPassFile", "file holding the password of peers given without one (vipd)"),
-    b("bgp_multihop", "multihop", "eBGP multihop to that peer (default false)"),
+    b("bgp_multihop", "multihop", "eBGP multihop to that peer"),
     s("bgp_peers", "bgppeers", "ADDRESS:AS:PASSWORD:MULTIHOP[:PORT],... (IPv6 in brackets)"),
     s("bgp_sourceip", "sourceIP", "local address for BGP sessions"),
     s("bgp_sourceif", "sourceIF", "local interface for BGP sessions"),
-    s("bgp_hold_time", "bgpHoldTimer", "hold time, seconds (default 30)"),
-    s("bgp_keepalive_interval", "bgpKeepAliveInterval", "keepalive interval, seconds (default 10)"),
+    s("bgp_hold_time", "bgpHoldTimer", "hold time, seconds").or("30"),
+    s("bgp_keepalive_interval", "bgpKeepAliveInterval", "keepalive interval, seconds").or("10"),
     s("bgp_communities", "bgpCommunities", "communities on every route, AS:VALUE,... (vipd)"),
     s("bgp_local_pref", "bgpLocalPref", "LOCAL_PREF on every route, for iBGP peers (vipd)"),
-    s("bgp_gobgpd_path", "gobgpdPath", "gobgpd binary vipd runs (vipd; default gobgpd)"),
-    s("bgp_gobgp_api", "gobgpAPI", "gRPC address of gobgpd: unix:///PATH or HOST:PORT (vipd; default unix:///run/vipd/gobgpd.sock, a private directory)"),
+    s("bgp_gobgpd_path", "gobgpdPath", "gobgpd binary vipd runs (vipd)").or("gobgpd"),
+    s("bgp_gobgp_api", "gobgpAPI", "gRPC address of gobgpd: unix:///PATH or HOST:PORT; the default socket's directory is private (vipd)").or("unix:///run/vipd/gobgpd.sock"),
     b("bgp_gobgp_external", "gobgpExternal", "use a gobgpd already running at bgp_gobgp_api instead of starting one (vipd)"),
     s("vip_healthcheck_url", "healthCheckURL", "BGP mode: announce the control-plane VIP only while this URL answers 200 (vipd; default https://127.0.0.1:PORT/readyz)"),
     // ARP.
-    s("vip_arpRate", "arpRate", "milliseconds between refresh announcements (default 3000; below 500 means 3000)"),
+    s("vip_arpRate", "arpRate", "milliseconds between refresh announcements (below 500 means 3000)").or("3000"),
     s("vip_addr_lifetime", "addressLifetime", "kernel lifetime of held addresses, refreshed while leading; 0 = permanent (vipd default: lease duration - 2s, at least 1s)"),
     // Kubernetes client, observability.
-    s("k8s_config_file", "k8sConfigPath", "kubeconfig (default: /etc/kubernetes/admin.conf if present, else ~/.kube/config, else in-cluster)"),
-    s("prometheus_server", "prometheusHTTPServer", "address of /metrics, /healthz, /readyz, /status (default :2112; empty = off)"),
-    s("health_check_port", "healthCheckPort", "extra port serving /healthz only (default 0 = off)"),
-    s("vip_loglevel", "log", "log level: error, warn, info, debug, trace or kube-vip's number (default info)"),
-    s("vip_logformat", "logFormat", "text or json (default text)"),
+    s("k8s_config_file", "k8sConfigPath", "kubeconfig (default: /etc/kubernetes/admin.conf if present, else $KUBECONFIG or ~/.kube/config, else in-cluster)"),
+    s("prometheus_server", "prometheusHTTPServer", "address of /metrics, /healthz, /readyz, /status (empty = off)").or(STATUS_SERVER),
+    s("health_check_port", "healthCheckPort", "extra port serving /healthz only (0 = off)").or("0"),
+    s("vip_loglevel", "log", "log level: error, warn, info, debug, trace or kube-vip's number").or("info"),
+    s("vip_logformat", "logFormat", "text or json").or("text"),
 ];
 
 /// The setting with environment name `env`.
 pub fn by_env(env: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.env == env)
+}
+
+/// The default of setting `env` (panics on a name not in the table: a
+/// programming error the unit tests catch).
+pub fn default_of(env: &str) -> Option<&'static str> {
+    by_env(env)
+        .unwrap_or_else(|| panic!("{env} is not in the settings table"))
+        .default
 }
 
 #[cfg(test)]
@@ -117,5 +161,17 @@ mod tests {
         let flags: HashSet<_> = SETTINGS.iter().map(|s| s.flag.to_lowercase()).collect();
         assert_eq!(envs.len(), SETTINGS.len());
         assert_eq!(flags.len(), SETTINGS.len());
+    }
+
+    #[test]
+    fn help_shows_the_default_once() {
+        for s in SETTINGS {
+            let h = s.help_text();
+            assert!(h.matches("(default").count() <= 1, "{}: {h}", s.env);
+        }
+        assert_eq!(
+            by_env("vip_leasename").unwrap().help_text(),
+            "control-plane Lease, NAME or NAMESPACE/NAME (default plndr-cp-lock)"
+        );
     }
 }

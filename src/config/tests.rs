@@ -10,7 +10,7 @@ fn layers(pairs: &[(&str, &str)]) -> Layers {
     l
 }
 
-fn cp_arp(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+fn cp_arp(extra: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
     let mut pairs = vec![
         ("vip_arp", "true"),
         ("cp_enable", "true"),
@@ -466,4 +466,63 @@ fn bgp_settings() {
         .unwrap_err()
         .to_string();
     assert!(!e.contains("topsecret"), "{e}");
+}
+
+#[test]
+fn every_invalid_setting_is_reported_at_once() {
+    let e = err(&[
+        ("address", "not-an-ip!"),
+        ("vip_leaderelection", "true"),
+        ("vip_leaseduration", "abc"),
+        ("vip_arpRate", "fast"),
+        ("vip_loglevel", "loud"),
+    ]);
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 4, "{e}");
+    for (line, setting) in lines.iter().zip([
+        "address=",
+        "vip_leaseduration=",
+        "vip_arpRate=",
+        "vip_loglevel=",
+    ]) {
+        assert!(line.starts_with("invalid configuration: "), "{line}");
+        assert!(line.contains(setting), "{line} lacks {setting}");
+    }
+    // A bad duration is one mistake: the renew deadline is not judged
+    // against a lease duration nobody gave.
+    assert!(!e.contains("vip_renewdeadline"), "{e}");
+}
+
+#[test]
+fn a_setting_read_by_two_parts_is_named_once() {
+    let l = layers(&[
+        ("vip_arp", "true"),
+        ("cp_enable", "true"),
+        ("svc_enable", "true"),
+        ("address", "192.0.2.100"),
+        ("vip_leaderelection", "true"),
+        ("cp_namespace", "Not_A_Name"),
+    ]);
+    let e = Config::from_layers(&l, "h").unwrap_err();
+    assert_eq!(e.list().len(), 1, "{e}");
+}
+
+#[test]
+fn the_table_defaults_are_the_typed_defaults() {
+    let c = cp_arp(&[("vip_leaderelection", "true"), ("svc_enable", "true")]).unwrap();
+    let Election::Lease(l) = c.control_plane.unwrap().election else {
+        panic!()
+    };
+    assert_eq!(l.timing, LeaseTiming::DEFAULT);
+    assert_eq!(l.name, settings::CP_LEASE);
+    assert_eq!(l.namespace, settings::DEFAULT_NAMESPACE);
+    let s = c.services.unwrap();
+    assert_eq!(s.lease.name, settings::SVC_LEASE);
+    assert_eq!(
+        format!("{}/{}", s.pool_configmap.0, s.pool_configmap.1),
+        settings::POOLS_CONFIGMAP
+    );
+    assert_eq!(c.status_addr.unwrap().port(), settings::STATUS_PORT);
+    assert_eq!(c.arp_rate, Duration::from_millis(3000));
+    assert_eq!(c.subnets, Subnets { v4: 32, v6: 128 });
 }

@@ -245,7 +245,9 @@ impl AddressLeases {
     }
 
     fn api_namespace(&self) -> &str {
-        self.api.namespace().unwrap_or("kube-system")
+        self.api
+            .namespace()
+            .unwrap_or(crate::config::settings::DEFAULT_NAMESPACE)
     }
 
     /// Passes the informer's view of each Lease to its election.

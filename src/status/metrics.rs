@@ -194,6 +194,18 @@ impl Collector for StatusCollector {
             "announcements that could not be sent",
             &[(vec![], errors)],
         )?;
+        counters(
+            &mut enc,
+            "vipd_arp_conflict_probes",
+            "ARP probes and DAD solicitations sent for addresses held without a renewed Lease",
+            &[(
+                vec![],
+                s.vips
+                    .stats
+                    .probes
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )],
+        )?;
 
         if let Some(svc) = s.services() {
             let states: Vec<(Labels, i64)> = [

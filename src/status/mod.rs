@@ -110,6 +110,9 @@ pub struct StatusDoc {
     pub yielded_addresses: BTreeMap<IpAddr, String>,
     pub services: Option<ServicesSummary>,
     pub announcements_sent: u64,
+    /// Conflict probes sent while holding without a renewed Lease.
+    #[serde(default)]
+    pub conflict_probes: u64,
     pub announcement_errors: u64,
     pub bgp_peers: Vec<PeerDoc>,
 }
@@ -253,6 +256,7 @@ impl Status {
             yielded_addresses: held.yielded.clone(),
             services: self.services(),
             announcements_sent: self.vips.stats.sent.load(Ordering::Relaxed),
+            conflict_probes: self.vips.stats.probes.load(Ordering::Relaxed),
             announcement_errors: self.vips.stats.errors.load(Ordering::Relaxed),
             bgp_peers: self.bgp_peers(),
         }

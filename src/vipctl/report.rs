@@ -99,7 +99,10 @@ fn list(s: &str) -> Vec<String> {
 /// of vipd's manifests, else kube-vip's default, whichever has vipd's
 /// records or the control-plane Lease.
 pub async fn find_vipd_namespace(client: &Client, lease: &str) -> String {
-    for ns in [crate::manifest::NAMESPACE, "kube-system"] {
+    for ns in [
+        crate::manifest::NAMESPACE,
+        crate::config::settings::DEFAULT_NAMESPACE,
+    ] {
         let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
         let records = leases
             .list(&ListParams::default().labels(instance::LABEL).limit(1))

@@ -19,6 +19,7 @@ mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -291,6 +292,13 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
     })
 }
 
+/// The task announcing one address, and whether it probes for another
+/// holder (the address is held on an unconfirmed claim).
+struct Announcer {
+    task: JoinHandle<()>,
+    probing: Arc<AtomicBool>,
+}
+
 struct Owner {
     guardian: Option<Guardian>,
     netlink: Netlink,
@@ -299,7 +307,7 @@ struct Owner {
     /// The kernel's addresses, as last read or reported.
     have: Vec<KernelAddr>,
     links: HashMap<String, Link>,
-    announcers: HashMap<IpAddr, JoinHandle<()>>,
+    announcers: HashMap<IpAddr, Announcer>,
     since: HashMap<IpAddr, SystemTime>,
     stats: Arc<AnnounceStats>,
     held: watch::Sender<Held>,
@@ -371,6 +379,8 @@ impl Owner {
                         // back; an unconfirmed one is judged again.
                         if lapsed || reclaimed || !confirmed {
                             self.converge().await;
+                        } else {
+                            self.update_probing();
                         }
                     }
                     Some(Command::ReleaseAll { done }) => {
@@ -614,23 +624,42 @@ impl Owner {
             .collect();
         for a in stale {
             if let Some(h) = self.announcers.remove(&a) {
-                h.abort();
+                h.task.abort();
             }
             self.since.remove(&a);
         }
+        self.update_probing();
         self.publish_with(want, refused);
+    }
+
+    /// Probing on for the addresses held on an unconfirmed claim only.
+    fn update_probing(&self) {
+        let now = Instant::now();
+        for (addr, a) in &self.announcers {
+            let probe = yields_to_another(now, &self.claims, *addr);
+            if a.probing.swap(probe, Ordering::Relaxed) != probe && probe {
+                info!(%addr, "holding without a renewed Lease: probing for another holder with every announcement");
+            }
+        }
     }
 
     fn start_announcer(&mut self, link: &Link, addr: IpAddr) {
         if let Some(old) = self.announcers.remove(&addr) {
-            old.abort();
+            old.task.abort();
         }
         if self.config.announce != Announce::Arp {
             return;
         }
         let schedule = Schedule::new(self.config.arp_rate);
-        if let Some(h) = announce::spawn(link, addr, schedule, self.stats.clone()) {
-            self.announcers.insert(addr, h);
+        let probing = Arc::new(AtomicBool::new(yields_to_another(
+            Instant::now(),
+            &self.claims,
+            addr,
+        )));
+        if let Some(task) =
+            announce::spawn(link, addr, schedule, self.stats.clone(), probing.clone())
+        {
+            self.announcers.insert(addr, Announcer { task, probing });
         }
         if let Some(mac) = link.mac {
             if self.watched_links.insert(link.index) {

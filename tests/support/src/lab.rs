@@ -155,6 +155,55 @@ fn announce_self(ns: &Netns, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<()> {
     })
 }
 
+/// nftables rules on the switch (the bridge family's forward hook, so they
+/// see every frame between two ports), removed when dropped. `rules` is
+/// a list of rule bodies, e.g. `arp operation request drop`.
+pub struct SwitchFilter {
+    switch: String,
+    table: String,
+}
+
+impl SwitchFilter {
+    pub fn install(host_on_switch: &Host, table: &str, rules: &[&str]) -> Result<SwitchFilter> {
+        let switch = host_on_switch.switch.clone();
+        let mut script = format!(
+            "table bridge {table} {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n"
+        );
+        for r in rules {
+            script.push_str(&format!("    {r}\n"));
+        }
+        script.push_str("  }\n}\n");
+        let f = SwitchFilter {
+            switch,
+            table: table.to_string(),
+        };
+        crate::netns::run_with_stdin(
+            "ip",
+            &["netns", "exec", &f.switch, "nft", "-f", "-"],
+            &script,
+        )?;
+        Ok(f)
+    }
+}
+
+impl Drop for SwitchFilter {
+    fn drop(&mut self) {
+        let _ = output(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.switch,
+                "nft",
+                "delete",
+                "table",
+                "bridge",
+                &self.table,
+            ],
+        );
+    }
+}
+
 /// One host of a lab.
 pub struct Host {
     pub name: String,
@@ -174,6 +223,11 @@ impl Host {
     /// Plugs the cable back in.
     pub fn link_up(&self) -> Result<()> {
         ip(&["-n", &self.switch, "link", "set", &self.port, "up"])
+    }
+
+    /// The namespace of the switch this host is plugged into.
+    pub fn switch_ns(&self) -> &str {
+        &self.switch
     }
 
     /// Starts `program` inside this host with `env` set; output to `log`.

@@ -198,24 +198,60 @@ pub fn longest_overlap(samples: &[HolderSample]) -> Duration {
     worst
 }
 
+/// How the holder is cut off.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cut {
+    /// Also drop every gratuitous ARP for the VIP on the switch, so the old
+    /// holder can learn of the new one only by probing.
+    pub silence_announcements: bool,
+    /// How long the cut lasts after another node took over (default 2 s).
+    pub after_takeover: Option<Duration>,
+}
+
 /// Cuts the VIP's holder off from the API server (its packets to it
 /// dropped) until another node holds the VIP, waits 2 s, heals the cut and
 /// watches 6 s more.
 pub async fn cut_holder_off(env: &'static Env, nodes: &[VipdNode]) -> Result<CutOutcome> {
+    cut_holder_off_with(env, nodes, Cut::default()).await
+}
+
+/// [`cut_holder_off`], as `how` says.
+pub async fn cut_holder_off_with(
+    env: &'static Env,
+    nodes: &[VipdNode],
+    how: Cut,
+) -> Result<CutOutcome> {
     let old = one_holder(nodes, ip(VIP), Duration::from_secs(10)).await;
     let old_node = nodes.iter().find(|n| n.name() == old).expect("a node");
+    // Gratuitous ARPs (sender = target = the VIP) never cross the switch;
+    // probes (sender 0.0.0.0) and replies do.
+    let _silence = if how.silence_announcements {
+        Some(crate::lab::SwitchFilter::install(
+            &old_node.host,
+            "vipdsilence",
+            &[&format!(
+                "ether type arp arp operation request arp saddr ip {VIP} drop"
+            )],
+        )?)
+    } else {
+        None
+    };
     let hosts: Vec<&crate::lab::Host> = nodes.iter().map(|n| &n.host).collect();
     let sampler = HolderSampler::start(&hosts, ip(VIP), Duration::from_millis(20));
     let api = env.api_address().to_string();
     let ns = old_node.host.ns.name().to_string();
+    // Both ways: with only its own packets dropped, the holder still
+    // hears the API server's watch events on the open connection.
     let cut = |op: &str| -> Result<()> {
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns", "exec", &ns, "iptables", op, "OUTPUT", "-d", &api, "-j", "DROP",
-            ])
-            .output()?;
-        if !out.status.success() {
-            bail!("iptables {op}: {}", String::from_utf8_lossy(&out.stderr));
+        for (chain, dir) in [("OUTPUT", "-d"), ("INPUT", "-s")] {
+            let out = std::process::Command::new("ip")
+                .args([
+                    "netns", "exec", &ns, "iptables", op, chain, dir, &api, "-j", "DROP",
+                ])
+                .output()?;
+            if !out.status.success() {
+                bail!("iptables {op}: {}", String::from_utf8_lossy(&out.stderr));
+            }
         }
         Ok(())
     };
@@ -233,7 +269,7 @@ pub async fn cut_holder_off(env: &'static Env, nodes: &[VipdNode]) -> Result<Cut
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let takeover = t0.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(how.after_takeover.unwrap_or(Duration::from_secs(2))).await;
     cut("-D")?;
     let healed = Instant::now();
     tokio::time::sleep(Duration::from_secs(6)).await;
