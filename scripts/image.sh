@@ -22,7 +22,8 @@ version=$(cargo metadata --no-deps --format-version 1 \
   | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="vipd"))')
 case "$(uname -m)" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) echo "image: unsupported arch $(uname -m)" >&2; exit 2 ;; esac
 name="ghcr.io/vipd/vipd:v${version}"
-gobgpd=${GOBGPD:-$(command -v gobgpd || true)}
+# gobgpd v4 (BFD), built from the Go module proxy at the version bgp/gobgp/go.mod pins.
+gobgpd=${GOBGPD:-$("$root/scripts/gobgp.sh" build)/gobgpd}
 [ -x "$gobgpd" ] || { echo "image: no gobgpd binary (set GOBGPD=/path/to/gobgpd)" >&2; exit 2; }
 
 cargo build --release --quiet --bin vipd --bin vipctl

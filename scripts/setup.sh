@@ -13,12 +13,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: apt-get update only when something is missing.
-# keepalived: the comparison benchmark; gobgpd + GoBGP protos: BGP mode; bird2: the test router.
+# keepalived: the comparison benchmark; bird2: the test router (gobgpd is built, see scripts/gobgp.sh).
 # nftables + stress-ng: packet loss and load in the lab (the switch's bridge filter, saturated cores).
 # umoci + skopeo: the images (vipd's, the sandbox); runc, CNI plugins, iptables, conntrack:
 # the lab's Kubernetes nodes (containerd, kubelet and kube-proxy are built, see scripts/nodes.sh).
 packages=(iproute2 curl ca-certificates build-essential pkg-config python3 procps
-          keepalived gobgpd golang-github-osrg-gobgp-dev bird2
+          keepalived bird2
           umoci skopeo runc containernetworking-plugins iptables conntrack
           nftables stress-ng)
 missing=()
@@ -36,7 +36,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   if [ $had_policy = 0 ]; then rm -f /usr/sbin/policy-rc.d; fi
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    systemctl disable --now bird keepalived gobgpd >/dev/null 2>&1 || true
+    systemctl disable --now bird keepalived >/dev/null 2>&1 || true
   fi
 fi
 
@@ -50,5 +50,7 @@ command -v cargo >/dev/null 2>&1 || {
 
 # The real Kubernetes API server (and kubectl), cached in target/harness.
 scripts/harness.sh build >/dev/null
+# gobgpd v4 (BFD) for BGP mode, from the Go module proxy, cached in target/gobgp.
+scripts/gobgp.sh build >/dev/null
 # The lab's Kubernetes nodes: containerd, kubelet, kube-proxy, controllers, sandbox image.
 scripts/nodes.sh build >/dev/null

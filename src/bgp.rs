@@ -41,6 +41,19 @@ pub fn start(cfg: &BgpConfig, router_id: Ipv4Addr, vips: &VipHandle, status: Arc
     }
     .spawn();
     info!(asn = cfg.asn, %router_id, peers = cfg.peers.len(), external = cfg.external, "BGP mode");
+    for p in &cfg.peers {
+        match (&p.bfd, p.multihop_ttl) {
+            (Some(b), _) => {
+                info!(peer = %p.address, interval = ?b.interval, multiplier = b.multiplier, detection = ?b.detection_time(), "BFD on this BGP session")
+            }
+            (None, Some(_)) => {
+                info!(peer = %p.address, "no BFD on this multihop BGP session (GoBGP's BFD is single-hop, RFC 5881): a dead node's routes stay until the hold time")
+            }
+            (None, None) => {
+                info!(peer = %p.address, "BFD off (bgp_bfd=false): a dead node's routes stay until the hold time")
+            }
+        }
+    }
 
     // Routes follow what the owner holds, with each claim's attributes.
     let mut held = vips.held();
@@ -81,6 +94,7 @@ pub fn start(cfg: &BgpConfig, router_id: Ipv4Addr, vips: &VipHandle, status: Arc
                     asn: p.asn,
                     state: p.state.clone(),
                     prefixes_sent: p.prefixes_sent,
+                    bfd: p.bfd.clone(),
                 })
                 .collect();
             status.set_bgp_peers(peers);

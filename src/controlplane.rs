@@ -62,13 +62,21 @@ pub struct VipLeadership {
     /// Leader identity as last seen, for status.
     pub leader: tokio::sync::watch::Sender<Option<String>>,
     pub me: String,
+    /// Add the VIP only once no other host answers for it (Raft: the
+    /// election outpaces the kernel lifetime of a dead holder's address).
+    pub probe_first: bool,
 }
 
 impl Leadership for VipLeadership {
     async fn started(&mut self, hold_until: Instant) {
         let _ = self.leader.send(Some(self.me.clone()));
         self.vips
-            .set(Source::ControlPlane, self.claims.clone(), Some(hold_until))
+            .claim(
+                Source::ControlPlane,
+                self.claims.clone(),
+                Some(hold_until),
+                self.probe_first,
+            )
             .await;
     }
 

@@ -350,6 +350,7 @@ async fn start_control_plane(
             claims: claims.clone(),
             leader: leader_tx.clone(),
             me: p.me.to_string(),
+            probe_first: matches!(cp.election, Election::Raft(_)),
         },
         status: p.status.clone(),
         lease,

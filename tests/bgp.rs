@@ -195,7 +195,7 @@ fn the_control_plane_vip_is_ecmp_and_follows_health() {
         let mut stray = nodes[1]
             .host
             .ns
-            .command("gobgpd")
+            .command(vipd_testkit::bgp::gobgpd_bin().unwrap().to_str().unwrap())
             .args([
                 "--api-hosts",
                 nodes[1]
@@ -207,6 +207,7 @@ fn the_control_plane_vip_is_ecmp_and_follows_health() {
                 "--log-level",
                 "warn",
                 "--pprof-disable",
+                "--metrics-path=",
             ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -379,5 +380,84 @@ fn services_are_announced_from_eligible_nodes_with_communities() {
         bird.wait_next_hops(ip("198.51.100.152"), &all(3), Duration::from_secs(30)).unwrap();
         assert!(nodes[0].holds(ip("198.51.100.152")).await);
         drop(bird);
+    });
+}
+
+/// A node that dies outright (its link down, then every process in it
+/// killed, so no NOTIFICATION or FIN ever leaves) is dropped by the
+/// router within BFD's detection time (100 ms x 3), not after the hold
+/// time (9 s in this lab, 30 s by default). The BFD sessions are on
+/// record in /status, /metrics and vipctl.
+#[test]
+fn a_dead_node_is_dropped_by_bfd_not_the_hold_time() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let bird = router(3, &[]);
+        let vipd_ns = env.namespace("bgpbfd").await;
+        let (mut nodes, _health) = bgp_nodes(
+            3,
+            &[
+                ("cp_enable", "true"),
+                ("address", VIP),
+                ("cp_namespace", &vipd_ns),
+            ],
+            |_| vec![],
+        )
+        .await;
+        bird.wait_next_hops(ip(VIP), &all(3), Duration::from_secs(30))
+            .unwrap();
+        // An IPv4 and an IPv6 session to each node, each with BFD.
+        bird.wait_bfd_up(6, Duration::from_secs(20)).unwrap();
+        let base = format!("http://{}:2112", node_ip(0));
+        let t0 = Instant::now();
+        loop {
+            let doc: vipd::status::StatusDoc =
+                vipd::vipctl::http::get_json(&format!("{base}/status"), Duration::from_secs(2))
+                    .await
+                    .unwrap();
+            if doc.bgp_peers.len() == 2
+                && doc.bgp_peers.iter().all(|p| p.bfd.as_deref() == Some("up"))
+            {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "BFD not up in /status: {:?}",
+                doc.bgp_peers
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (_, metrics) =
+            vipd::vipctl::http::get(&format!("{base}/metrics"), Duration::from_secs(2))
+                .await
+                .unwrap();
+        let up = format!("vipd_bgp_bfd_session{{peer=\"{ROUTER}\",state=\"up\"}} 1");
+        let down = format!("vipd_bgp_bfd_session{{peer=\"{ROUTER}\",state=\"down\"}} 0");
+        assert!(
+            metrics.contains(&up) && metrics.contains(&down),
+            "{metrics}"
+        );
+
+        let dead = &nodes[1];
+        let t0 = Instant::now();
+        dead.host.link_down().unwrap();
+        vipd_testkit::netns::kill_all_in(dead.host.ns.name());
+        bird.wait_next_hops(ip(VIP), &[node_ip(0), node_ip(2)], Duration::from_secs(15))
+            .unwrap();
+        let took = t0.elapsed();
+        eprintln!("dead n2 dropped by the router after {took:?}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "the router kept the dead node for {took:?} (BFD detection is 300 ms)\n{}",
+            bird.bfd_sessions()
+        );
+        // The node comes back: routes and BFD with it.
+        nodes[1].kill();
+        nodes[1].host.link_up().unwrap();
+        nodes[1].start().unwrap();
+        bird.wait_next_hops(ip(VIP), &all(3), Duration::from_secs(30))
+            .unwrap();
+        bird.wait_bfd_up(6, Duration::from_secs(20)).unwrap();
     });
 }

@@ -1,7 +1,7 @@
 //! BGP announcements through gobgpd, with no Kubernetes in it.
 //!
-//! - [`api`]: the GoBGP gRPC client, generated at build time from GoBGP's
-//!   own `.proto` files (Debian's golang-github-osrg-gobgp-dev);
+//! - [`api`]: the GoBGP v4 gRPC client, generated at build time from the
+//!   `.proto` files of the GoBGP module `gobgp/go.mod` pins;
 //! - [`route`]: host routes and peers as GoBGP messages (pure, tested);
 //! - [`speaker`]: turns "these prefixes, to these peers" into GoBGP calls,
 //!   idempotently, and starts over when gobgpd was restarted;
@@ -10,7 +10,7 @@
 
 pub mod api {
     #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("apipb");
+    tonic::include_proto!("api");
 }
 pub mod endpoint;
 pub mod route;
@@ -18,5 +18,5 @@ pub mod speaker;
 pub mod supervisor;
 
 pub use endpoint::ApiAddr;
-pub use route::{Password, PeerConfig, RouteAttrs};
+pub use route::{Bfd, Password, PeerConfig, RouteAttrs};
 pub use speaker::{GlobalConfig, PeerStatus, Speaker, SpeakerHandle};

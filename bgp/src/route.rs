@@ -3,8 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use prost::Message;
-use prost_types::Any;
+use std::time::Duration;
 
 use crate::api;
 
@@ -68,13 +67,27 @@ pub struct PeerConfig {
     pub source_if: Option<String>,
     pub hold_time: u64,
     pub keepalive: u64,
+    /// BFD on this session (single-hop, RFC 5881); None: off.
+    pub bfd: Option<Bfd>,
 }
 
-fn any<M: Message>(type_name: &str, m: &M) -> Any {
-    Any {
-        type_url: format!("type.googleapis.com/apipb.{type_name}"),
-        value: m.encode_to_vec(),
+/// BFD timing: a packet every `interval` both ways; the session is down
+/// after `multiplier` intervals without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bfd {
+    pub interval: Duration,
+    pub multiplier: u8,
+}
+
+impl Bfd {
+    /// How long a silent peer takes to be declared down.
+    pub fn detection_time(&self) -> Duration {
+        self.interval * u32::from(self.multiplier)
     }
+}
+
+fn attr(a: api::attribute::Attr) -> api::Attribute {
+    api::Attribute { attr: Some(a) }
 }
 
 pub fn family_of(ip: IpAddr) -> api::Family {
@@ -88,49 +101,42 @@ pub fn family_of(ip: IpAddr) -> api::Family {
     }
 }
 
+fn host_nlri(addr: IpAddr) -> api::Nlri {
+    api::Nlri {
+        nlri: Some(api::nlri::Nlri::Prefix(api::IpAddressPrefix {
+            prefix_len: if addr.is_ipv4() { 32 } else { 128 },
+            prefix: addr.to_string(),
+        })),
+    }
+}
+
 /// The path announcing `addr` as a host route. The next hop is left to
 /// gobgpd (0.0.0.0 / ::): it uses the session's local address.
 pub fn host_path(addr: IpAddr, attrs: &RouteAttrs) -> api::Path {
-    let prefix = api::IpAddressPrefix {
-        prefix_len: if addr.is_ipv4() { 32 } else { 128 },
-        prefix: addr.to_string(),
-    };
-    let nlri = any("IPAddressPrefix", &prefix);
-    let mut pattrs = vec![any("OriginAttribute", &api::OriginAttribute { origin: 0 })];
+    use api::attribute::Attr;
+    let mut pattrs = vec![attr(Attr::Origin(api::OriginAttribute { origin: 0 }))];
     match addr {
-        IpAddr::V4(_) => {
-            pattrs.push(any(
-                "NextHopAttribute",
-                &api::NextHopAttribute {
-                    next_hop: "0.0.0.0".into(),
-                },
-            ));
-        }
-        IpAddr::V6(_) => pattrs.push(any(
-            "MpReachNLRIAttribute",
-            &api::MpReachNlriAttribute {
-                family: Some(family_of(addr)),
-                next_hops: vec!["::".into()],
-                nlris: vec![nlri.clone()],
-            },
-        )),
+        IpAddr::V4(_) => pattrs.push(attr(Attr::NextHop(api::NextHopAttribute {
+            next_hop: "0.0.0.0".into(),
+        }))),
+        IpAddr::V6(_) => pattrs.push(attr(Attr::MpReach(api::MpReachNlriAttribute {
+            family: Some(family_of(addr)),
+            next_hops: vec!["::".into()],
+            nlris: vec![host_nlri(addr)],
+        }))),
     }
     if !attrs.communities.is_empty() {
-        pattrs.push(any(
-            "CommunitiesAttribute",
-            &api::CommunitiesAttribute {
-                communities: attrs.communities.clone(),
-            },
-        ));
+        pattrs.push(attr(Attr::Communities(api::CommunitiesAttribute {
+            communities: attrs.communities.clone(),
+        })));
     }
     if let Some(lp) = attrs.local_pref {
-        pattrs.push(any(
-            "LocalPrefAttribute",
-            &api::LocalPrefAttribute { local_pref: lp },
-        ));
+        pattrs.push(attr(Attr::LocalPref(api::LocalPrefAttribute {
+            local_pref: lp,
+        })));
     }
     api::Path {
-        nlri: Some(nlri),
+        nlri: Some(host_nlri(addr)),
         pattrs,
         family: Some(family_of(addr)),
         ..Default::default()
@@ -139,11 +145,9 @@ pub fn host_path(addr: IpAddr, attrs: &RouteAttrs) -> api::Path {
 
 /// The prefix a path announces, if it is a unicast host route.
 pub fn path_prefix(p: &api::Path) -> Option<IpAddr> {
-    let nlri = p.nlri.as_ref()?;
-    if !nlri.type_url.ends_with(".IPAddressPrefix") {
+    let Some(api::nlri::Nlri::Prefix(prefix)) = p.nlri.as_ref()?.nlri.as_ref() else {
         return None;
-    }
-    let prefix = api::IpAddressPrefix::decode(nlri.value.as_slice()).ok()?;
+    };
     let ip: IpAddr = prefix.prefix.parse().ok()?;
     let host = if ip.is_ipv4() { 32 } else { 128 };
     (prefix.prefix_len == host).then_some(ip)
@@ -188,6 +192,17 @@ pub fn peer(p: &PeerConfig, local_asn: u32) -> api::Peer {
             }),
             ..Default::default()
         }],
+        bfd: p.bfd.map(|b| {
+            // GoBGP counts BFD intervals in microseconds.
+            let us = u32::try_from(b.interval.as_micros()).unwrap_or(u32::MAX);
+            api::BfdPeerConfig {
+                enabled: true,
+                desired_minimum_tx_interval: us,
+                required_minimum_receive: us,
+                detection_multiplier: u32::from(b.multiplier),
+                port: 0,
+            }
+        }),
         ..Default::default()
     }
 }
@@ -205,6 +220,21 @@ mod tests {
         assert_eq!(format_community((64512 << 16) | 7), "64512:7");
     }
 
+    fn kinds(p: &api::Path) -> Vec<&'static str> {
+        use api::attribute::Attr;
+        p.pattrs
+            .iter()
+            .map(|a| match a.attr.as_ref() {
+                Some(Attr::Origin(_)) => "origin",
+                Some(Attr::NextHop(_)) => "next-hop",
+                Some(Attr::MpReach(_)) => "mp-reach",
+                Some(Attr::Communities(_)) => "communities",
+                Some(Attr::LocalPref(_)) => "local-pref",
+                _ => "other",
+            })
+            .collect()
+    }
+
     #[test]
     fn ipv4_host_route() {
         let attrs = RouteAttrs {
@@ -213,17 +243,13 @@ mod tests {
         };
         let p = host_path("198.51.100.100".parse().unwrap(), &attrs);
         assert_eq!(path_prefix(&p), Some("198.51.100.100".parse().unwrap()));
-        let urls: Vec<&str> = p.pattrs.iter().map(|a| a.type_url.as_str()).collect();
         assert_eq!(
-            urls,
-            vec![
-                "type.googleapis.com/apipb.OriginAttribute",
-                "type.googleapis.com/apipb.NextHopAttribute",
-                "type.googleapis.com/apipb.CommunitiesAttribute",
-                "type.googleapis.com/apipb.LocalPrefAttribute",
-            ]
+            kinds(&p),
+            vec!["origin", "next-hop", "communities", "local-pref"]
         );
-        let c = api::CommunitiesAttribute::decode(p.pattrs[2].value.as_slice()).unwrap();
+        let Some(api::attribute::Attr::Communities(c)) = p.pattrs[2].attr.as_ref() else {
+            panic!()
+        };
         assert_eq!(c.communities, vec![(65000 << 16) | 100]);
         assert_eq!(p.family.unwrap().afi, api::family::Afi::Ip as i32);
     }
@@ -232,8 +258,10 @@ mod tests {
     fn ipv6_host_route_uses_mp_reach() {
         let p = host_path("2001:db8::100".parse().unwrap(), &RouteAttrs::default());
         assert_eq!(path_prefix(&p), Some("2001:db8::100".parse().unwrap()));
-        assert_eq!(p.pattrs.len(), 2);
-        let mp = api::MpReachNlriAttribute::decode(p.pattrs[1].value.as_slice()).unwrap();
+        assert_eq!(kinds(&p), vec!["origin", "mp-reach"]);
+        let Some(api::attribute::Attr::MpReach(mp)) = p.pattrs[1].attr.as_ref() else {
+            panic!()
+        };
         assert_eq!(mp.next_hops, vec!["::".to_string()]);
         assert_eq!(mp.nlris.len(), 1);
         assert_eq!(mp.family.unwrap().afi, api::family::Afi::Ip6 as i32);
@@ -251,8 +279,10 @@ mod tests {
             source_if: None,
             hold_time: 9,
             keepalive: 3,
+            bfd: None,
         };
         let p = peer(&cfg, 65000);
+        assert!(p.bfd.is_none());
         assert_eq!(
             p.afi_safis[0].config.as_ref().unwrap().family.unwrap().afi,
             api::family::Afi::Ip6 as i32
@@ -261,5 +291,33 @@ mod tests {
         assert_eq!(p.transport.as_ref().unwrap().remote_port, 1179);
         assert_eq!(p.ebgp_multihop.unwrap().multihop_ttl, 4);
         assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn bfd_timing_is_sent_in_microseconds() {
+        let cfg = PeerConfig {
+            address: "192.0.2.1".parse().unwrap(),
+            asn: 64512,
+            password: Password::default(),
+            multihop_ttl: None,
+            port: None,
+            source_ip: None,
+            source_if: None,
+            hold_time: 30,
+            keepalive: 10,
+            bfd: Some(Bfd {
+                interval: Duration::from_millis(100),
+                multiplier: 3,
+            }),
+        };
+        let b = peer(&cfg, 65000).bfd.unwrap();
+        assert!(b.enabled);
+        assert_eq!(b.desired_minimum_tx_interval, 100_000);
+        assert_eq!(b.required_minimum_receive, 100_000);
+        assert_eq!(b.detection_multiplier, 3);
+        assert_eq!(
+            cfg.bfd.unwrap().detection_time(),
+            Duration::from_millis(300)
+        );
     }
 }

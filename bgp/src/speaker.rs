@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, watch};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use crate::api::gobgp_api_client::GobgpApiClient;
+use crate::api::go_bgp_service_client::GoBgpServiceClient as GobgpApiClient;
 use crate::api::{self, peer_state::SessionState};
 use crate::route::{family_of, host_path, peer, PeerConfig, RouteAttrs};
 
@@ -32,6 +32,9 @@ pub struct PeerStatus {
     pub state: String,
     pub established: bool,
     pub prefixes_sent: u64,
+    /// The BFD session's state (`up`, `down`, `init`, `admin_down`), when
+    /// BFD runs on this session.
+    pub bfd: Option<String>,
 }
 
 /// What the speaker has achieved.
@@ -333,7 +336,15 @@ impl Speaker {
                 continue;
             };
             let session =
-                SessionState::try_from(state.session_state).unwrap_or(SessionState::Unknown);
+                SessionState::try_from(state.session_state).unwrap_or(SessionState::Unspecified);
+            let bfd = p.bfd.as_ref().filter(|b| b.enabled).map(|_| {
+                let s = state
+                    .bfd_state
+                    .as_ref()
+                    .and_then(|b| api::BfdSessionState::try_from(b.session_state).ok())
+                    .unwrap_or(api::BfdSessionState::Unspecified);
+                short_name(s.as_str_name(), "BFD_SESSION_STATE_")
+            });
             let sent = p
                 .afi_safis
                 .iter()
@@ -343,14 +354,23 @@ impl Speaker {
             out.push(PeerStatus {
                 address,
                 asn: state.peer_asn,
-                state: session.as_str_name().to_ascii_lowercase(),
+                state: short_name(session.as_str_name(), "SESSION_STATE_"),
                 established: session == SessionState::Established,
                 prefixes_sent: sent,
+                bfd,
             });
         }
         out.sort_by_key(|p| p.address);
         Ok(out)
     }
+}
+
+/// `SESSION_STATE_ESTABLISHED` -> `established`.
+fn short_name(proto_name: &str, prefix: &str) -> String {
+    proto_name
+        .strip_prefix(prefix)
+        .unwrap_or(proto_name)
+        .to_ascii_lowercase()
 }
 
 /// What this speaker configured in the gobgpd it talks to.

@@ -115,6 +115,8 @@ pub async fn run(binary: PathBuf, api: ApiAddr, mut stop: watch::Receiver<bool>)
             "warn",
             "--log-plain",
             "--pprof-disable",
+            // No metrics listener either (v4 opens localhost:6060 for them).
+            "--metrics-path=",
         ]);
         cmd.kill_on_drop(true);
         // SIGTERM to gobgpd when the thread that started it ends: tokio's

@@ -8,6 +8,13 @@
 //! quorum for a new leader contains one of them, and none of them votes
 //! before `t + election timeout`. So the leader may hold the VIP until then,
 //! minus a margin; when acknowledgements stop, the hold lapses by itself.
+//!
+//! That bounds a holder that is alive. A holder whose vipd and guardian die
+//! together leaves its address to the kernel, which forgets it only after
+//! its lifetime (whole seconds, longer than an election): the new leader
+//! therefore adds the VIP only once no other host answers for it on the
+//! wire (vipd's `vips::probe`), so two nodes never hold it at once in that
+//! case either.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

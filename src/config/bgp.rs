@@ -50,6 +50,42 @@ pub fn parse_bgp_peer(item: &str) -> Result<(IpAddr, u32, String, bool, Option<u
     Ok((addr, asn, password, multihop, port))
 }
 
+/// `bgp_bfd`: not given means on for directly connected peers.
+struct BfdSettings {
+    wanted: Option<bool>,
+    timing: vipd_bgp::Bfd,
+}
+
+impl BfdSettings {
+    /// GoBGP runs single-hop BFD only (RFC 5881: port 3784, TTL 255): a
+    /// multihop peer gets none, whatever `bgp_bfd` says.
+    fn for_peer(&self, multihop: bool) -> Option<vipd_bgp::Bfd> {
+        (self.wanted != Some(false) && !multihop).then_some(self.timing)
+    }
+}
+
+fn bfd_settings(r: &Reader) -> BfdSettings {
+    let wanted = r.string("bgp_bfd").map(|_| r.bool("bgp_bfd"));
+    let interval = r.duration("bgp_bfd_interval", std::time::Duration::from_millis(100));
+    if r.all_good(&["bgp_bfd_interval"])
+        && (interval < std::time::Duration::from_millis(10)
+            || interval > std::time::Duration::from_secs(10))
+    {
+        r.bad("bgp_bfd_interval", "must be between 10ms and 10s");
+    }
+    let multiplier = r.number("bgp_bfd_multiplier", 3u8, "a number 1-255");
+    if multiplier == 0 {
+        r.bad("bgp_bfd_multiplier", "must be 1-255");
+    }
+    BfdSettings {
+        wanted,
+        timing: vipd_bgp::Bfd {
+            interval,
+            multiplier: multiplier.max(1),
+        },
+    }
+}
+
 fn ip_setting<T: std::str::FromStr>(r: &Reader, env: &str, what: &str) -> Option<T> {
     let v = r.string(env)?;
     match v.parse() {
@@ -94,9 +130,11 @@ pub(super) fn bgp_config(r: &Reader, api_port: u16) -> BgpConfig {
                     None
                 }
             });
+    let bfd = bfd_settings(r);
     let mut peers = Vec::new();
     let make = |address: IpAddr, asn: u32, password: String, multihop: bool, port: Option<u16>| {
         vipd_bgp::PeerConfig {
+            bfd: bfd.for_peer(multihop),
             address,
             asn,
             password: vipd_bgp::Password(if password.is_empty() {

@@ -243,9 +243,20 @@ fn addr_lifetime(
         (_, Some(s)) => s.lease.timing.lease_duration,
         _ => LeaseTiming::DEFAULT.lease_duration,
     };
-    let default_lifetime = lease_duration
-        .saturating_sub(Duration::from_secs(2))
-        .max(Duration::from_secs(1));
+    // Raft hands over in a fraction of a second: the shortest lifetime
+    // the kernel knows (a new leader waits for a dead holder's copy to
+    // expire, see vips::probe).
+    let raft = matches!(
+        control_plane.as_ref().map(|c| &c.election),
+        Some(Election::Raft(_))
+    );
+    let default_lifetime = if raft {
+        Duration::from_secs(1)
+    } else {
+        lease_duration
+            .saturating_sub(Duration::from_secs(2))
+            .max(Duration::from_secs(1))
+    };
     let lifetime = r.duration("vip_addr_lifetime", default_lifetime);
     if !r.all_good(&["vip_addr_lifetime", "vip_leaseduration"]) {
         return Some(default_lifetime);

@@ -30,6 +30,14 @@ impl Setting {
         }
     }
 
+    /// No default value: absent means "decide per case" (said in `help`).
+    const fn none(self) -> Setting {
+        Setting {
+            default: None,
+            ..self
+        }
+    }
+
     const fn or(self, default: &'static str) -> Setting {
         Setting {
             default: Some(default),
@@ -119,6 +127,9 @@ pub const SETTINGS: &[Setting] = &[
     s("bgp_sourceip", "sourceIP", "local address for BGP sessions"),
     s("bgp_sourceif", "sourceIF", "local interface for BGP sessions"),
     s("bgp_hold_time", "bgpHoldTimer", "hold time, seconds").or("30"),
+    b("bgp_bfd", "bgpBFD", "BFD on BGP sessions, so a dead node's routes go in a fraction of a second instead of the hold time (vipd; default: on for directly connected peers, single-hop RFC 5881; false: off)").none(),
+    s("bgp_bfd_interval", "bgpBFDInterval", "BFD transmit and receive interval (vipd)").or("100ms"),
+    s("bgp_bfd_multiplier", "bgpBFDMultiplier", "BFD packets missed before the session is down (vipd)").or("3"),
     s("bgp_keepalive_interval", "bgpKeepAliveInterval", "keepalive interval, seconds").or("10"),
     s("bgp_communities", "bgpCommunities", "communities on every route, AS:VALUE,... (vipd)"),
     s("bgp_local_pref", "bgpLocalPref", "LOCAL_PREF on every route, for iBGP peers (vipd)"),
@@ -128,7 +139,7 @@ pub const SETTINGS: &[Setting] = &[
     s("vip_healthcheck_url", "healthCheckURL", "BGP mode: announce the control-plane VIP only while this URL answers 200 (vipd; default https://127.0.0.1:PORT/readyz)"),
     // ARP.
     s("vip_arpRate", "arpRate", "milliseconds between refresh announcements (below 500 means 3000)").or("3000"),
-    s("vip_addr_lifetime", "addressLifetime", "kernel lifetime of held addresses, refreshed while leading; 0 = permanent (vipd default: lease duration - 2s, at least 1s)"),
+    s("vip_addr_lifetime", "addressLifetime", "kernel lifetime of held addresses, refreshed while leading; 0 = permanent (vipd default: lease duration - 2s, at least 1s; Raft: 1s)"),
     // Kubernetes client, observability.
     s("k8s_config_file", "k8sConfigPath", "kubeconfig (default: /etc/kubernetes/admin.conf if present, else $KUBECONFIG or ~/.kube/config, else in-cluster)"),
     s("prometheus_server", "prometheusHTTPServer", "address of /metrics, /healthz, /readyz, /status (empty = off)").or(STATUS_SERVER),

@@ -258,9 +258,30 @@ impl Collector for StatusCollector {
             "state of each BGP session, 1 for the current state (kube-vip's name)",
             &sessions,
         )?;
+        let bfd: Vec<(Labels, i64)> = peers
+            .iter()
+            .filter_map(|p| p.bfd.as_ref().map(|b| (p, b)))
+            .flat_map(|(p, b)| {
+                BFD_STATES.iter().map(move |st| {
+                    (
+                        l(&[("peer", &p.address), ("state", st)]),
+                        i64::from(*st == b.as_str()),
+                    )
+                })
+            })
+            .collect();
+        gauges(
+            &mut enc,
+            "vipd_bgp_bfd_session",
+            "1 for the current state of each BGP peer's BFD session (every state listed), for peers with BFD",
+            &bfd,
+        )?;
         Ok(())
     }
 }
+
+/// BFD session states (RFC 5880 §4.1), as the status names them.
+const BFD_STATES: [&str; 4] = ["admin_down", "down", "init", "up"];
 
 /// The registry for `/metrics`.
 pub fn registry(status: Arc<Status>) -> Registry {

@@ -83,6 +83,19 @@ pub struct PeerDoc {
     pub asn: u32,
     pub state: String,
     pub prefixes_sent: u64,
+    /// The BFD session's state, when BFD runs on this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<String>,
+}
+
+impl PeerDoc {
+    /// `192.0.2.1 established`, with `bfd up` when BFD runs.
+    pub fn summary(&self) -> String {
+        match &self.bfd {
+            Some(b) => format!("{} {} (bfd {b})", self.address, self.state),
+            None => format!("{} {}", self.address, self.state),
+        }
+    }
 }
 
 /// The JSON status document.
@@ -108,6 +121,9 @@ pub struct StatusDoc {
     /// node could not renew its Lease (the API server out of reach).
     #[serde(default)]
     pub yielded_addresses: BTreeMap<IpAddr, String>,
+    /// Claimed addresses not added yet: another host may still hold them.
+    #[serde(default)]
+    pub probing_addresses: BTreeMap<IpAddr, String>,
     pub services: Option<ServicesSummary>,
     pub announcements_sent: u64,
     /// Conflict probes sent while holding without a renewed Lease.
@@ -254,6 +270,7 @@ impl Status {
             stray_addresses: held.stray.iter().copied().collect(),
             refused_addresses: held.refused.clone(),
             yielded_addresses: held.yielded.clone(),
+            probing_addresses: held.probing.clone(),
             services: self.services(),
             announcements_sent: self.vips.stats.sent.load(Ordering::Relaxed),
             conflict_probes: self.vips.stats.probes.load(Ordering::Relaxed),

@@ -227,11 +227,12 @@ pub fn local(d: &StatusDoc) -> String {
                     p.address.clone(),
                     p.asn.to_string(),
                     p.state.clone(),
+                    p.bfd.clone().unwrap_or_else(|| "-".into()),
                     p.prefixes_sent.to_string(),
                 ]
             })
             .collect();
-        out.push_str(&table(&["BGP PEER", "AS", "STATE", "SENT"], &rows));
+        out.push_str(&table(&["BGP PEER", "AS", "STATE", "BFD", "SENT"], &rows));
     }
     let _ = writeln!(
         out,

@@ -148,11 +148,7 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
             bgp_peers: ann
                 .get(instance::BGP_PEERS)
                 .and_then(|v| serde_json::from_str::<Vec<crate::status::PeerDoc>>(v).ok())
-                .map(|ps| {
-                    ps.iter()
-                        .map(|p| format!("{} {}", p.address, p.state))
-                        .collect()
-                })
+                .map(|ps| ps.iter().map(crate::status::PeerDoc::summary).collect())
                 .unwrap_or_default(),
             live: false,
             bgp: ann.get(instance::MODE).is_some_and(|m| m == "bgp"),
@@ -182,7 +178,7 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
                     row.bgp_peers = doc
                         .bgp_peers
                         .iter()
-                        .map(|p| format!("{} {}", p.address, p.state))
+                        .map(crate::status::PeerDoc::summary)
                         .collect();
                 }
                 // It says where it answers and does not: what it held is unknown.

@@ -16,6 +16,7 @@
 
 mod conflict;
 mod plan;
+mod probe;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -30,7 +31,7 @@ use tracing::{debug, error, info, warn};
 use vipd_arp::Schedule;
 
 pub use conflict::Conflict;
-pub use plan::{plan, refuse_foreign, wanted, yields_to_another, ClaimSet, Plan, Want};
+pub use plan::{plan, refuse_foreign, to_probe, wanted, yields_to_another, ClaimSet, Plan, Want};
 
 use crate::announce::{self, AnnounceStats};
 use crate::config::Announce;
@@ -86,6 +87,9 @@ pub struct Held {
     /// this node could not confirm its claim (the API server out of
     /// reach), with what was seen.
     pub yielded: BTreeMap<IpAddr, String>,
+    /// Claimed addresses not added yet because another host may still hold
+    /// them (see `plan::to_probe`), with what was heard.
+    pub probing: BTreeMap<IpAddr, String>,
 }
 
 /// How the owner works.
@@ -187,11 +191,25 @@ impl Readiness {
 impl VipHandle {
     /// Replaces `source`'s claims; returns once the kernel has converged.
     pub async fn set(&self, source: Source, claims: Vec<Claim>, hold_until: Option<Instant>) {
+        self.claim(source, claims, hold_until, false).await
+    }
+
+    /// [`VipHandle::set`]; with `probe_first`, an address is added only once
+    /// no other host answers for it (see `plan::to_probe`). Returns once
+    /// the kernel has converged or the addresses are being checked.
+    pub async fn claim(
+        &self,
+        source: Source,
+        claims: Vec<Claim>,
+        hold_until: Option<Instant>,
+        probe_first: bool,
+    ) {
         let (done, wait) = oneshot::channel();
         let set = ClaimSet {
             claims,
             hold_until,
             confirmed: true,
+            probe_first,
         };
         if self.tx.send(Command::Set { source, set, done }).is_ok() {
             let _ = wait.await;
@@ -242,6 +260,7 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
     let readiness = Arc::new(Mutex::new(Readiness::new()));
     let (tx, rx) = mpsc::unbounded_channel();
     let (conflict_tx, conflict_rx) = mpsc::unbounded_channel();
+    let (probe_tx, probe_rx) = mpsc::unbounded_channel();
     let (held_tx, held_rx) = watch::channel(Held::default());
     let guardian = if config.guardian {
         if !crate::guardian::wait_for_previous(Duration::from_secs(10)) {
@@ -273,6 +292,9 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         held_set: Default::default(),
         conflict_tx,
         watched_links: HashSet::new(),
+        probes: HashMap::new(),
+        cleared: HashSet::new(),
+        probe_tx,
     };
     owner.refresh_kernel_view().await?;
     let stale: Vec<KernelAddr> = owner.have.iter().filter(|k| k.ours).copied().collect();
@@ -283,7 +305,7 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         }
     }
     owner.refresh_kernel_view().await?;
-    tokio::spawn(owner.run(rx, conflict_rx, events));
+    tokio::spawn(owner.run(rx, conflict_rx, probe_rx, events));
     Ok(VipHandle {
         tx,
         held: held_rx,
@@ -319,6 +341,11 @@ struct Owner {
     conflict_tx: mpsc::UnboundedSender<Conflict>,
     /// Interfaces with a conflict watcher.
     watched_links: HashSet<u32>,
+    /// Addresses being checked on the wire before they are added.
+    probes: HashMap<IpAddr, probe::Probe>,
+    /// Addresses checked: nobody else answered (or it was taken anyway).
+    cleared: HashSet<IpAddr>,
+    probe_tx: mpsc::UnboundedSender<IpAddr>,
 }
 
 impl Owner {
@@ -326,6 +353,7 @@ impl Owner {
         mut self,
         mut rx: mpsc::UnboundedReceiver<Command>,
         mut conflicts: mpsc::UnboundedReceiver<Conflict>,
+        mut probed: mpsc::UnboundedReceiver<IpAddr>,
         events: impl futures::Stream<Item = KernelEvent> + Unpin + Send,
     ) {
         let mut events = events;
@@ -397,6 +425,7 @@ impl Owner {
                 },
                 Some(ev) = events.next() => self.on_kernel_event(ev).await,
                 Some(c) = conflicts.recv() => self.on_conflict(c).await,
+                Some(a) = probed.recv() => self.on_probed(a).await,
                 _ = refresh.tick() => {
                     if let Err(e) = self.refresh_kernel_view().await {
                         warn!(error = %e, "cannot read addresses");
@@ -471,17 +500,19 @@ impl Owner {
         }
     }
 
-    /// Another node announced `c.addr`: let it go when this node holds it
-    /// only on an unconfirmed claim (see `plan::yields_to_another`).
+    /// Another node announced `c.addr` (or answered a probe for it): an
+    /// address being checked is not clear; a held one is let go when this
+    /// node holds it only on an unconfirmed claim (see
+    /// `plan::yields_to_another`).
     async fn on_conflict(&mut self, c: Conflict) {
+        if let Some(p) = self.probes.get_mut(&c.addr) {
+            p.answered = Some((Instant::now(), c.mac));
+            return;
+        }
         if self.yielded.contains_key(&c.addr) {
             return;
         }
-        let m = c.mac;
-        let mac = format!(
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        );
+        let mac = mac_text(c.mac);
         if yields_to_another(Instant::now(), &self.claims, c.addr) {
             warn!(addr = %c.addr, other = %mac, "another node announces this address while this node cannot renew its Lease (API server out of reach): letting it go");
             self.yielded.insert(
@@ -494,14 +525,82 @@ impl Owner {
         }
     }
 
+    /// A probe round for `addr` ended: clear it when nobody answered, else
+    /// ask again (and after `probe::patience`, take it anyway).
+    async fn on_probed(&mut self, addr: IpAddr) {
+        let Some(p) = self.probes.get(&addr) else {
+            return;
+        };
+        let waited = p.since.elapsed();
+        let patience = probe::patience(self.config.lifetime);
+        if !p.answered_this_round() || waited >= patience {
+            if p.answered_this_round() {
+                let mac = p.answered.map(|(_, m)| mac_text(m)).unwrap_or_default();
+                warn!(%addr, other = %mac, waited = ?waited, "another host still answers for this address after its lifetime could have ended: taking it over (is it configured there by hand, or is its vip_addr_lifetime 0?)");
+            } else if p.answered.is_some() {
+                info!(%addr, waited = ?waited, "the previous holder no longer answers for this address: taking it");
+            } else {
+                debug!(%addr, "no other host answers for this address");
+            }
+            self.probes.remove(&addr);
+            self.cleared.insert(addr);
+            self.converge().await;
+            return;
+        }
+        if waited < probe::RETRY * 2 {
+            let mac = p.answered.map(|(_, m)| mac_text(m)).unwrap_or_default();
+            info!(%addr, other = %mac, "another host still answers for this address (a holder whose vipd died with its guardian): waiting until its kernel lets it go");
+        }
+        self.probe_round(addr, probe::RETRY).await;
+    }
+
+    /// Starts (or restarts) checking `addr` after `delay`.
+    async fn probe_round(&mut self, addr: IpAddr, delay: Duration) {
+        let Some(iface) = self.wanted_interface(addr) else {
+            self.probes.remove(&addr);
+            return;
+        };
+        let Some(link) = self.link(&iface).await else {
+            return;
+        };
+        self.ensure_watcher(&link);
+        let task = probe::round(&link, addr, delay, self.probe_tx.clone());
+        let round = Instant::now() + delay;
+        match self.probes.get_mut(&addr) {
+            Some(p) => {
+                p.task.abort();
+                p.task = task;
+                p.round = round;
+            }
+            None => {
+                self.probes.insert(
+                    addr,
+                    probe::Probe {
+                        since: Instant::now(),
+                        round,
+                        answered: None,
+                        task,
+                    },
+                );
+            }
+        }
+    }
+
+    fn wanted_interface(&self, addr: IpAddr) -> Option<String> {
+        wanted(Instant::now(), &self.claims)
+            .get(&addr)
+            .map(|w| w.interface.clone())
+    }
+
     fn claimed_now(&self, addr: IpAddr) -> bool {
         self.wanted_now().0.contains_key(&addr)
     }
 
-    /// What should be on this node now, and the claims refused.
+    /// What should be on this node now, and the claims refused. Addresses
+    /// still being checked on the wire are not (yet).
     fn wanted_now(&self) -> (BTreeMap<IpAddr, Want>, BTreeMap<IpAddr, String>) {
         let mut want = wanted(Instant::now(), &self.claims);
-        want.retain(|a, _| !self.yielded.contains_key(a));
+        want.retain(|a, _| !self.yielded.contains_key(a) && !self.probes.contains_key(a));
         let refused = refuse_foreign(&mut want, &self.have);
         (want, refused)
     }
@@ -552,6 +651,27 @@ impl Owner {
                         w.interface
                     ),
                 );
+            }
+        }
+        // Checks forgotten for addresses nobody claims any more; new checks
+        // for claimed addresses that ask for one.
+        self.cleared.retain(|a| claimed.contains_key(a));
+        let stale: Vec<IpAddr> = self
+            .probes
+            .keys()
+            .filter(|a| !claimed.contains_key(*a))
+            .copied()
+            .collect();
+        for a in stale {
+            if let Some(p) = self.probes.remove(&a) {
+                p.task.abort();
+            }
+        }
+        let mut pending = claimed.clone();
+        pending.retain(|a, _| !self.yielded.contains_key(a));
+        for addr in to_probe(now, &pending, &self.claims, &self.have, &self.cleared) {
+            if !self.probes.contains_key(&addr) {
+                self.probe_round(addr, Duration::ZERO).await;
             }
         }
         let (want, refused) = self.wanted_now();
@@ -661,6 +781,15 @@ impl Owner {
         {
             self.announcers.insert(addr, Announcer { task, probing });
         }
+        self.ensure_watcher(link);
+    }
+
+    /// Listens on `link` for other hosts announcing or answering for the
+    /// addresses held or being checked (ARP mode only).
+    fn ensure_watcher(&mut self, link: &Link) {
+        if self.config.announce != Announce::Arp {
+            return;
+        }
         if let Some(mac) = link.mac {
             if self.watched_links.insert(link.index) {
                 conflict::watch(
@@ -740,11 +869,17 @@ impl Owner {
                 }
             }
         }
-        let missing: Vec<String> = claimed
+        let mut missing: Vec<String> = claimed
             .iter()
             .filter(|(a, _)| !addresses.contains_key(*a))
             .map(|(a, w)| format!("{a} is not on {}", w.interface))
             .collect();
+        // Claimed, but waiting for another host to let go first.
+        missing.extend(
+            self.probes
+                .keys()
+                .map(|a| format!("{a} is not added yet: another host may still hold it")),
+        );
         self.readiness.lock().expect("not poisoned").record(missing);
         let stray: BTreeSet<IpAddr> = self
             .config
@@ -753,8 +888,27 @@ impl Owner {
             .filter(|a| !claimed.contains_key(a) && self.have.iter().any(|k| k.addr == **a))
             .copied()
             .collect();
-        *self.held_set.write().expect("not poisoned") = addresses.keys().copied().collect();
+        *self.held_set.write().expect("not poisoned") = addresses
+            .keys()
+            .chain(self.probes.keys())
+            .copied()
+            .collect();
         let yielded: BTreeMap<IpAddr, String> = self.yielded.clone();
+        let probing: BTreeMap<IpAddr, String> = self
+            .probes
+            .iter()
+            .map(|(a, p)| {
+                let why = match p.answered {
+                    Some((_, m)) => format!(
+                        "{} still answers for it (checking since {} ms ago)",
+                        mac_text(m),
+                        p.since.elapsed().as_millis()
+                    ),
+                    None => "checking that no other host holds it".to_string(),
+                };
+                (*a, why)
+            })
+            .collect();
         self.held.send_if_modified(|h| {
             let new = Held {
                 addresses,
@@ -762,6 +916,7 @@ impl Owner {
                 stray,
                 refused,
                 yielded,
+                probing,
             };
             if *h != new {
                 *h = new;
@@ -771,6 +926,13 @@ impl Owner {
             }
         });
     }
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 async fn sleep_until(t: Option<Instant>) {

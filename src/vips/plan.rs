@@ -17,6 +17,9 @@ pub struct ClaimSet {
     /// right (a Lease it cannot renew because the API server is out of
     /// reach): then another node announcing the address wins at once.
     pub confirmed: bool,
+    /// Add an address only once no other host answers for it on the wire
+    /// (see [`to_probe`]).
+    pub probe_first: bool,
 }
 
 impl ClaimSet {
@@ -91,6 +94,37 @@ pub fn refuse_foreign(
         }
     });
     refused
+}
+
+/// The wanted addresses that must first be checked on the wire: claimed by
+/// a source that asks for it (`probe_first`), not on this node yet, and not
+/// checked already (`cleared`).
+///
+/// Why: Raft hands the VIP over faster than the kernel can forget an
+/// address (lifetimes count whole seconds). When a holder's vipd and its
+/// guardian die together (a container killed), the dead holder's kernel
+/// keeps answering for the VIP until its lifetime ends; a new leader that
+/// added the VIP at once would hold it together with it. Checking first
+/// (an ARP probe, a DAD solicitation: the dead holder's kernel answers
+/// them) makes the new leader wait exactly as long as the old address
+/// lives, and not at all otherwise.
+pub fn to_probe(
+    now: Instant,
+    want: &BTreeMap<IpAddr, Want>,
+    claims: &BTreeMap<Source, ClaimSet>,
+    have: &[KernelAddr],
+    cleared: &std::collections::HashSet<IpAddr>,
+) -> BTreeSet<IpAddr> {
+    let present: std::collections::HashSet<IpAddr> = have.iter().map(|k| k.addr).collect();
+    want.keys()
+        .filter(|a| !present.contains(*a) && !cleared.contains(*a))
+        .filter(|a| {
+            claims.values().any(|set| {
+                set.probe_first && set.live(now) && set.claims.iter().any(|c| c.addr == **a)
+            })
+        })
+        .copied()
+        .collect()
 }
 
 /// Whether to let `addr` go because another node announces it: only when
@@ -188,6 +222,7 @@ mod tests {
                 (
                     s,
                     ClaimSet {
+                        probe_first: false,
                         confirmed: true,
                         claims: c,
                         hold_until: h,
@@ -364,6 +399,7 @@ mod yield_tests {
     fn set(addr: &str, confirmed: bool, live: bool) -> ClaimSet {
         let now = Instant::now();
         ClaimSet {
+            probe_first: false,
             claims: vec![Claim {
                 addr: addr.parse().unwrap(),
                 prefix: 32,
@@ -377,6 +413,34 @@ mod yield_tests {
             }),
             confirmed,
         }
+    }
+
+    #[test]
+    fn only_probe_first_claims_of_absent_unchecked_addresses_are_probed() {
+        let now = Instant::now();
+        let vip: IpAddr = "192.0.2.100".parse().unwrap();
+        let mut raft = set("192.0.2.100", true, true);
+        raft.probe_first = true;
+        let claims = BTreeMap::from([(Source::ControlPlane, raft)]);
+        let want = wanted(now, &claims);
+        let none = std::collections::HashSet::new();
+        assert_eq!(
+            to_probe(now, &want, &claims, &[], &none),
+            BTreeSet::from([vip])
+        );
+        // Checked already, or on the node already: nothing to probe.
+        let cleared = std::collections::HashSet::from([vip]);
+        assert!(to_probe(now, &want, &claims, &[], &cleared).is_empty());
+        let have = [KernelAddr {
+            ifindex: 2,
+            addr: vip,
+            prefix: 32,
+            ours: true,
+        }];
+        assert!(to_probe(now, &want, &claims, &have, &none).is_empty());
+        // A claim that does not ask for it (a Lease's) is added at once.
+        let lease = BTreeMap::from([(Source::ControlPlane, set("192.0.2.100", true, true))]);
+        assert!(to_probe(now, &wanted(now, &lease), &lease, &[], &none).is_empty());
     }
 
     #[test]

@@ -23,6 +23,43 @@ pub struct Neighbour {
     pub address: IpAddr,
     pub asn: u32,
     pub password: Option<String>,
+    /// BFD on this session (the router's side of vipd's `bgp_bfd`).
+    pub bfd: bool,
+}
+
+/// The router's BFD timing: as vipd's defaults (100 ms, 3 missed).
+pub const BFD_INTERVAL_MS: u64 = 100;
+pub const BFD_MULTIPLIER: u32 = 3;
+
+/// The GoBGP version gobgpd is built at (bgp/gobgp/go.mod).
+pub fn gobgp_version() -> String {
+    let gomod = std::fs::read_to_string(crate::workspace_root().join("bgp/gobgp/go.mod"))
+        .unwrap_or_default();
+    gomod
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("require github.com/osrg/gobgp/v4 "))
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// gobgpd v4, built from the Go module proxy by scripts/gobgp.sh (the
+/// same binary the image carries); never a system gobgpd.
+pub fn gobgpd_bin() -> Result<PathBuf> {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(b) = BIN.get() {
+        return Ok(b.clone());
+    }
+    let out = std::process::Command::new(crate::workspace_root().join("scripts/gobgp.sh"))
+        .arg("build")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "scripts/gobgp.sh build failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    Ok(BIN.get_or_init(|| dir.join("gobgpd")).clone())
 }
 
 /// BIRD 2 on a lab host.
@@ -45,6 +82,11 @@ impl Bird {
              protocol kernel k6 {{ ipv6 {{ import none; export all; }}; merge paths on; scan time 1; }}\n",
             id = host.v4
         );
+        if neighbours.iter().any(|n| n.bfd) {
+            conf.push_str(&format!(
+                "protocol bfd {{\n  interface \"eth0\" {{ min rx interval {BFD_INTERVAL_MS} ms; min tx interval {BFD_INTERVAL_MS} ms; idle tx interval {BFD_INTERVAL_MS} ms; multiplier {BFD_MULTIPLIER}; }};\n}}\n"
+            ));
+        }
         for n in neighbours {
             let family = if n.address.is_ipv4() { "ipv4" } else { "ipv6" };
             let password = n
@@ -52,8 +94,9 @@ impl Bird {
                 .as_ref()
                 .map(|p| format!("  password \"{p}\";\n"))
                 .unwrap_or_default();
+            let bfd = if n.bfd { "  bfd on;\n" } else { "" };
             conf.push_str(&format!(
-                "protocol bgp {name} {{\n  local as {asn};\n  neighbor {addr} as {peer};\n{password}  hold time 9;\n  keepalive time 3;\n  connect retry time 1;\n  error wait time 1, 4;\n  {family} {{ import all; export none; }};\n}}\n",
+                "protocol bgp {name} {{\n  local as {asn};\n  neighbor {addr} as {peer};\n{password}{bfd}  hold time 9;\n  keepalive time 3;\n  connect retry time 1;\n  error wait time 1, 4;\n  {family} {{ import all; export none; }};\n}}\n",
                 name = n.name,
                 addr = n.address,
                 peer = n.asn,
@@ -178,6 +221,26 @@ impl Bird {
         }
     }
 
+    /// BIRD's BFD sessions, as `show bfd sessions` lists them.
+    pub fn bfd_sessions(&self) -> String {
+        self.birdc("show bfd sessions").unwrap_or_default()
+    }
+
+    /// Waits until BIRD has `n` BFD sessions Up.
+    pub fn wait_bfd_up(&self, n: usize, timeout: Duration) -> Result<()> {
+        let t0 = Instant::now();
+        loop {
+            let out = self.bfd_sessions();
+            if out.lines().filter(|l| l.contains(" Up ")).count() >= n {
+                return Ok(());
+            }
+            if t0.elapsed() > timeout {
+                bail!("BFD sessions not up after {timeout:?}:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether BIRD's session `name` is established.
     pub fn established(&self, name: &str) -> bool {
         self.birdc(&format!("show protocols {name}"))
@@ -257,12 +320,22 @@ pub fn node_ip6(i: usize) -> IpAddr {
 }
 
 /// A router (BIRD, AS 64512) on the environment's segment with an IPv4
-/// and an IPv6 session to each of `n` nodes (AS 65000); `passwords[i]` is
-/// its password for node i.
+/// and an IPv6 session to each of `n` nodes (AS 65000), BFD on each;
+/// `passwords[i]` is its password for node i.
 pub fn lab_router(
     env: &crate::apiserver::Env,
     n: usize,
     passwords: &[Option<&str>],
+) -> Result<Bird> {
+    lab_router_with(env, n, passwords, true)
+}
+
+/// [`lab_router`], BFD as `bfd` says.
+pub fn lab_router_with(
+    env: &crate::apiserver::Env,
+    n: usize,
+    passwords: &[Option<&str>],
+    bfd: bool,
 ) -> Result<Bird> {
     let host = env.lab.add_host("rtr", 1)?;
     let mut neighbours = Vec::new();
@@ -273,12 +346,14 @@ pub fn lab_router(
             address: node_ip(i),
             asn: 65000,
             password: password.clone(),
+            bfd,
         });
         neighbours.push(Neighbour {
             name: format!("n{}v6", i + 1),
             address: node_ip6(i),
             asn: 65000,
             password,
+            bfd,
         });
     }
     Bird::start(host, 64512, &neighbours)
@@ -308,6 +383,9 @@ pub async fn bgp_nodes(
         ("bgp_keepalive_interval", "3"),
         ("vip_healthcheck_url", "http://127.0.0.1:8081/readyz"),
     ];
+    let gobgpd = gobgpd_bin()?;
+    let gobgpd = gobgpd.to_str().expect("utf-8 path").to_string();
+    s.push(("bgp_gobgpd_path", &gobgpd));
     s.extend_from_slice(settings);
     let mut nodes = crate::failover::vipd_nodes(
         env,

@@ -1,5 +1,6 @@
-//! `vipd-lab bench bgp`: how fast a Service's route reaches the router, and
-//! how fast a stopping vipd's routes leave it (BIRD 2's kernel table).
+//! `vipd-lab bench bgp`: how fast a Service's route reaches the router, how
+//! fast a stopping vipd's routes leave it, and how fast a dead node's
+//! routes leave it with BFD and without (BIRD 2's kernel table).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -9,12 +10,46 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use vipd_testkit::apiserver::env;
-use vipd_testkit::bgp::{bgp_nodes, lab_router, node_ip};
+use vipd_testkit::bgp::{bgp_nodes, lab_router_with, node_ip, BFD_INTERVAL_MS, BFD_MULTIPLIER};
 use vipd_testkit::failover::median_worst;
+use vipd_testkit::vipd::VipdNode;
 
-pub async fn run(vipd: &Path, rounds: usize) -> Result<()> {
+/// Node `k` dies: its cable pulled, then every process in it killed (no
+/// NOTIFICATION, no FIN); how long until the router no longer routes
+/// `probe` to it. The node then boots again.
+async fn node_death(
+    bird: &vipd_testkit::bgp::Bird,
+    nodes: &mut [VipdNode],
+    k: usize,
+    probe: IpAddr,
+) -> Result<Duration> {
+    let all: Vec<IpAddr> = (0..nodes.len()).map(node_ip).collect();
+    let rest: Vec<IpAddr> = all.iter().copied().filter(|a| *a != node_ip(k)).collect();
+    let t0 = Instant::now();
+    nodes[k].host.link_down()?;
+    vipd_testkit::netns::kill_all_in(nodes[k].host.ns.name());
+    bird.wait_next_hops(probe, &rest, Duration::from_secs(120))?;
+    let took = t0.elapsed();
+    nodes[k].kill();
+    nodes[k].host.link_up()?;
+    nodes[k].start()?;
+    bird.wait_next_hops(probe, &all, Duration::from_secs(60))?;
+    Ok(took)
+}
+
+fn percentile(d: &[Duration], p: f64) -> f64 {
+    let mut v: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * (v.len() as f64 - 1.0)).ceil() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+pub async fn run(vipd: &Path, rounds: usize, hold_rounds: usize) -> Result<()> {
     let env = env();
-    let bird = lab_router(env, 3, &[])?;
+    let bird = lab_router_with(env, 3, &[], true)?;
     let ns = env.namespace("bgpbench").await;
     let lease_ns = env.namespace("bgpbenchlease").await;
     vipd_testkit::failover::grant_roles(env, &ns)?;
@@ -26,7 +61,7 @@ pub async fn run(vipd: &Path, rounds: usize) -> Result<()> {
         ("cp_namespace", lease_ns.as_str()),
         ("vip_loglevel", "info"),
     ];
-    let (mut nodes, _health) = bgp_nodes(env, 3, vipd, &settings, |_| vec![]).await?;
+    let (mut nodes, health) = bgp_nodes(env, 3, vipd, &settings, |_| vec![]).await?;
     let all: Vec<IpAddr> = (0..3).map(node_ip).collect();
     let svcs: Api<Service> = Api::namespaced(env.admin().await, &ns);
     let make = |i: usize| -> Service {
@@ -76,7 +111,35 @@ pub async fn run(vipd: &Path, rounds: usize) -> Result<()> {
             bird.wait_next_hops(probe, &all, Duration::from_secs(60))?;
         }
     }
-    println!("BGP (gobgpd 3.10 -> BIRD 2.0.12, 3 nodes, eBGP), {rounds} rounds each:");
+    // Node death with BFD (vipd's default on directly connected peers).
+    bird.wait_bfd_up(6, Duration::from_secs(30))?;
+    let mut bfd_death = Vec::new();
+    for r in 0..rounds {
+        let took = node_death(&bird, &mut nodes, r % 3, probe).await?;
+        println!("  node death (BFD) #{}: {took:?}", r + 1);
+        bfd_death.push(took);
+        bird.wait_bfd_up(6, Duration::from_secs(30))?;
+    }
+    // The same without BFD: the router waits out the hold time.
+    drop(health);
+    drop(nodes);
+    drop(bird);
+    let bird = lab_router_with(env, 3, &[], false)?;
+    let mut settings = settings.to_vec();
+    settings.push(("bgp_bfd", "false"));
+    let (mut nodes, _health2) = bgp_nodes(env, 3, vipd, &settings, |_| vec![]).await?;
+    bird.wait_next_hops(probe, &all, Duration::from_secs(60))?;
+    let mut hold_death = Vec::new();
+    for r in 0..hold_rounds {
+        let took = node_death(&bird, &mut nodes, r % 3, probe).await?;
+        println!("  node death (hold time) #{}: {took:?}", r + 1);
+        hold_death.push(took);
+    }
+
+    println!(
+        "BGP (gobgpd {} -> BIRD 2.0.12, 3 nodes, eBGP, hold time 9 s), {rounds} rounds each:",
+        vipd_testkit::bgp::gobgp_version()
+    );
     println!("| | median | worst |");
     println!("|---|---|---|");
     let (m, w) = median_worst(&to_route);
@@ -88,6 +151,23 @@ pub async fn run(vipd: &Path, rounds: usize) -> Result<()> {
     let (m, w) = median_worst(&crash_to_withdraw);
     println!(
         "| SIGKILL of one vipd -> its next hop gone from the router | {m:.0} ms | {w:.0} ms |"
+    );
+    println!(
+        "\nNode death (link down, every process killed) -> its next hop gone from the router:\n"
+    );
+    println!("| | rounds | median | p99 | worst |");
+    println!("|---|---|---|---|---|");
+    let (m, w) = median_worst(&bfd_death);
+    println!(
+        "| BFD {BFD_INTERVAL_MS} ms x {BFD_MULTIPLIER} (default) | {} | {m:.0} ms | {:.0} ms | {w:.0} ms |",
+        bfd_death.len(),
+        percentile(&bfd_death, 99.0)
+    );
+    let (m, w) = median_worst(&hold_death);
+    println!(
+        "| no BFD (hold time 9 s) | {} | {m:.0} ms | {:.0} ms | {w:.0} ms |",
+        hold_death.len(),
+        percentile(&hold_death, 99.0)
     );
     Ok(())
 }

@@ -89,6 +89,9 @@ enum Bench {
     Bgp {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
+        /// Node deaths without BFD (each waits out the hold time).
+        #[arg(long, default_value_t = 3)]
+        hold_rounds: usize,
     },
     /// LoadBalancer Services: create-to-ingress and create-to-ARP one by one,
     /// then a burst created at once, then the leader's death.
@@ -175,8 +178,11 @@ fn main() {
             what: Bench::Pods { rounds },
         } => pods_bench::run(rounds, &INTERRUPTED),
         Cmd::Bench {
-            what: Bench::Bgp { rounds },
-        } => run_interruptible(async move { bgp_bench::run(&vipd, rounds).await }),
+            what: Bench::Bgp {
+                rounds,
+                hold_rounds,
+            },
+        } => run_interruptible(async move { bgp_bench::run(&vipd, rounds, hold_rounds).await }),
     };
     match result {
         Ok(()) => {}

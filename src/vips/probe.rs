@@ -1,0 +1,91 @@
+//! Asking the segment whether another host still holds an address before
+//! this node adds it (see `plan::to_probe` for why).
+//!
+//! One round: an ARP Probe (IPv4) or a DAD Neighbour Solicitation (IPv6)
+//! sent three times, 5 ms apart; the round ends [`WINDOW`] after its first
+//! frame. Answers are heard by the conflict watcher (`conflict`), which
+//! reports any frame for a watched address from another MAC; the owner
+//! matches them with the round. A round nobody answered clears the address.
+//! While another host answers, rounds repeat every [`RETRY`], and after
+//! [`patience`] the address is taken anyway (it is this node's to hold; the
+//! other host's copy should have expired by then), with a warning.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::debug;
+use vipd_arp::{build_probe, MacAddr, Sender};
+
+use crate::netlink::Link;
+
+/// How long a round waits for an answer after its first frame. A host on
+/// the segment answers an ARP probe within a millisecond; this leaves room
+/// for a loaded one.
+pub const WINDOW: Duration = Duration::from_millis(20);
+/// Between rounds while another host answers.
+pub const RETRY: Duration = Duration::from_millis(50);
+const FRAMES: u32 = 3;
+const FRAME_GAP: Duration = Duration::from_millis(5);
+
+/// How long to wait for another host to stop answering before taking the
+/// address anyway: its kernel lifetime (`lifetime`, the same on every vipd)
+/// plus a second for the kernel's expiry work; 3 s for permanent ones.
+pub fn patience(lifetime: Option<Duration>) -> Duration {
+    lifetime.unwrap_or(Duration::from_secs(2)) + Duration::from_secs(1)
+}
+
+/// One address being checked.
+#[derive(Debug)]
+pub struct Probe {
+    /// When checking this address began.
+    pub since: Instant,
+    /// When the current round began.
+    pub round: Instant,
+    /// The last answer heard: when, from which MAC.
+    pub answered: Option<(Instant, [u8; 6])>,
+    pub task: JoinHandle<()>,
+}
+
+impl Probe {
+    /// Whether the current round was answered.
+    pub fn answered_this_round(&self) -> bool {
+        self.answered.is_some_and(|(at, _)| at >= self.round)
+    }
+}
+
+/// Starts a round for `addr` on `link` after `delay`; `done` gets the
+/// address when the round's window has passed.
+pub fn round(
+    link: &Link,
+    addr: IpAddr,
+    delay: Duration,
+    done: mpsc::UnboundedSender<IpAddr>,
+) -> JoinHandle<()> {
+    let (ifindex, ifname, mac) = (link.index, link.name.clone(), link.mac);
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let started = tokio::time::Instant::now();
+        match (mac, Sender::open(ifindex)) {
+            (Some(m), Ok(sender)) => {
+                let frame = build_probe(addr, MacAddr::new(m[0], m[1], m[2], m[3], m[4], m[5]));
+                for i in 0..FRAMES {
+                    if let Err(e) = sender.send(&frame) {
+                        debug!(%addr, interface = %ifname, error = %e, "probe not sent");
+                    }
+                    if i + 1 < FRAMES {
+                        tokio::time::sleep(FRAME_GAP).await;
+                    }
+                }
+            }
+            // Nothing can be asked: the round ends unanswered.
+            (_, Err(e)) => {
+                debug!(%addr, interface = %ifname, error = %e, "cannot open a raw socket to probe")
+            }
+            (None, _) => {}
+        }
+        tokio::time::sleep_until(started + WINDOW).await;
+        let _ = done.send(addr);
+    })
+}
