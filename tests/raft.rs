@@ -89,6 +89,31 @@ fn three_peers_leader_killed_with_its_guardian() {
     failover(3, Disruption::KillAll, Duration::from_secs(3));
 }
 
+/// Left alone for a minute with both cores saturated by stress-ng and 2 %
+/// of the frames between the nodes dropped: no leader change, no gap at
+/// the client (the ten-minute version is `vipd-lab bench raft-soak`).
+#[test]
+fn no_spurious_failover_under_load_and_loss() {
+    let _l = lock();
+    let mut lab = RaftLab::start(3, vip(), bin(), &[]).unwrap();
+    let o = vipd_testkit::soak::raft_soak(&mut lab, Duration::from_secs(60), 2, true).unwrap();
+    eprintln!("{o:?}");
+    let logs: Vec<String> = lab
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| format!("--- {} ---\n{}", n.name(), n.log_tail(20)))
+        .collect();
+    assert_eq!(o.elections_won, 0, "{o:?}\n{}", logs.join("\n"));
+    assert_eq!(o.holder_changes, 0, "{o:?}\n{}", logs.join("\n"));
+    assert_eq!(o.failed_probes, 0, "{o:?}\n{}", logs.join("\n"));
+    assert!(o.probes > 3000, "{o:?}");
+    assert!(
+        o.dropped_frames > 100,
+        "the loss rule dropped nothing: {o:?}"
+    );
+}
+
 #[test]
 fn three_peers_leader_frozen_then_thawed() {
     failover(3, Disruption::Freeze, Duration::from_secs(2));

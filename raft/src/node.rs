@@ -104,6 +104,9 @@ struct Loop<L> {
     handing_over: bool,
     claimed_until: Option<Instant>,
     last_leader: u64,
+    /// This node's election priority, applied once the term is above 0.
+    priority: i64,
+    prioritised: bool,
 }
 
 /// Runs this node's Raft until `shutdown`; a leader then withdraws and hands
@@ -150,6 +153,9 @@ pub async fn run<L: Leadership>(
         heartbeat_tick: cfg.heartbeat_ticks,
         pre_vote: true,
         check_quorum: true,
+        // Priorities are set once the cluster has a term (see
+        // `Loop::priority`).
+        priority: 0,
         applied: disk.hard_state().commit,
         max_inflight_msgs: 256,
         ..Default::default()
@@ -186,6 +192,8 @@ pub async fn run<L: Leadership>(
         handing_over: false,
         claimed_until: None,
         last_leader: 0,
+        priority: (cfg.peers.list.len() as u64 + 1).saturating_sub(me.id) as i64,
+        prioritised: false,
     };
     let mut ticker = tokio::time::interval(cfg.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,6 +206,7 @@ pub async fn run<L: Leadership>(
         }
         l.handle_ready().await?;
         l.update_hold().await;
+        l.apply_priority();
     }
     l.hand_over(&mut ticker, &mut in_rx, cfg.election_timeout())
         .await?;
@@ -227,6 +236,22 @@ impl<L: Leadership> Loop<L> {
                 true
             }
             _ = until => false,
+        }
+    }
+
+    /// Distinct priorities, by place in the peer list (the first is
+    /// highest): of two nodes whose election timers fire together with
+    /// equal logs, only the higher one gets pre-votes (raft-rs grants a
+    /// (pre-)vote to an equally up-to-date candidate only of at least its
+    /// own priority), so their elections never split. The cost: a lower
+    /// node waits for a higher live one to campaign. Applied only once the
+    /// term is above 0: raft-rs panics when it refuses a vote in term 0
+    /// ("term should be set"), which priorities would make it do in a new
+    /// cluster's first election.
+    fn apply_priority(&mut self) {
+        if !self.prioritised && self.node.raft.term > 0 {
+            self.node.raft.set_priority(self.priority);
+            self.prioritised = true;
         }
     }
 
@@ -444,7 +469,8 @@ impl<L: Leadership> Loop<L> {
     }
 
     /// The follower to hand leadership to: one heard from lately, with the
-    /// longest log.
+    /// longest log, and of those the highest priority (the first in the
+    /// peer list), whose vote request no equally up-to-date peer refuses.
     fn transferee(&self) -> Option<u64> {
         let me = self.node.raft.id;
         self.node
@@ -452,7 +478,7 @@ impl<L: Leadership> Loop<L> {
             .prs()
             .iter()
             .filter(|(id, _)| **id != me)
-            .max_by_key(|(_, p)| (p.recent_active, p.matched))
+            .max_by_key(|(id, p)| (p.recent_active, p.matched, std::cmp::Reverse(**id)))
             .map(|(id, _)| *id)
     }
 }

@@ -36,18 +36,22 @@ pub(super) fn raft_settings(r: &Reader, me: &str) -> Option<RaftSettings> {
             );
         }
     }
-    let tick = r.duration("vip_raft_tick", Duration::from_millis(50));
+    let tick = r.duration("vip_raft_tick", Duration::from_millis(5));
     if r.all_good(&["vip_raft_tick"])
-        && (tick < Duration::from_millis(10) || tick > Duration::from_secs(5))
+        && (tick < Duration::from_millis(5) || tick > Duration::from_secs(5))
     {
-        r.bad("vip_raft_tick", "must be between 10ms and 5s");
+        r.bad("vip_raft_tick", "must be between 5ms and 5s");
     }
     let heartbeat_ticks = r.number(
         "vip_raft_heartbeat_ticks",
-        2usize,
+        4usize,
         "a whole number of ticks",
     );
-    let election_ticks = r.number("vip_raft_election_ticks", 8usize, "a whole number of ticks");
+    let election_ticks = r.number(
+        "vip_raft_election_ticks",
+        20usize,
+        "a whole number of ticks",
+    );
     if r.all_good(&["vip_raft_heartbeat_ticks"]) && heartbeat_ticks == 0 {
         r.bad("vip_raft_heartbeat_ticks", "must be at least 1");
     } else if r.all_good(&["vip_raft_heartbeat_ticks", "vip_raft_election_ticks"])

@@ -111,9 +111,9 @@ pub const SETTINGS: &[Setting] = &[
     s("vip_raft_peers", "raftPeers", "NAME=HOST:PORT of every control-plane node, comma separated; the same list, in the same order, on every node"),
     s("vip_raft_state_dir", "raftStateDir", "where Raft keeps term, vote and log").or("/var/lib/vipd/raft"),
     s("vip_raft_secret_file", "raftSecretFile", "file holding the secret every Raft peer shares (at least 16 bytes); required with vip_raft"),
-    s("vip_raft_tick", "raftTick", "Raft tick").or("50ms"),
-    s("vip_raft_heartbeat_ticks", "raftHeartbeatTicks", "ticks between leader heartbeats").or("2"),
-    s("vip_raft_election_ticks", "raftElectionTicks", "ticks without a leader before a follower campaigns; randomized up to twice this").or("8"),
+    s("vip_raft_tick", "raftTick", "Raft tick").or("5ms"),
+    s("vip_raft_heartbeat_ticks", "raftHeartbeatTicks", "ticks between leader heartbeats (20 ms with the default tick)").or("4"),
+    s("vip_raft_election_ticks", "raftElectionTicks", "ticks without a leader before a follower campaigns, randomized up to twice this (100-200 ms with the default tick)").or("20"),
     // BGP (kube-vip's names; vipd's additions marked).
     s("bgp_routerid", "bgpRouterID", "BGP router ID (default: the IPv4 address of bgp_routerinterface or vip_interface)"),
     s("bgp_routerinterface", "bgpRouterInterface", "interface whose IPv4 address is the router ID"),

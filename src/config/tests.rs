@@ -287,9 +287,11 @@ fn raft_settings() {
     assert_eq!(r.peers.list.len(), 3);
     assert_eq!(
         (r.tick, r.heartbeat_ticks, r.election_ticks),
-        (Duration::from_millis(50), 2, 8)
+        (Duration::from_millis(5), 4, 20)
     );
     assert_eq!(r.state_dir, PathBuf::from("/var/lib/vipd/raft"));
+    // A Raft holder's address lives 1 s in the kernel (see vips::probe).
+    assert_eq!(c.addr_lifetime, Some(Duration::from_secs(1)));
 
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[("vip_raft", "true")], "vip_raft_peers"),

@@ -2,7 +2,7 @@
 //! this node adds it (see `plan::to_probe` for why).
 //!
 //! One round: an ARP Probe (IPv4) or a DAD Neighbour Solicitation (IPv6)
-//! sent three times, 5 ms apart; the round ends [`WINDOW`] after its first
+//! sent three times, 3 ms apart; the round ends [`WINDOW`] after its first
 //! frame. Answers are heard by the conflict watcher (`conflict`), which
 //! reports any frame for a watched address from another MAC; the owner
 //! matches them with the round. A round nobody answered clears the address.
@@ -23,11 +23,11 @@ use crate::netlink::Link;
 /// How long a round waits for an answer after its first frame. A host on
 /// the segment answers an ARP probe within a millisecond; this leaves room
 /// for a loaded one.
-pub const WINDOW: Duration = Duration::from_millis(20);
+pub const WINDOW: Duration = Duration::from_millis(10);
 /// Between rounds while another host answers.
-pub const RETRY: Duration = Duration::from_millis(50);
+pub const RETRY: Duration = Duration::from_millis(20);
 const FRAMES: u32 = 3;
-const FRAME_GAP: Duration = Duration::from_millis(5);
+const FRAME_GAP: Duration = Duration::from_millis(3);
 
 /// How long to wait for another host to stop answering before taking the
 /// address anyway: its kernel lifetime (`lifetime`, the same on every vipd)

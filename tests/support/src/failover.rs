@@ -255,6 +255,17 @@ impl VipCluster {
     }
 }
 
+/// The `p`-th percentile of some durations (nearest rank), in milliseconds.
+pub fn percentile(d: &[Duration], p: f64) -> f64 {
+    let mut v: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[i.clamp(1, v.len()) - 1]
+}
+
 /// Median and worst of some durations, in milliseconds.
 pub fn median_worst(d: &[Duration]) -> (f64, f64) {
     let mut ms: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1000.0).collect();

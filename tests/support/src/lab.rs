@@ -186,6 +186,32 @@ impl SwitchFilter {
     }
 }
 
+impl SwitchFilter {
+    /// The packets counted by the rules that carry a `counter`.
+    pub fn counted(&self) -> u64 {
+        let out = output(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.switch,
+                "nft",
+                "list",
+                "table",
+                "bridge",
+                &self.table,
+            ],
+        )
+        .unwrap_or_default();
+        let words: Vec<&str> = out.split_whitespace().collect();
+        words
+            .windows(2)
+            .filter(|w| w[0] == "packets")
+            .filter_map(|w| w[1].parse::<u64>().ok())
+            .sum()
+    }
+}
+
 impl Drop for SwitchFilter {
     fn drop(&mut self) {
         let _ = output(

@@ -25,6 +25,7 @@ pub mod probe;
 pub mod process;
 pub mod raft_forge;
 pub mod services;
+pub mod soak;
 pub mod vipd;
 
 use std::path::PathBuf;

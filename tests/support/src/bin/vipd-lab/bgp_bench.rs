@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use vipd_testkit::apiserver::env;
 use vipd_testkit::bgp::{bgp_nodes, lab_router_with, node_ip, BFD_INTERVAL_MS, BFD_MULTIPLIER};
-use vipd_testkit::failover::median_worst;
+use vipd_testkit::failover::{median_worst, percentile};
 use vipd_testkit::vipd::VipdNode;
 
 /// Node `k` dies: its cable pulled, then every process in it killed (no
@@ -35,16 +35,6 @@ async fn node_death(
     nodes[k].start()?;
     bird.wait_next_hops(probe, &all, Duration::from_secs(60))?;
     Ok(took)
-}
-
-fn percentile(d: &[Duration], p: f64) -> f64 {
-    let mut v: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return 0.0;
-    }
-    let i = ((p / 100.0) * (v.len() as f64 - 1.0)).ceil() as usize;
-    v[i.min(v.len() - 1)]
 }
 
 pub async fn run(vipd: &Path, rounds: usize, hold_rounds: usize) -> Result<()> {

@@ -4,6 +4,7 @@
 //!   vipd-lab demo                         three nodes, the VIP moving, in plain words
 //!   vipd-lab bench failover [--rounds N]  outage per disruption, median and worst
 //!   vipd-lab bench pods [--rounds N]      the same on K3s static pods run by kubelets
+//!   vipd-lab bench raft-soak [--minutes N] [--loss P]  Raft under stress-ng and packet loss
 //!
 //! Needs root. Everything it creates is removed on exit, Ctrl-C included.
 
@@ -64,6 +65,25 @@ enum Bench {
         rounds: usize,
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// A vipd setting for this run, KEY=VALUE (repeatable), e.g.
+        /// --set vip_raft_tick=20ms
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// vipd only, without keepalived.
+        #[arg(long)]
+        vipd_only: bool,
+    },
+    /// Raft left alone under load and loss: both cores saturated by
+    /// stress-ng, a share of the frames between the nodes dropped; leader
+    /// changes and client gaps counted.
+    RaftSoak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        #[arg(long, default_value_t = 2)]
+        loss: u32,
+        /// A vipd setting for this run, KEY=VALUE (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// The HA cluster: the client's longest gap per scenario, Lease and Raft.
     Ha {
@@ -164,8 +184,17 @@ fn main() {
             what: Bench::Churn { services, wave },
         } => run_interruptible(churn_bench::run(vipd, services, wave)),
         Cmd::Bench {
-            what: Bench::Raft { rounds, nodes },
-        } => raft_bench::run(&vipd, rounds, nodes, &INTERRUPTED),
+            what:
+                Bench::Raft {
+                    rounds,
+                    nodes,
+                    set,
+                    vipd_only,
+                },
+        } => raft_bench::run(&vipd, rounds, nodes, &set, vipd_only, &INTERRUPTED),
+        Cmd::Bench {
+            what: Bench::RaftSoak { minutes, loss, set },
+        } => raft_bench::soak(&vipd, Duration::from_secs(minutes * 60), loss, &set),
         Cmd::Bench {
             what: Bench::Ha { rounds },
         } => ha_bench::run(&vipd, rounds, &INTERRUPTED),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
-use vipd_testkit::failover::{keepalived_lab, median_worst, Disruption, RaftLab};
+use vipd_testkit::failover::{keepalived_lab, median_worst, percentile, Disruption, RaftLab};
 
 struct Row {
     system: String,
@@ -63,15 +63,92 @@ fn measure(
     Ok((t, o, h, failed))
 }
 
-pub fn run(vipd: &Path, rounds: usize, nodes: usize, stop: &AtomicBool) -> Result<()> {
+/// The Raft timing vipd says it runs with (its start-up line).
+fn timing_label(lab: &RaftLab) -> String {
+    let log = lab.cluster.nodes[0].log_tail(200);
+    let line = log
+        .lines()
+        .find(|l| l.contains("Raft election started"))
+        .unwrap_or("");
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or("?")
+            .to_string()
+    };
+    format!(
+        "vipd Raft (heartbeat {}, election timeout {}, randomised up to twice that)",
+        field("heartbeat="),
+        field("election_timeout=")
+    )
+}
+
+fn settings(set: &[String]) -> Result<Vec<(String, String)>> {
+    set.iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--set {kv:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// `vipd-lab bench raft-soak`: three Raft nodes under stress-ng and loss.
+pub fn soak(vipd: &Path, duration: Duration, loss: u32, set: &[String]) -> Result<()> {
     let vip: IpAddr = "192.0.2.100".parse()?;
+    let set = settings(set)?;
+    let extra: Vec<(&str, &str)> = set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut lab = RaftLab::start(3, vip, vipd, &extra)?;
+    println!(
+        "Raft soak: {} s, both cores saturated by stress-ng, {loss} % of the frames between the nodes dropped ...",
+        duration.as_secs()
+    );
+    let o = vipd_testkit::soak::raft_soak(&mut lab, duration, loss, true)?;
+    println!("\n{}", timing_label(&lab));
+    println!("| soak | frames dropped | leader changes (elections won) | holder changes | max holders | samples without a holder | probes | failed probes | longest client gap |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} min, stress-ng on both cores, {loss} % loss | {} | {} | {} | {} | {} | {} | {} | {:.0} ms |",
+        duration.as_secs() / 60,
+        o.dropped_frames,
+        o.elections_won,
+        o.holder_changes,
+        o.max_holders,
+        o.unheld_samples,
+        o.probes,
+        o.failed_probes,
+        o.longest_gap.as_secs_f64() * 1000.0
+    );
+    let cpu: Vec<String> = o
+        .vipd_cpu_percent
+        .iter()
+        .map(|c| format!("{c:.1} %"))
+        .collect();
+    println!(
+        "\nvipd's CPU time during the soak (per node, of one core): {}",
+        cpu.join(", ")
+    );
+    Ok(())
+}
+
+pub fn run(
+    vipd: &Path,
+    rounds: usize,
+    nodes: usize,
+    set: &[String],
+    vipd_only: bool,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let vip: IpAddr = "192.0.2.100".parse()?;
+    let set = settings(set)?;
+    let extra: Vec<(&str, &str)> = set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut rows = Vec::new();
     type Make<'a> = Box<dyn Fn() -> Result<RaftLab> + 'a>;
     type System<'a> = (String, Make<'a>, Vec<(&'static str, Disruption)>);
-    let systems: Vec<System> = vec![
+    let mut systems: Vec<System> = vec![
         (
-            "vipd Raft (tick 50 ms, heartbeat 100 ms, election 400 ms)".into(),
-            Box::new(|| RaftLab::start(nodes, vip, vipd, &[])),
+            "vipd Raft".into(),
+            Box::new(|| RaftLab::start(nodes, vip, vipd, &extra)),
             vec![
                 ("SIGKILL of the daemon", Disruption::Kill),
                 ("SIGKILL of all its processes", Disruption::KillAll),
@@ -95,6 +172,9 @@ pub fn run(vipd: &Path, rounds: usize, nodes: usize, stop: &AtomicBool) -> Resul
             ],
         ),
     ];
+    if vipd_only {
+        systems.truncate(1);
+    }
     for (name, make, disruptions) in systems {
         for (label, what) in disruptions {
             if stop.load(Ordering::SeqCst) {
@@ -103,8 +183,13 @@ pub fn run(vipd: &Path, rounds: usize, nodes: usize, stop: &AtomicBool) -> Resul
             println!("{name}: {label} x{rounds} ...");
             let mut lab = make()?;
             let (t, o, h, failed) = measure(&mut lab, what, rounds, stop)?;
+            let system = if name == "vipd Raft" {
+                timing_label(&lab)
+            } else {
+                name.clone()
+            };
             rows.push(Row {
-                system: name.clone(),
+                system,
                 disruption: label,
                 takeovers: t,
                 outages: o,
@@ -114,15 +199,16 @@ pub fn run(vipd: &Path, rounds: usize, nodes: usize, stop: &AtomicBool) -> Resul
             drop(lab);
         }
     }
-    println!("\n| system | disruption | takeover median | takeover worst | client outage median | client outage worst | max holders | rounds without takeover in 15 s |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("\n| system | disruption | takeover median | takeover worst | client outage median | client outage p99 | client outage worst | max holders | rounds without takeover in 15 s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let (tm, tw) = median_worst(&r.takeovers);
         let (om, ow) = median_worst(&r.outages);
         println!(
-            "| {} | {} | {tm:.0} ms | {tw:.0} ms | {om:.0} ms | {ow:.0} ms | {} | {} of {} |",
+            "| {} | {} | {tm:.0} ms | {tw:.0} ms | {om:.0} ms | {:.0} ms | {ow:.0} ms | {} | {} of {} |",
             r.system,
             r.disruption,
+            percentile(&r.outages, 99.0),
             r.max_holders,
             r.failed,
             r.failed + r.takeovers.len()
