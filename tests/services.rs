@@ -329,7 +329,20 @@ fn servicelb_node_labels_choose_the_announcers() {
         lab.wait_withdrawn(ip("192.0.2.178"), Duration::from_secs(10)).await;
         let a = lab.wait_announced(ip("192.0.2.177"), Duration::from_secs(10)).await;
         assert_eq!(a, "n2");
+        // As K3s reads it: the label on any node, even `false`, turns node
+        // selection on, and only `true` nodes qualify: here none.
+        nodes_with_labels(
+            &lab.admin,
+            &[BTreeMap::from([(enable, "false")]), BTreeMap::new(), BTreeMap::new()],
+        )
+        .await;
+        lab.wait_withdrawn(ip("192.0.2.177"), Duration::from_secs(10)).await;
+        // No label anywhere: every node again (the green pool label on the
+        // Service no longer restricts: K3s ignores it without selection).
         nodes_with_labels(&lab.admin, &[BTreeMap::new(), BTreeMap::new(), BTreeMap::new()]).await;
+        lab.wait_announced(ip("192.0.2.177"), Duration::from_secs(10)).await;
+        let g = lab.wait_announced(ip("192.0.2.178"), Duration::from_secs(10)).await;
+        assert!(g == "n1" || g == "n2", "green is anyone's now, got {g}");
     });
 }
 

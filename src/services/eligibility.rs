@@ -1,10 +1,13 @@
 //! Who may announce an address, and who should.
 //!
 //! A Service address is announced by one node. Any node may, unless:
-//! - some node carries `svccontroller.k3s.cattle.io/enablelb=true` (K3s
-//!   ServiceLB migration): then only such nodes;
-//! - the Service carries `svccontroller.k3s.cattle.io/lbpool=<pool>`: only
-//!   nodes with the same label value;
+//! - some node carries the label `svccontroller.k3s.cattle.io/enablelb`,
+//!   whatever its value (K3s ServiceLB's rule, `nodeHasDaemonSetLabel`):
+//!   then only nodes whose value is exactly `true`;
+//! - and then, when the Service carries the label
+//!   `svccontroller.k3s.cattle.io/lbpool=<pool>` (not empty), only those
+//!   of them with the same `lbpool` label value. Without node selection
+//!   (no node has `enablelb`), K3s ignores `lbpool`, and so does vipd;
 //! - the Service has `externalTrafficPolicy: Local`: only nodes with a ready
 //!   endpoint of it.
 //!
@@ -67,26 +70,23 @@ impl AddressPlan {
     }
 }
 
+/// K3s ServiceLB's node selection for `s` (see the module's rules).
+pub fn servicelb_nodes(s: &SvcInfo, nodes: &[NodeInfo]) -> Eligible {
+    if !nodes.iter().any(|n| n.enablelb.is_some()) {
+        return Eligible::Any;
+    }
+    Eligible::Only(
+        nodes
+            .iter()
+            .filter(|n| n.enablelb.as_deref() == Some("true"))
+            .filter(|n| s.lbpool.is_none() || n.lbpool == s.lbpool)
+            .map(|n| n.name.clone())
+            .collect(),
+    )
+}
+
 fn eligible_for(s: &SvcInfo, nodes: &[NodeInfo], ready: &ReadyNodes) -> Eligible {
-    let mut e = Eligible::Any;
-    if nodes.iter().any(|n| n.enablelb) {
-        e = e.and(Eligible::Only(
-            nodes
-                .iter()
-                .filter(|n| n.enablelb)
-                .map(|n| n.name.clone())
-                .collect(),
-        ));
-    }
-    if let Some(pool) = &s.lbpool {
-        e = e.and(Eligible::Only(
-            nodes
-                .iter()
-                .filter(|n| n.lbpool.as_ref() == Some(pool))
-                .map(|n| n.name.clone())
-                .collect(),
-        ));
-    }
+    let mut e = servicelb_nodes(s, nodes);
     if s.local_policy {
         e = e.and(Eligible::Only(
             ready.get(&s.key).cloned().unwrap_or_default(),
@@ -183,7 +183,7 @@ mod tests {
     fn node(name: &str, enablelb: bool, pool: Option<&str>) -> NodeInfo {
         NodeInfo {
             name: name.into(),
-            enablelb,
+            enablelb: enablelb.then(|| "true".to_string()),
             lbpool: pool.map(String::from),
             ..Default::default()
         }
@@ -202,27 +202,89 @@ mod tests {
         assert!(p[0].own_lease(true));
     }
 
+    /// K3s' servicelb.go, case by case: `nodeHasDaemonSetLabel` (the label
+    /// present on any node, whatever its value, turns selection on), the
+    /// DaemonSet's nodeSelector `enablelb=true`, and `lbpool` (a Service
+    /// label, not empty) added to it only when selection is on.
     #[test]
-    fn servicelb_labels_restrict() {
-        let nodes = [
-            node("n1", true, Some("a")),
-            node("n2", true, Some("b")),
-            node("n3", false, Some("a")),
-        ];
-        let mut s = svc("a", "192.0.2.150");
-        let p = plan_addresses(&[&s], &nodes, &ReadyNodes::new());
-        assert_eq!(p[0].eligible, only(&["n1", "n2"]));
-        s.lbpool = Some("a".into());
-        let p = plan_addresses(&[&s], &nodes, &ReadyNodes::new());
-        assert_eq!(
-            p[0].eligible,
-            only(&["n1"]),
-            "enablelb and lbpool both apply"
+    fn servicelb_labels_as_k3s_reads_them() {
+        fn n(name: &str, enablelb: Option<&str>, pool: Option<&str>) -> NodeInfo {
+            NodeInfo {
+                name: name.into(),
+                enablelb: enablelb.map(String::from),
+                lbpool: pool.map(String::from),
+                ..Default::default()
+            }
+        }
+        type Case<'a> = (
+            &'a str,
+            Vec<NodeInfo>,
+            Option<&'a str>,
+            Option<&'a [&'a str]>,
         );
-        s.lbpool = Some("zzz".into());
-        assert!(plan_addresses(&[&s], &nodes, &ReadyNodes::new())[0]
-            .eligible
-            .is_none());
+        let cases: Vec<Case> = vec![
+            (
+                "no labels: every node",
+                vec![n("a", None, None), n("b", None, None)],
+                None,
+                None,
+            ),
+            (
+                "lbpool without enablelb anywhere: ignored",
+                vec![n("a", None, Some("x")), n("b", None, None)],
+                Some("x"),
+                None,
+            ),
+            (
+                "enablelb=true on one: only it",
+                vec![n("a", Some("true"), None), n("b", None, None)],
+                None,
+                Some(&["a"]),
+            ),
+            (
+                "enablelb=false only: selection on, nobody",
+                vec![n("a", Some("false"), None), n("b", None, None)],
+                None,
+                Some(&[]),
+            ),
+            (
+                "a value other than true does not count",
+                vec![n("a", Some("yes"), None), n("b", Some("true"), None)],
+                None,
+                Some(&["b"]),
+            ),
+            (
+                "lbpool with selection on: both labels",
+                vec![
+                    n("a", Some("true"), Some("x")),
+                    n("b", Some("true"), Some("y")),
+                    n("c", None, Some("x")),
+                ],
+                Some("x"),
+                Some(&["a"]),
+            ),
+            (
+                "lbpool nobody carries: nobody",
+                vec![n("a", Some("true"), Some("x"))],
+                Some("zzz"),
+                Some(&[]),
+            ),
+            (
+                "no lbpool on the Service: every enablelb=true node, pools or not",
+                vec![n("a", Some("true"), Some("x")), n("b", Some("true"), None)],
+                None,
+                Some(&["a", "b"]),
+            ),
+        ];
+        for (what, nodes, pool, want) in cases {
+            let mut s = svc("s", "192.0.2.150");
+            s.lbpool = pool.map(String::from);
+            let want = match want {
+                None => Eligible::Any,
+                Some(names) => only(names),
+            };
+            assert_eq!(servicelb_nodes(&s, &nodes), want, "{what}");
+        }
     }
 
     #[test]

@@ -210,9 +210,10 @@ impl SvcInfo {
             family_policy,
             ports,
             local_policy: spec.external_traffic_policy.as_deref() == Some("Local"),
+            // A label, as K3s reads it (an empty value is none).
             lbpool: labels
                 .get(keys::SERVICELB_POOL)
-                .or_else(|| ann.get(keys::SERVICELB_POOL))
+                .filter(|v| !v.is_empty())
                 .cloned(),
             interface: ann
                 .get(keys::SERVICE_INTERFACE)
@@ -257,7 +258,9 @@ impl ClassFilter {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeInfo {
     pub name: String,
-    pub enablelb: bool,
+    /// The value of `svccontroller.k3s.cattle.io/enablelb`, when the label
+    /// is there (whatever its value: see `eligibility`).
+    pub enablelb: Option<String>,
     pub lbpool: Option<String>,
     /// `status.addresses` of type InternalIP and ExternalIP.
     pub internal: Vec<IpAddr>,
@@ -283,9 +286,7 @@ impl NodeInfo {
             internal: of_type("InternalIP"),
             external: of_type("ExternalIP"),
             name: n.metadata.name.clone()?,
-            enablelb: labels
-                .get(keys::SERVICELB_ENABLE)
-                .is_some_and(|v| v == "true"),
+            enablelb: labels.get(keys::SERVICELB_ENABLE).cloned(),
             lbpool: labels.get(keys::SERVICELB_POOL).cloned(),
         })
     }
