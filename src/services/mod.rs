@@ -20,6 +20,9 @@
 //! Claims on addresses go to the address owner (`vips`), which does the
 //! kernel and the wire; a Service that is deleted or stops being a
 //! LoadBalancer drops out of step 2 and its address is withdrawn at once.
+//!
+//! Every decision of a pass is in [`pass`] (pure); the loop here gathers
+//! its snapshot from the informers and applies what it returns.
 
 pub mod address_leases;
 pub mod allocate;
@@ -27,10 +30,11 @@ pub mod eligibility;
 pub mod guard;
 pub mod informers;
 pub mod model;
+pub mod pass;
 pub mod pools;
 pub mod writer;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,17 +47,15 @@ use tracing::{info, warn};
 use crate::config::{ServicesConfig, Subnets};
 use crate::election::{Leadership, LeaseElection};
 use crate::events::Events;
-use crate::status::{Announced, ServicesSummary, Status};
+use crate::status::Status;
 use crate::vips::{Claim, Source, VipHandle};
-use address_leases::{AddressLeases, Want, STAGGER};
-use allocate::{allocate, join, Origin};
-use eligibility::{plan_addresses, rank, AddressPlan};
+use address_leases::AddressLeases;
 use guard::{Guard, HostFacts, NodeAddresses, PublishedFacts};
 use informers::Informers;
-use model::{add_ready_nodes, keys, ClassFilter, NodeInfo, ReadyNodes, SvcInfo, SvcKey};
-use model::{current_ingress, Ingress};
+use model::{add_ready_nodes, ClassFilter, NodeInfo, ReadyNodes, SvcInfo};
+use pass::{Memory, NodeSettings, Snapshot};
 use pools::Pools;
-use writer::{Change, Writer};
+use writer::Writer;
 
 /// Everything the controller needs from the manager.
 pub struct Context {
@@ -150,8 +152,17 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         class_only: ctx.config.class_only,
         namespace: ctx.config.namespace.clone(),
     };
+    let settings = NodeSettings {
+        me: ctx.me.clone(),
+        bgp: ctx.bgp.clone(),
+        per_address_election: ctx.config.per_address_election,
+        subnets: ctx.subnets,
+        interface: ctx.config.interface.clone(),
+        default_interface: ctx.default_interface.clone(),
+    };
     let mut c = Controller {
         ctx,
+        settings,
         informers,
         leader: leader.clone(),
         leader_rx: hold_rx,
@@ -160,16 +171,13 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         filter,
         pools: Pools::default(),
         pools_version: None,
-        served_before: BTreeMap::new(),
-        last_problem: BTreeMap::new(),
-        pending_reasons: BTreeMap::new(),
+        memory: Memory::default(),
         reconciles: 0,
+        last_reconcile: Duration::ZERO,
         host: HostFacts::default(),
         host_read_at: None,
-        refused_logged: BTreeSet::new(),
         gc_at: None,
         asked_before: BTreeSet::new(),
-        recent_picks: BTreeMap::new(),
     };
     info!("Services: waiting for the first lists of Services, EndpointSlices, Nodes and pools");
     c.informers.ready().await;
@@ -185,6 +193,7 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
 
 struct Controller {
     ctx: Context,
+    settings: NodeSettings,
     informers: Informers,
     leader: LeaderState,
     leader_rx: watch::Receiver<Option<Instant>>,
@@ -194,28 +203,18 @@ struct Controller {
     /// The last good pools (a bad ConfigMap does not replace them).
     pools: Pools,
     pools_version: Option<String>,
-    /// Leader: the addresses each served Service had, to report releases.
-    served_before: BTreeMap<SvcKey, Vec<IpAddr>>,
-    /// Leader: the last problem logged per Service.
-    last_problem: BTreeMap<SvcKey, String>,
-    /// Leader: pending Services by reason, as of the last pass.
-    pending_reasons: BTreeMap<String, u64>,
+    /// What passes remember from one to the next (see `pass`).
+    memory: Memory,
     reconciles: u64,
+    last_reconcile: Duration,
     /// This host's own facts for the guard, and when they were read.
     host: HostFacts,
     host_read_at: Option<Instant>,
-    /// Addresses this node refused to claim (logged once each).
-    refused_logged: BTreeSet<IpAddr>,
     /// Leader: when unneeded per-address Leases were last deleted.
     gc_at: Option<Instant>,
     /// Every address served Services asked for or held, as of the last pass.
     asked_before: BTreeSet<IpAddr>,
-    /// Leader: pool picks whose annotation the cache does not show yet.
-    recent_picks: BTreeMap<SvcKey, (Vec<IpAddr>, Instant)>,
 }
-
-/// How long a pool pick is remembered while its annotation write lands.
-const RECENT_PICK: Duration = Duration::from_secs(30);
 
 /// How often the Services leader deletes per-address Leases nobody needs.
 const GC_EVERY: Duration = Duration::from_secs(2);
@@ -339,94 +338,12 @@ impl Controller {
         }
     }
 
-    /// BGP attributes of an address: its first Service's annotations, else
-    /// its pool's, else vipd's own settings. A bad annotation is an Event.
-    fn route_for(
-        &self,
-        plan: &AddressPlan,
-        by_key: &BTreeMap<&SvcKey, &(Arc<Service>, SvcInfo)>,
-        changes: &mut Vec<Change>,
-    ) -> vipd_bgp::RouteAttrs {
-        let Some(defaults) = &self.ctx.bgp else {
-            return Default::default();
-        };
-        let mut attrs = defaults.clone();
-        let ns = plan
-            .users
-            .first()
-            .map(|k| k.namespace.as_str())
-            .unwrap_or("");
-        let (pool_cs, pool_lp) = self.pools.route_attrs(ns);
-        if let Some(cs) = pool_cs {
-            attrs.communities = cs.clone();
-        }
-        if pool_lp.is_some() {
-            attrs.local_pref = pool_lp;
-        }
-        let Some((obj, info)) = plan.users.first().and_then(|k| by_key.get(k)) else {
-            return attrs;
-        };
-        if let Some(v) = &info.bgp_communities {
-            let parsed: Result<Vec<u32>, String> = v
-                .split(',')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .map(vipd_bgp::route::parse_community)
-                .collect();
-            match parsed {
-                Ok(cs) => attrs.communities = cs,
-                Err(e) => changes.push(Change::Event {
-                    svc: obj.clone(),
-                    warning: true,
-                    reason: "InvalidAnnotation",
-                    note: format!(
-                        "{}={v:?}: {e}; using the pool's communities",
-                        keys::BGP_COMMUNITIES
-                    ),
-                }),
-            }
-        }
-        if let Some(v) = &info.bgp_local_pref {
-            match v.trim().parse() {
-                Ok(lp) => attrs.local_pref = Some(lp),
-                Err(_) => changes.push(Change::Event {
-                    svc: obj.clone(),
-                    warning: true,
-                    reason: "InvalidAnnotation",
-                    note: format!(
-                        "{}={v:?} is not a number; using the pool's local preference",
-                        keys::BGP_LOCAL_PREF
-                    ),
-                }),
-            }
-        }
-        attrs
-    }
-
-    fn interface_for(&self, plan: &AddressPlan) -> String {
-        if let Some(i) = &plan.interface {
-            return i.clone();
-        }
-        let ns = plan
-            .users
-            .first()
-            .map(|k| k.namespace.as_str())
-            .unwrap_or("");
-        if let Some(i) = self.pools.interface(ns) {
-            return i.to_string();
-        }
-        self.ctx
-            .config
-            .interface
-            .clone()
-            .unwrap_or_else(|| self.ctx.default_interface.clone())
-    }
-
     async fn reconcile(&mut self) {
         let started = Instant::now();
         self.reconcile_once().await;
         let took = started.elapsed();
         self.reconciles += 1;
+        self.last_reconcile = took;
         self.ctx
             .status
             .metrics
@@ -462,7 +379,6 @@ impl Controller {
         for s in self.informers.slices.state() {
             add_ready_nodes(&s, &mut ready);
         }
-        let mut changes = Vec::new();
         // An address no pass has seen yet is judged on this host's facts
         // as they are now, not as they were up to a second ago.
         let asked: BTreeSet<IpAddr> = served
@@ -476,188 +392,51 @@ impl Controller {
         self.refresh_host_facts().await;
         let guard = self.guard(&nodes);
 
-        if self.leader_hold().is_some() {
-            self.decide(&infos, &served, &guard, &mut changes);
-        }
+        let snapshot = Snapshot {
+            infos: &infos,
+            served: &served,
+            nodes: &nodes,
+            ready: &ready,
+            pools: &self.pools,
+            guard: &guard,
+            leading: self.leader_hold().is_some(),
+            node: &self.settings,
+        };
+        let decision = pass::decide(&snapshot, &mut self.memory, Instant::now());
 
-        // Announce what the Services' status says, but never what the guard
-        // refuses (whoever wrote it there).
-        let served_infos: Vec<&SvcInfo> = served.iter().map(|(_, i)| i).collect();
-        let by_key: BTreeMap<&SvcKey, &(Arc<Service>, SvcInfo)> =
-            served.iter().map(|s| (&s.1.key, *s)).collect();
-        let (plans, refused): (Vec<AddressPlan>, Vec<AddressPlan>) =
-            plan_addresses(&served_infos, &nodes, &ready)
-                .into_iter()
-                .partition(|p| !guard.is_forbidden(p.addr));
-        self.refuse(&refused, &guard, &by_key, &mut changes);
-        let per_address = self.ctx.config.per_address_election;
-        let mut leader_claims = Vec::new();
-        let mut bgp_claims = Vec::new();
-        let mut wants = BTreeMap::new();
-        for plan in &plans {
-            let claim = Claim {
-                route: self.route_for(plan, &by_key, &mut changes),
-                addr: plan.addr,
-                prefix: self.ctx.subnets.for_ip(plan.addr),
-                interface: self.interface_for(plan),
-            };
-            if self.ctx.bgp.is_some() {
-                // BGP: every eligible node announces (ECMP); no election.
-                if plan.eligible.allows(&self.ctx.me) {
-                    bgp_claims.push(claim);
-                }
-            } else if plan.own_lease(per_address) {
-                if plan.eligible.allows(&self.ctx.me) {
-                    let r = rank(&self.ctx.me, plan.addr, &plan.eligible, &nodes);
-                    wants.insert(
-                        plan.addr,
-                        Want {
-                            claim,
-                            delay: STAGGER * r as u32,
-                        },
-                    );
-                }
-            } else {
-                leader_claims.push(claim);
-            }
-        }
         let mut announced: BTreeSet<IpAddr> = BTreeSet::new();
         if self.ctx.bgp.is_some() {
-            announced.extend(bgp_claims.iter().map(|c| c.addr));
+            announced.extend(decision.bgp_claims.iter().map(|c| c.addr));
             self.ctx
                 .vips
-                .set(Source::ServicesBgp, bgp_claims, None)
+                .set(Source::ServicesBgp, decision.bgp_claims.clone(), None)
                 .await;
         } else {
             self.address_leases
-                .set(wants, &self.informers.address_leases);
-            announced.extend(self.set_leader_claims(leader_claims).await);
+                .set(decision.wants.clone(), &self.informers.address_leases);
+            announced.extend(self.set_leader_claims(decision.leader_claims.clone()).await);
             announced.extend(self.address_leases.leading());
             if self.leader_hold().is_some() && self.gc_at.is_none_or(|t| t.elapsed() > GC_EVERY) {
                 self.gc_at = Some(Instant::now());
-                let in_use: BTreeSet<IpAddr> =
-                    plans.iter().chain(&refused).map(|p| p.addr).collect();
+                let in_use: BTreeSet<IpAddr> = decision
+                    .plans
+                    .iter()
+                    .chain(&decision.refused)
+                    .map(|p| p.addr)
+                    .collect();
                 self.address_leases
                     .collect_garbage(&self.informers.address_leases, &in_use)
                     .await;
             }
         }
-
-        // kube-vip.io/vipHost on the Services of the addresses this node
-        // announces (ARP: one node per address; BGP: many, so not written).
-        for plan in plans.iter().filter(|_| self.ctx.bgp.is_none()) {
-            for user in &plan.users {
-                let Some((obj, info)) = by_key.get(user) else {
-                    continue;
-                };
-                let host = info.vip_host.as_deref();
-                if announced.contains(&plan.addr) && host != Some(self.ctx.me.as_str()) {
-                    changes.push(Change::Annotations {
-                        svc: obj.clone(),
-                        set: vec![(keys::VIP_HOST, Some(self.ctx.me.clone()))],
-                    });
-                    let (reason, note) = match host {
-                        Some(h) if !h.is_empty() => (
-                            "AddressMoved",
-                            format!("{} moved from {h} to {}", plan.addr, self.ctx.me),
-                        ),
-                        _ => (
-                            "AddressAnnounced",
-                            format!("{} announced by {}", plan.addr, self.ctx.me),
-                        ),
-                    };
-                    changes.push(Change::Event {
-                        svc: obj.clone(),
-                        warning: false,
-                        reason,
-                        note,
-                    });
-                } else if plan.eligible.is_none() && host.is_some() && self.leader_hold().is_some()
-                {
-                    changes.push(Change::Annotations {
-                        svc: obj.clone(),
-                        set: vec![(keys::VIP_HOST, None)],
-                    });
-                    changes.push(Change::Event {
-                        svc: obj.clone(),
-                        warning: true,
-                        reason: "NoEligibleNode",
-                        note: format!(
-                            "{} is withdrawn: no node may announce it (externalTrafficPolicy Local without a ready endpoint, or ServiceLB node labels)",
-                            plan.addr
-                        ),
-                    });
-                }
-            }
-        }
+        let mut changes = pass::announcements(&snapshot, &decision.plans, &announced);
+        let mut summary = pass::summary(&snapshot, &self.memory, &decision, &announced);
+        changes.extend(decision.changes);
         self.writer.apply(changes).await;
-        self.publish_summary(&served_infos, &plans, &refused, &announced);
-    }
-
-    /// Addresses in some Service's status that this node will not claim:
-    /// logged once each, and an Event on each Service that carries one.
-    fn refuse(
-        &mut self,
-        refused: &[AddressPlan],
-        guard: &Guard,
-        by_key: &BTreeMap<&SvcKey, &(Arc<Service>, SvcInfo)>,
-        changes: &mut Vec<Change>,
-    ) {
-        let now: BTreeSet<IpAddr> = refused.iter().map(|p| p.addr).collect();
-        for plan in refused {
-            let why = guard.explain(plan.addr).unwrap_or_default();
-            if self.refused_logged.insert(plan.addr) {
-                let users: Vec<String> = plan.users.iter().map(|k| k.to_string()).collect();
-                warn!(address = %plan.addr, services = ?users, "{why}: refusing to announce it for a Service");
-            }
-            for user in &plan.users {
-                if let Some((obj, _)) = by_key.get(user) {
-                    changes.push(Change::Event {
-                        svc: obj.clone(),
-                        warning: true,
-                        reason: "AddressForbidden",
-                        note: format!("{why}: not announced (vipd never announces it for a Service; choose another address)"),
-                    });
-                }
-            }
-        }
-        self.refused_logged.retain(|a| now.contains(a));
-    }
-
-    /// What `/status` and `/metrics` say about Services.
-    fn publish_summary(
-        &self,
-        served: &[&SvcInfo],
-        plans: &[AddressPlan],
-        refused: &[AddressPlan],
-        announced: &BTreeSet<IpAddr>,
-    ) {
-        let withdrawn: BTreeSet<&SvcKey> = plans
-            .iter()
-            .filter(|p| p.eligible.is_none())
-            .chain(refused)
-            .flat_map(|p| p.users.iter())
-            .collect();
-        let pending = served.iter().filter(|s| s.status_ips.is_empty()).count();
-        let announced_here = plans
-            .iter()
-            .filter(|p| announced.contains(&p.addr))
-            .map(|p| Announced {
-                address: p.addr,
-                services: p.users.iter().map(|k| k.to_string()).collect(),
-            })
-            .collect();
-        self.ctx.status.set_services(ServicesSummary {
-            served: served.len(),
-            ready: served.len() - pending - withdrawn.len(),
-            pending,
-            withdrawn: withdrawn.len(),
-            announced_here,
-            problems_by_reason: self.pending_reasons.clone(),
-            reconcile_errors: self.writer.failures(),
-            reconciles: self.reconciles,
-            last_reconcile_ms: 0.0,
-        });
+        summary.reconcile_errors = self.writer.failures();
+        summary.reconciles = self.reconciles;
+        summary.last_reconcile_ms = self.last_reconcile.as_secs_f64() * 1000.0;
+        self.ctx.status.set_services(summary);
     }
 
     /// Claims the leader's addresses under the leader's deadline, or
@@ -678,160 +457,5 @@ impl Controller {
                 Vec::new()
             }
         }
-    }
-
-    /// The leader's part: every served Service's addresses, written.
-    fn decide(
-        &mut self,
-        infos: &[(Arc<Service>, SvcInfo)],
-        served: &[&(Arc<Service>, SvcInfo)],
-        guard: &Guard,
-        changes: &mut Vec<Change>,
-    ) {
-        let served_infos: Vec<&SvcInfo> = served.iter().map(|(_, i)| i).collect();
-        // Pool picks of recent passes whose annotation is not visible yet.
-        self.recent_picks.retain(|k, (ips, at)| {
-            at.elapsed() < RECENT_PICK
-                && served_infos
-                    .iter()
-                    .any(|i| i.key == *k && i.requested.as_deref() != Some(join(ips).as_str()))
-        });
-        let recent: allocate::Recent = self
-            .recent_picks
-            .iter()
-            .map(|(k, (ips, _))| (k.clone(), ips.clone()))
-            .collect();
-        let decisions = allocate(&served_infos, &self.pools, guard, &recent);
-        let mut now_served = BTreeMap::new();
-        self.pending_reasons.clear();
-        for (obj, info) in served {
-            let Some(decision) = decisions.get(&info.key) else {
-                continue;
-            };
-            match decision {
-                Ok(a) => {
-                    self.last_problem.remove(&info.key);
-                    now_served.insert(info.key.clone(), a.ips.clone());
-                    let joined = join(&a.ips);
-                    let mut set = Vec::new();
-                    if matches!(a.origin, Origin::Pool(_))
-                        && info.requested.as_deref() != Some(joined.as_str())
-                    {
-                        set.push((keys::LOADBALANCER_IPS, Some(joined.clone())));
-                        if self
-                            .recent_picks
-                            .get(&info.key)
-                            .is_none_or(|(ips, _)| *ips != a.ips)
-                        {
-                            self.recent_picks
-                                .insert(info.key.clone(), (a.ips.clone(), Instant::now()));
-                        }
-                    }
-                    // What vipd writes to the status is recorded as vipd's:
-                    // only such a status is kept on its own (see allocate).
-                    if info.assigned != a.ips {
-                        set.push((keys::ASSIGNED, Some(joined.clone())));
-                    }
-                    if !set.is_empty() {
-                        changes.push(Change::Annotations {
-                            svc: obj.clone(),
-                            set,
-                        });
-                    }
-                    let desired: Ingress =
-                        a.ips.iter().map(|ip| (*ip, info.ports.clone())).collect();
-                    if current_ingress(obj) != desired && !a.replaced.is_empty() {
-                        let note = format!(
-                            "status.loadBalancer.ingress held {} which vipd did not assign and no pool contains (left by another controller, K3s ServiceLB perhaps): replaced by {joined}",
-                            join(&a.replaced)
-                        );
-                        info!(service = %info.key, "{note}");
-                        changes.push(Change::Event {
-                            svc: obj.clone(),
-                            warning: true,
-                            reason: "StaleStatusReplaced",
-                            note,
-                        });
-                    }
-                    if current_ingress(obj) != desired {
-                        let from = match &a.origin {
-                            Origin::Pool(k) => format!("from pool {k}"),
-                            Origin::Annotation => "from kube-vip.io/loadbalancerIPs".into(),
-                            Origin::Status => "kept from status".into(),
-                            Origin::LoadBalancerIp => "from spec.loadBalancerIP".into(),
-                        };
-                        info!(service = %info.key, addresses = %joined, "{from}");
-                        changes.push(Change::Ingress {
-                            svc: obj.clone(),
-                            ingress: desired,
-                        });
-                        changes.push(Change::Event {
-                            svc: obj.clone(),
-                            warning: false,
-                            reason: "AddressAssigned",
-                            note: format!("assigned {joined} ({from})"),
-                        });
-                    }
-                }
-                Err(p) => {
-                    *self
-                        .pending_reasons
-                        .entry(p.reason().to_string())
-                        .or_default() += 1;
-                    let msg = p.message();
-                    if self.last_problem.get(&info.key) != Some(&msg) {
-                        warn!(service = %info.key, reason = p.reason(), "{msg}");
-                        self.last_problem.insert(info.key.clone(), msg.clone());
-                    }
-                    if !current_ingress(obj).is_empty() {
-                        changes.push(Change::Ingress {
-                            svc: obj.clone(),
-                            ingress: Vec::new(),
-                        });
-                    }
-                    let mut unset = Vec::new();
-                    if info.vip_host.is_some() {
-                        unset.push((keys::VIP_HOST, None));
-                    }
-                    if !info.assigned.is_empty() {
-                        unset.push((keys::ASSIGNED, None));
-                    }
-                    if !unset.is_empty() {
-                        changes.push(Change::Annotations {
-                            svc: obj.clone(),
-                            set: unset,
-                        });
-                    }
-                    changes.push(Change::Event {
-                        svc: obj.clone(),
-                        warning: true,
-                        reason: p.reason(),
-                        note: msg,
-                    });
-                }
-            }
-        }
-        // Released: served before, still there, no longer served (not a
-        // LoadBalancer any more, ignored, another class).
-        let existing: HashSet<SvcKey> = infos.iter().map(|(_, i)| i.key.clone()).collect();
-        for (key, ips) in &self.served_before {
-            if now_served.contains_key(key) {
-                continue;
-            }
-            if let Some((obj, _)) = infos.iter().find(|(_, i)| i.key == *key) {
-                let joined = join(ips);
-                info!(service = %key, addresses = %joined, "released");
-                changes.push(Change::Event {
-                    svc: obj.clone(),
-                    warning: false,
-                    reason: "AddressReleased",
-                    note: format!("released {joined}: the Service is no longer served by vipd"),
-                });
-            } else if !existing.contains(key) {
-                info!(service = %key, "deleted: its addresses are released");
-            }
-        }
-        self.last_problem.retain(|k, _| existing.contains(k));
-        self.served_before = now_served;
     }
 }

@@ -1,0 +1,451 @@
+//! Every Event reason a Services pass can produce, each from the snapshot
+//! that causes it; and the claims a pass makes per mode.
+
+use super::*;
+use crate::services::guard::NodeAddresses;
+use serde_json::json;
+
+const ME: &str = "n1";
+
+fn settings(bgp: bool, per_address: bool) -> NodeSettings {
+    NodeSettings {
+        me: ME.into(),
+        bgp: bgp.then(vipd_bgp::RouteAttrs::default),
+        per_address_election: per_address,
+        subnets: Subnets { v4: 32, v6: 128 },
+        interface: None,
+        default_interface: "eth0".into(),
+    }
+}
+
+/// A LoadBalancer Service in namespace `d` from its metadata and status.
+fn svc(name: &str, annotations: serde_json::Value, ingress: &[&str]) -> (Arc<Service>, SvcInfo) {
+    svc_with(name, annotations, json!({}), ingress)
+}
+
+fn svc_with(
+    name: &str,
+    annotations: serde_json::Value,
+    spec: serde_json::Value,
+    ingress: &[&str],
+) -> (Arc<Service>, SvcInfo) {
+    let mut spec_v = json!({
+        "type": "LoadBalancer",
+        "ports": [{ "port": 80, "protocol": "TCP" }],
+        "ipFamilies": ["IPv4"],
+    });
+    for (k, v) in spec.as_object().unwrap() {
+        spec_v[k] = v.clone();
+    }
+    let ingress: Vec<serde_json::Value> = ingress
+        .iter()
+        .map(|ip| json!({ "ip": ip, "ports": [{ "port": 80, "protocol": "TCP" }] }))
+        .collect();
+    let s: Service = serde_json::from_value(json!({
+        "metadata": {
+            "name": name, "namespace": "d", "uid": format!("uid-{name}"),
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "annotations": annotations,
+        },
+        "spec": spec_v,
+        "status": { "loadBalancer": { "ingress": ingress } },
+    }))
+    .unwrap();
+    let info = SvcInfo::from_service(&s).unwrap();
+    (Arc::new(s), info)
+}
+
+fn pools(data: &[(&str, &str)]) -> Pools {
+    let m: BTreeMap<String, String> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Pools::parse(&m).unwrap()
+}
+
+/// n2 has InternalIP 192.0.2.12; the control-plane VIP is 192.0.2.100.
+fn guard() -> Guard {
+    Guard::build(
+        &["192.0.2.100".parse().unwrap()],
+        None,
+        &[NodeAddresses {
+            name: "n2".into(),
+            internal: vec!["192.0.2.12".parse().unwrap()],
+            external: vec![],
+        }],
+        &[],
+        ME,
+        None,
+    )
+}
+
+struct World {
+    infos: Vec<(Arc<Service>, SvcInfo)>,
+    nodes: Vec<NodeInfo>,
+    ready: ReadyNodes,
+    pools: Pools,
+    guard: Guard,
+    leading: bool,
+    node: NodeSettings,
+}
+
+impl World {
+    fn new(infos: Vec<(Arc<Service>, SvcInfo)>) -> World {
+        World {
+            infos,
+            nodes: ["n1", "n2", "n3"]
+                .iter()
+                .map(|n| NodeInfo {
+                    name: n.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ready: ReadyNodes::new(),
+            pools: Pools::default(),
+            guard: guard(),
+            leading: true,
+            node: settings(false, false),
+        }
+    }
+
+    fn run(&self, mem: &mut Memory, announced: &BTreeSet<IpAddr>) -> (Decision, Vec<Change>) {
+        let served: Vec<&(Arc<Service>, SvcInfo)> = self.infos.iter().collect();
+        let s = Snapshot {
+            infos: &self.infos,
+            served: &served,
+            nodes: &self.nodes,
+            ready: &self.ready,
+            pools: &self.pools,
+            guard: &self.guard,
+            leading: self.leading,
+            node: &self.node,
+        };
+        let d = decide(&s, mem, Instant::now());
+        let more = announcements(&s, &d.plans, announced);
+        (d, more)
+    }
+}
+
+/// The Events of some changes: (service, reason, note).
+fn events(changes: &[Change]) -> Vec<(String, &'static str, String)> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Event {
+                svc, reason, note, ..
+            } => Some((svc.metadata.name.clone().unwrap(), *reason, note.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has(changes: &[Change], name: &str, reason: &str, note_part: &str) -> bool {
+    events(changes)
+        .iter()
+        .any(|(n, r, note)| n == name && *r == reason && note.contains(note_part))
+}
+
+#[test]
+fn every_problem_of_the_leader_is_an_event_with_its_reason() {
+    let pool = [("cidr-d", "192.0.2.160/30")];
+    type Case = (
+        &'static str,
+        (Arc<Service>, SvcInfo),
+        Vec<(&'static str, &'static str)>,
+        &'static str,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "annotation that does not parse",
+            svc("a", json!({ "kube-vip.io/loadbalancerIPs": "nope" }), &[]),
+            vec![],
+            "InvalidAnnotation",
+            "\"nope\" is not an IP address",
+        ),
+        (
+            "spec.loadBalancerIP that does not parse",
+            svc_with("a", json!({}), json!({ "loadBalancerIP": "x.y" }), &[]),
+            vec![],
+            "InvalidLoadBalancerIP",
+            "spec.loadBalancerIP=\"x.y\"",
+        ),
+        (
+            "an IPv6 address for an IPv4 Service",
+            svc(
+                "a",
+                json!({ "kube-vip.io/loadbalancerIPs": "2001:db8::5" }),
+                &[],
+            ),
+            vec![],
+            "AddressFamilyMismatch",
+            "2001:db8::5 is IPv6",
+        ),
+        (
+            "outside the pools",
+            svc(
+                "a",
+                json!({ "kube-vip.io/loadbalancerIPs": "198.51.100.7" }),
+                &[],
+            ),
+            pool.to_vec(),
+            "AddressNotInPool",
+            "198.51.100.7 is outside",
+        ),
+        (
+            "nothing asked, no pool",
+            svc("a", json!({}), &[]),
+            vec![],
+            "NoAddressPool",
+            "no pool",
+        ),
+        (
+            "pool without the family",
+            svc_with("a", json!({}), json!({ "ipFamilies": ["IPv6"] }), &[]),
+            pool.to_vec(),
+            "AddressFamilyMissing",
+            "no IPv6 range",
+        ),
+        (
+            "a node's address",
+            svc(
+                "a",
+                json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.12" }),
+                &[],
+            ),
+            vec![],
+            "AddressForbidden",
+            "the InternalIP of node n2",
+        ),
+        (
+            "the control-plane VIP",
+            svc(
+                "a",
+                json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.100" }),
+                &[],
+            ),
+            vec![],
+            "AddressForbidden",
+            "the control-plane VIP",
+        ),
+        (
+            "a stale status and no pool (K3s ServiceLB's leftover)",
+            svc("a", json!({}), &["192.0.2.13"]),
+            vec![],
+            "StaleStatusIgnored",
+            "192.0.2.13 which vipd did not assign",
+        ),
+    ];
+    for (what, s, pool_data, reason, part) in cases {
+        let mut w = World::new(vec![s]);
+        w.pools = pools(&pool_data);
+        let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+        assert!(
+            has(&d.changes, "a", reason, part),
+            "{what}: {:?}",
+            events(&d.changes)
+        );
+        assert!(
+            !d.changes
+                .iter()
+                .any(|c| matches!(c, Change::Ingress { ingress, .. } if !ingress.is_empty())),
+            "{what}: a pending Service gets no ingress"
+        );
+    }
+}
+
+#[test]
+fn assignment_exhaustion_conflict_and_release() {
+    let pool = pools(&[
+        ("cidr-d", "192.0.2.160/31"),
+        ("skip-end-ips-in-cidr", "false"),
+    ]);
+    // a holds .160 (vipd assigned it); b asks for it later: AddressInUse.
+    let a = svc(
+        "a",
+        json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.160", "vipd.dev/assigned": "192.0.2.160" }),
+        &["192.0.2.160"],
+    );
+    let b = svc(
+        "b",
+        json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.160" }),
+        &[],
+    );
+    let c = svc("c", json!({}), &[]);
+    let e = svc("e", json!({}), &[]);
+    let mut w = World::new(vec![a, b, c, e]);
+    w.pools = pool;
+    let mut mem = Memory::default();
+    let (d, _) = w.run(&mut mem, &BTreeSet::new());
+    assert!(has(
+        &d.changes,
+        "b",
+        "AddressInUse",
+        "already used by Service d/a"
+    ));
+    assert!(has(
+        &d.changes,
+        "c",
+        "AddressAssigned",
+        "assigned 192.0.2.161 (from pool cidr-d)"
+    ));
+    assert!(has(
+        &d.changes,
+        "e",
+        "PoolExhausted",
+        "no free IPv4 address left in pool cidr-d"
+    ));
+    assert_eq!(mem.pending_reasons.get("AddressInUse"), Some(&1));
+    assert_eq!(mem.pending_reasons.get("PoolExhausted"), Some(&1));
+    // a keeps what it holds: no write, no Event for it.
+    assert!(!events(&d.changes).iter().any(|(n, _, _)| n == "a"));
+
+    // a stops being a LoadBalancer (still there): AddressReleased.
+    let mut w2 = World::new(vec![]);
+    w2.pools = w.pools.clone();
+    let served_none: Vec<&(Arc<Service>, SvcInfo)> = vec![];
+    let s = Snapshot {
+        infos: &w.infos,
+        served: &served_none,
+        nodes: &w2.nodes,
+        ready: &w2.ready,
+        pools: &w2.pools,
+        guard: &w2.guard,
+        leading: true,
+        node: &w2.node,
+    };
+    let d = decide(&s, &mut mem, Instant::now());
+    assert!(has(
+        &d.changes,
+        "a",
+        "AddressReleased",
+        "released 192.0.2.160"
+    ));
+}
+
+#[test]
+fn servicelb_leftovers_are_replaced_from_the_pool() {
+    let mut w = World::new(vec![svc("traefik", json!({}), &["192.0.2.13"])]);
+    w.pools = pools(&[("cidr-global", "192.0.2.160/30")]);
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(has(
+        &d.changes,
+        "traefik",
+        "StaleStatusReplaced",
+        "held 192.0.2.13"
+    ));
+    assert!(has(
+        &d.changes,
+        "traefik",
+        "AddressAssigned",
+        "from pool cidr-global"
+    ));
+}
+
+#[test]
+fn announcements_moves_withdrawals_and_refusals() {
+    // The status carries n2's own address (another writer put it there):
+    // every node refuses it.
+    let forbidden = svc("f", json!({}), &["192.0.2.12"]);
+    let mut w = World::new(vec![forbidden]);
+    w.leading = false;
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(has(
+        &d.changes,
+        "f",
+        "AddressForbidden",
+        "the InternalIP of node n2"
+    ));
+    assert!(d.leader_claims.is_empty() && d.refused.len() == 1);
+
+    // Announced here, first time: AddressAnnounced; moved from n2: AddressMoved.
+    let fresh = svc("a", json!({}), &["192.0.2.150"]);
+    let moved = svc(
+        "b",
+        json!({ "kube-vip.io/vipHost": "n2" }),
+        &["192.0.2.151"],
+    );
+    let w = World::new(vec![fresh, moved]);
+    let announced = BTreeSet::from([
+        "192.0.2.150".parse().unwrap(),
+        "192.0.2.151".parse().unwrap(),
+    ]);
+    let (d, more) = w.run(&mut Memory::default(), &announced);
+    assert_eq!(
+        d.leader_claims.len(),
+        2,
+        "unrestricted addresses go with the leader"
+    );
+    assert!(has(
+        &more,
+        "a",
+        "AddressAnnounced",
+        "192.0.2.150 announced by n1"
+    ));
+    assert!(has(
+        &more,
+        "b",
+        "AddressMoved",
+        "192.0.2.151 moved from n2 to n1"
+    ));
+
+    // externalTrafficPolicy Local without a ready endpoint: nobody may
+    // announce it; the leader withdraws vipHost.
+    let local = svc_with(
+        "l",
+        json!({ "kube-vip.io/vipHost": "n3" }),
+        json!({ "externalTrafficPolicy": "Local" }),
+        &["192.0.2.152"],
+    );
+    let w = World::new(vec![local]);
+    let (d, more) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(d.wants.is_empty(), "not eligible: no Lease to compete for");
+    assert!(has(
+        &more,
+        "l",
+        "NoEligibleNode",
+        "192.0.2.152 is withdrawn"
+    ));
+}
+
+#[test]
+fn bad_bgp_annotations_are_events_and_the_pool_attributes_stay() {
+    let s = svc(
+        "a",
+        json!({ "vipd.dev/bgp-communities": "65000:x", "vipd.dev/bgp-local-pref": "high" }),
+        &["192.0.2.150"],
+    );
+    let mut w = World::new(vec![s]);
+    w.node = settings(true, false);
+    w.leading = false;
+    let (d, more) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(has(
+        &d.changes,
+        "a",
+        "InvalidAnnotation",
+        "vipd.dev/bgp-communities"
+    ));
+    assert!(has(
+        &d.changes,
+        "a",
+        "InvalidAnnotation",
+        "vipd.dev/bgp-local-pref"
+    ));
+    assert_eq!(d.bgp_claims.len(), 1, "BGP: every eligible node announces");
+    assert!(more.is_empty(), "BGP mode writes no vipHost");
+}
+
+#[test]
+fn per_address_election_competes_with_a_stagger_by_rank() {
+    let s = svc("a", json!({}), &["192.0.2.150"]);
+    let mut w = World::new(vec![s]);
+    w.node = settings(false, true);
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(d.leader_claims.is_empty());
+    let want = d
+        .wants
+        .get(&"192.0.2.150".parse().unwrap())
+        .expect("a Lease of its own");
+    assert!(want.delay <= STAGGER * 2);
+    assert_eq!(want.claim.interface, "eth0");
+}
