@@ -28,7 +28,10 @@ pub struct AnnounceStats {
 }
 
 /// Starts announcing `addr` on `link`, probing for another holder while
-/// `probing` is set; abort the handle to stop.
+/// `probing` is set; abort the handle to stop. The first announcement goes
+/// out before this returns (the caller has just added the address: a task
+/// waiting for a worker would leave the segment pointing at the old holder
+/// for milliseconds more).
 pub fn spawn(
     link: &Link,
     addr: IpAddr,
@@ -41,51 +44,55 @@ pub fn spawn(
         return None;
     };
     let (ifindex, ifname) = (link.index, link.name.clone());
-    Some(tokio::spawn(async move {
-        let sender = match Sender::open(ifindex) {
-            Ok(s) => s,
+    let sender = match Sender::open(ifindex) {
+        Ok(s) => s,
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            warn!(interface = %ifname, %addr, error = %e, "cannot open a raw socket (is CAP_NET_RAW granted?)");
+            return None;
+        }
+    };
+    let mac = MacAddr::new(mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+    let frame = build_announcement(addr, mac);
+    let probe = build_probe(addr, mac);
+    let kind = if addr.is_ipv4() {
+        "gratuitous ARP"
+    } else {
+        "unsolicited neighbour advertisement"
+    };
+    let send = move |sent: u32| {
+        match sender.send(&frame) {
+            Ok(()) => {
+                stats.sent.fetch_add(1, Ordering::Relaxed);
+                if sent == 0 {
+                    info!(%addr, interface = %ifname, "announced ({kind})");
+                } else {
+                    debug!(%addr, interface = %ifname, n = sent + 1, "announced again");
+                }
+            }
             Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                warn!(interface = %ifname, %addr, error = %e, "cannot open a raw socket (is CAP_NET_RAW granted?)");
-                return;
+                // A link that is down refuses frames; keep trying on schedule.
+                debug!(%addr, interface = %ifname, error = %e, "announcement not sent");
             }
-        };
-        let mac = MacAddr::new(mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
-        let frame = build_announcement(addr, mac);
-        let probe = build_probe(addr, mac);
-        let kind = if addr.is_ipv4() {
-            "gratuitous ARP"
-        } else {
-            "unsolicited neighbour advertisement"
-        };
-        let mut sent = 0u32;
-        loop {
-            match sender.send(&frame) {
+        }
+        if probing.load(Ordering::Relaxed) {
+            match sender.send(&probe) {
                 Ok(()) => {
-                    stats.sent.fetch_add(1, Ordering::Relaxed);
-                    if sent == 0 {
-                        info!(%addr, interface = %ifname, "announced ({kind})");
-                    } else {
-                        debug!(%addr, interface = %ifname, n = sent + 1, "announced again");
-                    }
+                    stats.probes.fetch_add(1, Ordering::Relaxed);
+                    debug!(%addr, interface = %ifname, "probed for another holder");
                 }
-                Err(e) => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                    // A link that is down refuses frames; keep trying on schedule.
-                    debug!(%addr, interface = %ifname, error = %e, "announcement not sent");
-                }
+                Err(e) => debug!(%addr, interface = %ifname, error = %e, "probe not sent"),
             }
-            if probing.load(Ordering::Relaxed) {
-                match sender.send(&probe) {
-                    Ok(()) => {
-                        stats.probes.fetch_add(1, Ordering::Relaxed);
-                        debug!(%addr, interface = %ifname, "probed for another holder");
-                    }
-                    Err(e) => debug!(%addr, interface = %ifname, error = %e, "probe not sent"),
-                }
-            }
-            sent += 1;
+        }
+    };
+    send(0);
+    Some(tokio::spawn(async move {
+        let mut sent = 1u32;
+        loop {
             tokio::time::sleep(schedule.gap_after(sent)).await;
+            send(sent);
+            sent += 1;
         }
     }))
 }

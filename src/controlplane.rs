@@ -80,6 +80,20 @@ impl Leadership for VipLeadership {
             .await;
     }
 
+    async fn started_after_handover(&mut self, hold_until: Instant) {
+        // The old leader withdrew the VIP before handing over: nothing to
+        // wait for on the wire.
+        let _ = self.leader.send(Some(self.me.clone()));
+        self.vips
+            .claim(
+                Source::ControlPlane,
+                self.claims.clone(),
+                Some(hold_until),
+                false,
+            )
+            .await;
+    }
+
     fn renewed(&mut self, hold_until: Instant) {
         self.vips.extend(Source::ControlPlane, hold_until);
     }

@@ -22,6 +22,14 @@ pub struct Reported<L> {
 }
 
 impl<L> Reported<L> {
+    fn report_started(&self) {
+        self.status.election(&self.lease, true, Some(&self.me));
+        if let Some(ev) = &self.events {
+            let note = format!("{} now leads {}", self.me, self.lease);
+            ev.publish(&self.node_ref(), false, "LeaderElected", note);
+        }
+    }
+
     fn node_ref(&self) -> ObjectReference {
         ObjectReference {
             api_version: Some("v1".into()),
@@ -35,11 +43,12 @@ impl<L> Reported<L> {
 impl<L: Leadership> Leadership for Reported<L> {
     async fn started(&mut self, hold_until: Instant) {
         self.inner.started(hold_until).await;
-        self.status.election(&self.lease, true, Some(&self.me));
-        if let Some(ev) = &self.events {
-            let note = format!("{} now leads {}", self.me, self.lease);
-            ev.publish(&self.node_ref(), false, "LeaderElected", note);
-        }
+        self.report_started();
+    }
+
+    async fn started_after_handover(&mut self, hold_until: Instant) {
+        self.inner.started_after_handover(hold_until).await;
+        self.report_started();
     }
 
     fn renewed(&mut self, hold_until: Instant) {

@@ -391,6 +391,11 @@ pub struct HaOutcome {
     pub recovered: bool,
     pub old_holder: String,
     pub new_holder: Option<String>,
+    /// The etcd leader before the scenario (its server's name): when a
+    /// node's death takes etcd's leader too, the API stalls until etcd
+    /// elects another (its election timeout, 1 s by default), whatever
+    /// the VIP does.
+    pub etcd_leader: Option<String>,
 }
 
 /// Requests through the VIP every 50 ms (a kube client, kept across
@@ -513,8 +518,48 @@ impl HaCluster {
         }
     }
 
+    /// The server whose etcd member leads, asked through etcd's HTTP
+    /// gateway (`/v3/maintenance/status`) on each server.
+    pub fn etcd_leader(&self) -> Option<String> {
+        use std::io::{Read, Write};
+        for s in &self.servers {
+            let answer = s.host().ns.run(|| -> Option<String> {
+                let mut c = std::net::TcpStream::connect_timeout(
+                    &"127.0.0.1:2379".parse().ok()?,
+                    Duration::from_millis(500),
+                )
+                .ok()?;
+                c.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+                let body = "{}";
+                write!(
+                    c,
+                    "POST /v3/maintenance/status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .ok()?;
+                let mut out = String::new();
+                let _ = c.read_to_string(&mut out);
+                Some(out)
+            });
+            let Some(text) = answer else { continue };
+            let Some(json) = text.split("\r\n\r\n").nth(1) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+                continue;
+            };
+            if v["header"]["member_id"].as_str().is_some()
+                && v["header"]["member_id"] == v["leader"]
+            {
+                return Some(s.name().to_string());
+            }
+        }
+        None
+    }
+
     /// Runs a scenario while probing, restores the cluster, and reports.
     pub fn run_scenario(&mut self, scenario: HaScenario) -> Result<HaOutcome> {
+        let etcd_leader = self.etcd_leader();
         let old = self.wait_holder(Duration::from_secs(30))?;
         let old_name = self.servers[old].name().to_string();
         let prober = ApiProber::start(self);
@@ -557,6 +602,7 @@ impl HaCluster {
             recovered: samples.last().is_some_and(|(_, ok)| *ok),
             old_holder: old_name,
             new_holder,
+            etcd_leader,
         };
         // Bring the cluster back to three healthy servers.
         match scenario {

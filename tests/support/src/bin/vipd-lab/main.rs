@@ -89,6 +89,9 @@ enum Bench {
     Ha {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
+        /// lease, raft, or both.
+        #[arg(long, default_value = "both")]
+        mode: String,
     },
     /// A control-plane outage: the API server frozen (VIP and Service gaps,
     /// holding vs strict), and the holder cut off from it.
@@ -196,8 +199,8 @@ fn main() {
             what: Bench::RaftSoak { minutes, loss, set },
         } => raft_bench::soak(&vipd, Duration::from_secs(minutes * 60), loss, &set),
         Cmd::Bench {
-            what: Bench::Ha { rounds },
-        } => ha_bench::run(&vipd, rounds, &INTERRUPTED),
+            what: Bench::Ha { rounds, mode },
+        } => ha_bench::run(&vipd, rounds, &mode, &INTERRUPTED),
         Cmd::Bench {
             what: Bench::Outage { rounds, freeze },
         } => run_interruptible(async move {

@@ -77,7 +77,7 @@ fn timing_label(lab: &RaftLab) -> String {
             .to_string()
     };
     format!(
-        "vipd Raft (heartbeat {}, election timeout {}, randomised up to twice that)",
+        "vipd Raft (heartbeat {}, election timeout {}, randomised up to a quarter more)",
         field("heartbeat="),
         field("election_timeout=")
     )
