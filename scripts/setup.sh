@@ -52,5 +52,7 @@ command -v cargo >/dev/null 2>&1 || {
 scripts/harness.sh build >/dev/null
 # gobgpd v4 (BFD) for BGP mode, from the Go module proxy, cached in target/gobgp.
 scripts/gobgp.sh build >/dev/null
+# Helm, for the chart's tests, from the Go module proxy, cached in target/helm.
+scripts/helm.sh build >/dev/null
 # The lab's Kubernetes nodes: containerd, kubelet, kube-proxy, controllers, sandbox image.
 scripts/nodes.sh build >/dev/null

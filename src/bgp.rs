@@ -82,6 +82,11 @@ pub fn start(cfg: &BgpConfig, router_id: Ipv4Addr, vips: &VipHandle, status: Arc
         }
     });
     // Sessions go to the status.
+    let ports: Vec<(std::net::IpAddr, u16)> = cfg
+        .peers
+        .iter()
+        .map(|p| (p.address, p.port.unwrap_or(179)))
+        .collect();
     let mut st = speaker.status();
     tokio::spawn(async move {
         loop {
@@ -94,6 +99,11 @@ pub fn start(cfg: &BgpConfig, router_id: Ipv4Addr, vips: &VipHandle, status: Arc
                     asn: p.asn,
                     state: p.state.clone(),
                     prefixes_sent: p.prefixes_sent,
+                    port: ports
+                        .iter()
+                        .find(|(a, _)| *a == p.address)
+                        .map(|(_, port)| *port)
+                        .unwrap_or(179),
                     bfd: p.bfd.clone(),
                 })
                 .collect();

@@ -70,8 +70,9 @@ pub fn discover_agent_credentials(explicit: Option<(&Path, &'static str)>) -> Cr
 }
 
 /// One client (vipctl): `kubeconfig` (its `--kubeconfig`) when given, else
-/// `k8s_config_file` from the environment, else vipd's order.
-pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client> {
+/// `k8s_config_file` from the environment, else vipd's order; `context`
+/// picks a kubeconfig context other than the current one.
+pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<Client> {
     let from_env = std::env::var_os("k8s_config_file")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
@@ -81,7 +82,11 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client> {
         (None, None) => None,
     };
     let credentials = discover_agent_credentials(explicit);
-    Ok(connect_to(&credentials).await?.main)
+    let options = KubeConfigOptions {
+        context: context.map(String::from),
+        ..Default::default()
+    };
+    Ok(connect_with(&credentials, &options).await?.main)
 }
 
 /// vipd's API clients: two connections, so that an election's renewal
@@ -99,6 +104,10 @@ pub struct Clients {
 
 /// Connects as [`connect`] does, with a second connection for elections.
 pub async fn connect_to(credentials: &Credentials) -> Result<Clients> {
+    connect_with(credentials, &KubeConfigOptions::default()).await
+}
+
+async fn connect_with(credentials: &Credentials, options: &KubeConfigOptions) -> Result<Clients> {
     let mut config = match credentials {
         Credentials::File { path, from } => {
             let kc = Kubeconfig::read_from(path).map_err(|e| match e {
@@ -108,11 +117,11 @@ pub async fn connect_to(credentials: &Credentials) -> Result<Clients> {
                 other => anyhow::Error::new(other)
                     .context(format!("kubeconfig {} ({from})", path.display())),
             })?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            Config::from_custom_kubeconfig(kc, options)
                 .await
                 .with_context(|| format!("kubeconfig {} ({from})", path.display()))?
         }
-        Credentials::Home => Config::from_kubeconfig(&KubeConfigOptions::default()).await?,
+        Credentials::Home => Config::from_kubeconfig(options).await?,
         Credentials::InCluster => {
             Config::incluster().map_err(|_| anyhow::anyhow!(NO_CREDENTIALS))?
         }

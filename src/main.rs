@@ -144,6 +144,15 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config.log_level, config.log_format);
+            let unsupported = vipd::config::settings::unsupported_in(|k| {
+                std::env::var_os(k).is_some_and(|v| !v.is_empty())
+            });
+            if !unsupported.is_empty() {
+                tracing::warn!(
+                    settings = %unsupported.join(", "),
+                    "kube-vip settings that vipd does not implement are set: they are ignored"
+                );
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

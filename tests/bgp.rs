@@ -438,6 +438,18 @@ fn a_dead_node_is_dropped_by_bfd_not_the_hold_time() {
             metrics.contains(&up) && metrics.contains(&down),
             "{metrics}"
         );
+        // kube-vip's BGP metric: every state upper-case, `peer` as ip:port.
+        for (state, v) in [
+            ("ESTABLISHED", 1),
+            ("IDLE", 0),
+            ("ACTIVE", 0),
+            ("OPENSENT", 0),
+        ] {
+            let line = format!(
+                "kube_vip_manager_bgp_session_info{{state=\"{state}\",peer=\"{ROUTER}:179\"}} {v}"
+            );
+            assert!(metrics.contains(&line), "{line} missing from\n{metrics}");
+        }
 
         let dead = &nodes[1];
         let t0 = Instant::now();

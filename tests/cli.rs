@@ -107,6 +107,8 @@ fn a_missing_kubeconfig_is_named_once_with_each_cause_once() {
             ("vip_interface", "lo"),
             ("prometheus_server", ""),
             ("k8s_config_file", "/nonexistent/kc"),
+            ("vip_routingtable", "true"),
+            ("egress_podcidr", "10.0.0.0/8"),
         ])
         .output()
         .unwrap();
@@ -124,8 +126,19 @@ fn a_missing_kubeconfig_is_named_once_with_each_cause_once() {
     );
     assert_eq!(err.matches(&not_found).count(), 1, "{err}");
     assert!(!err.contains("'\""), "the path quoted twice: {err}");
-    // Its log lines came before, without colour.
+    // Its log lines came before, without colour; kube-vip settings vipd
+    // does not implement are named in one warning.
     assert!(err.contains(" INFO "), "{err}");
+    let warning = err
+        .lines()
+        .find(|l| l.contains("that vipd does not implement"))
+        .unwrap_or_else(|| panic!("no warning about unsupported settings:\n{err}"));
+    assert!(
+        warning.contains(" WARN ")
+            && warning.contains("egress_podcidr (egress)")
+            && warning.contains("vip_routingtable (routing-table mode)"),
+        "{warning}"
+    );
     no_escapes(&o);
 }
 

@@ -504,3 +504,137 @@ fn dual_stack_service_gets_and_announces_both_families() {
         );
     });
 }
+
+/// The condition `kind` of a Service: (status, reason, message).
+fn condition(s: &Service, kind: &str) -> Option<(String, String, String)> {
+    s.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// What users coming from kube-vip, MetalLB and K3s read and write, on the
+/// real API server: `status.conditions` that say why (as the last Event
+/// did), MetalLB's annotations, `spec.loadBalancerIP` edited later, the
+/// pool recorded, and kube-vip annotations vipd does not implement named.
+#[test]
+fn conditions_migrations_and_unsupported_annotations() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let mut lab = lab(bin(), &[], None).await;
+        let ns = lab.ns.clone();
+        lab.pools(json!({ format!("range-{ns}"): "192.0.2.190-192.0.2.191" })).await;
+
+        // A pool address: ingress, both conditions True, the pool recorded.
+        lab.create("pooled", json!({}), json!({})).await;
+        let got = lab.wait_ingress("pooled", Duration::from_secs(20)).await;
+        let addr = got[0];
+        lab.wait_announced(addr, Duration::from_secs(10)).await;
+        let t0 = Instant::now();
+        let s = loop {
+            let s = lab.get("pooled").await;
+            if condition(&s, "vipd.dev/Announced").is_some_and(|c| c.0 == "True") {
+                break s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "no Announced condition: {:?}", s.status);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let (st, reason, message) = condition(&s, "vipd.dev/AddressAssigned").expect("AddressAssigned");
+        assert_eq!((st.as_str(), reason.as_str()), ("True", "AddressAssigned"));
+        assert_eq!(message, format!("assigned {addr} (from pool range-{ns})"));
+        assert_eq!(Lab::annotation(&s, "vipd.dev/pool"), Some(format!("range-{ns}")));
+        let (_, reason, message) = condition(&s, "vipd.dev/Announced").unwrap();
+        assert!(reason == "AddressAnnounced" || reason == "AddressMoved", "{reason}");
+        assert!(message.starts_with(&addr.to_string()), "{message}");
+
+        // Pending: the condition says why, with the Event's reason and message.
+        lab.create("outside", json!({ "kube-vip.io/loadbalancerIPs": "198.51.100.7" }), json!({})).await;
+        let note = lab.wait_event("outside", "AddressNotInPool", Duration::from_secs(10)).await;
+        let t0 = Instant::now();
+        loop {
+            let s = lab.get("outside").await;
+            if let Some(c) = condition(&s, "vipd.dev/AddressAssigned") {
+                assert_eq!(c, ("False".into(), "AddressNotInPool".into(), note.clone()));
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "no condition on a pending Service");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // MetalLB's annotation is honoured; kube-vip's wins when both are set.
+        lab.create("metallb", json!({ "metallb.io/loadBalancerIPs": "192.0.2.191" }), json!({})).await;
+        assert_eq!(lab.wait_ingress("metallb", Duration::from_secs(10)).await, vec![ip("192.0.2.191")]);
+        let note = lab.wait_event("metallb", "AddressAssigned", Duration::from_secs(10)).await;
+        assert!(note.contains("from metallb.io/loadBalancerIPs"), "{note}");
+        lab.svcs().delete("metallb", &DeleteParams::default()).await.unwrap();
+        lab.create(
+            "both",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.191", "metallb.universe.tf/loadBalancerIPs": "192.0.2.199" }),
+            json!({}),
+        )
+        .await;
+        assert_eq!(lab.wait_ingress("both", Duration::from_secs(10)).await, vec![ip("192.0.2.191")]);
+        let note = lab.wait_event("both", "AddressAssigned", Duration::from_secs(10)).await;
+        assert!(note.contains("metallb.universe.tf/loadBalancerIPs ignored"), "{note}");
+
+        // spec.loadBalancerIP edited later wins over the status (kube-vip).
+        lab.svcs().delete("both", &DeleteParams::default()).await.unwrap();
+        lab.create("edited", json!({}), json!({ "loadBalancerIP": "192.0.2.191" })).await;
+        assert_eq!(lab.wait_ingress("edited", Duration::from_secs(10)).await, vec![ip("192.0.2.191")]);
+        lab.svcs().delete("pooled", &DeleteParams::default()).await.unwrap();
+        lab.svcs()
+            .patch(
+                "edited",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "loadBalancerIP": addr.to_string() } })),
+            )
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        loop {
+            if Lab::ingress(&lab.get("edited").await) == vec![addr] {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "the edited spec.loadBalancerIP did not win");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // kube-vip annotations vipd does not implement: a Warning Event, and
+        // the Service is still served.
+        lab.create(
+            "egress",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.191", "kube-vip.io/egress": "true" }),
+            json!({}),
+        )
+        .await;
+        let note = lab.wait_event("egress", "UnsupportedAnnotation", Duration::from_secs(10)).await;
+        assert!(note.contains("kube-vip.io/egress"), "{note}");
+        assert_eq!(lab.wait_ingress("egress", Duration::from_secs(10)).await, vec![ip("192.0.2.191")]);
+
+        // kube-vip's Services metrics on the node that announces it.
+        let who = lab.wait_announced(ip("192.0.2.191"), Duration::from_secs(10)).await;
+        let node = lab.nodes.iter().find(|n| n.name() == who).unwrap();
+        let url = format!("http://{}:2112/metrics", node.host.v4);
+        let t0 = Instant::now();
+        loop {
+            let (_, text) = vipd::vipctl::http::get(&url, Duration::from_secs(2)).await.unwrap();
+            let active = format!("kube_vip_active_services{{namespace=\"{ns}\"}} ");
+            let ok = text.contains(&active)
+                && text.contains("kube_vip_manager_all_services_events_total{type=\"ADDED\"} ")
+                && text.lines().any(|l| {
+                    l.starts_with("kube_vip_service_reconcile_duration_seconds_bucket{")
+                        && l.contains(&format!("namespace=\"{ns}\""))
+                        && l.contains("le=")
+                });
+            if ok {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "kube-vip's Services metrics missing:\n{text}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}

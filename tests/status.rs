@@ -160,9 +160,47 @@ fn status_endpoints_tell_the_truth_and_metrics_parse() {
             }
         };
         assert_eq!(value("vipd_leader", Some(("lease", &lease))), 1.0);
+        // kube-vip's metrics as its dashboards read them: the bare Lease
+        // name, kube-vip's label sets.
         assert_eq!(
-            value("kube_vip_is_leader", Some(("lease_name", &lease))),
+            value("kube_vip_is_leader", Some(("lease_name", "plndr-cp-lock"))),
             1.0
+        );
+        let labels = |metric: &str| -> Vec<Vec<String>> {
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == metric)
+                .map(|s| {
+                    let mut k: Vec<String> = s.labels.keys().cloned().collect();
+                    k.sort();
+                    k
+                })
+                .collect()
+        };
+        let set = |names: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+            v.sort();
+            v
+        };
+        for (metric, want) in [
+            ("kube_vip_build_info", &["version", "build", "node"][..]),
+            ("kube_vip_is_leader", &["node", "lease_name"][..]),
+            (
+                "kube_vip_leader_election_transitions_total",
+                &["lease_name"][..],
+            ),
+        ] {
+            let got = labels(metric);
+            assert!(!got.is_empty(), "{metric} missing from\n{text}");
+            assert!(got.iter().all(|l| *l == set(want)), "{metric}: {got:?}");
+        }
+        assert_eq!(value("kube_vip_build_info", Some(("node", &name))), 1.0);
+        assert!(
+            value(
+                "kube_vip_leader_election_transitions_total",
+                Some(("lease_name", "plndr-cp-lock"))
+            ) >= 1.0
         );
         assert_eq!(value("vipd_addresses_held", None), 1.0);
         assert_eq!(value("vipd_address_held", Some(("address", VIP4))), 1.0);
@@ -287,6 +325,34 @@ fn vipctl_status_matches_the_real_state() {
         assert!(r.instances.iter().all(|i| i.alive && i.live && i.ready == Some(true)));
         let table = String::from_utf8(vipctl(&args).stdout).unwrap();
         assert!(table.contains("CONTROL-PLANE VIP") && table.contains(VIP4) && table.contains("Ready"), "{table}");
+
+        // As a kubectl plugin (kubectl-vipd on the PATH), through the real
+        // kubectl; and --context picks a context.
+        let plugin_dir = vipd_testkit::run_dir().join("plugins");
+        std::fs::create_dir_all(&plugin_dir).unwrap();
+        let link = plugin_dir.join("kubectl-vipd");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vipctl"), &link).unwrap();
+        let kubectl = vipd_testkit::apiserver::harness_bin_dir().unwrap().join("kubectl");
+        let out = env
+            .client
+            .ns
+            .command(kubectl.to_str().unwrap())
+            .args(["vipd", "status", "-o", "json"])
+            .args(args)
+            .env("PATH", format!("{}:{}", plugin_dir.display(), std::env::var("PATH").unwrap_or_default()))
+            .env("KUBECONFIG", env.admin_kubeconfig())
+            .output()
+            .unwrap();
+        let via: Report = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("kubectl vipd status: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(via.control_plane[0].held_by, vec![lname.clone()]);
+        let context = env.kubectl(&["config", "current-context"]).unwrap();
+        let with_context = [&args[..], &["--context", context.trim()]].concat();
+        assert_eq!(report(&with_context).0, Some(0));
+        let out = vipctl(&[&args[..], &["--context", "no-such-context"]].concat());
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-context"), "{}", String::from_utf8_lossy(&out.stderr));
 
         // A pending Service: exit 1, and it says which.
         let bad = serde_json::from_value(serde_json::json!({

@@ -11,7 +11,10 @@ use vipd::status::StatusDoc;
 use vipd::vipctl::{http, render, report};
 
 #[derive(Parser)]
-#[command(version, about = "The operator's view of vipd")]
+#[command(
+    version,
+    about = "The operator's view of vipd (also a kubectl plugin: install as kubectl-vipd, run kubectl vipd status)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -32,6 +35,9 @@ enum Cmd {
         /// /etc/kubernetes/admin.conf, $KUBECONFIG or ~/.kube/config, in-cluster).
         #[arg(long)]
         kubeconfig: Option<std::path::PathBuf>,
+        /// The kubeconfig context (default: the current one).
+        #[arg(long)]
+        context: Option<String>,
         /// Services of this namespace only.
         #[arg(short = 'n', long)]
         namespace: Option<String>,
@@ -65,6 +71,7 @@ fn print<T: serde::Serialize>(v: &T, out: Output, table: impl FnOnce(&T) -> Stri
 async fn status(cli: Cmd) -> Result<bool, String> {
     let Cmd::Status {
         kubeconfig,
+        context,
         namespace,
         vipd_namespace,
         lease,
@@ -80,7 +87,7 @@ async fn status(cli: Cmd) -> Result<bool, String> {
         print(&doc, output, render::local);
         return Ok(doc.ready);
     }
-    let client = vipd::kubeclient::connect(kubeconfig.as_deref())
+    let client = vipd::kubeclient::connect(kubeconfig.as_deref(), context.as_deref())
         .await
         .map_err(|e| {
             let text = vipd::error_chain::chain(&e);

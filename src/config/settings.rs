@@ -113,7 +113,7 @@ pub const SETTINGS: &[Setting] = &[
     s("vip_raft_secret_file", "raftSecretFile", "file holding the secret every Raft peer shares (at least 16 bytes); required with vip_raft"),
     s("vip_raft_tick", "raftTick", "Raft tick").or("5ms"),
     s("vip_raft_heartbeat_ticks", "raftHeartbeatTicks", "ticks between leader heartbeats (20 ms with the default tick)").or("4"),
-    s("vip_raft_election_ticks", "raftElectionTicks", "ticks without a leader before a follower campaigns, randomized up to twice this (100-200 ms with the default tick)").or("20"),
+    s("vip_raft_election_ticks", "raftElectionTicks", "ticks without a leader before a follower campaigns, randomized up to a quarter more (100-125 ms with the default tick)").or("20"),
     // BGP (kube-vip's names; vipd's additions marked).
     s("bgp_routerid", "bgpRouterID", "BGP router ID (default: the IPv4 address of bgp_routerinterface or vip_interface)"),
     s("bgp_routerinterface", "bgpRouterInterface", "interface whose IPv4 address is the router ID"),
@@ -148,6 +148,68 @@ pub const SETTINGS: &[Setting] = &[
     s("vip_logformat", "logFormat", "text or json").or("text"),
 ];
 
+/// kube-vip's settings vipd does not implement, with what they are for:
+/// set, they are named in one warning at start-up (never silently ignored).
+pub const UNSUPPORTED: &[(&str, &str)] = &[
+    ("egress_podcidr", "egress"),
+    ("egress_servicecidr", "egress"),
+    ("egress_withnftables", "egress"),
+    ("egress_clean", "egress"),
+    ("vip_ddns", "DHCP / dynamic DNS addresses"),
+    ("vip_wireguard", "WireGuard mode"),
+    ("vip_routingtable", "routing-table mode"),
+    ("vip_routingtableid", "routing-table mode"),
+    ("vip_routingtabletype", "routing-table mode"),
+    ("vip_routingprotocol", "routing-table mode"),
+    ("vip_cleanroutingtable", "routing-table mode"),
+    ("vip_leaseannotations", "annotations on the Lease"),
+    ("vip_interfaceloglobal", "global scope on lo"),
+    ("vip_singlenode", "single-node mode (vipd: no election)"),
+    ("vip_startleader", "starting as the leader"),
+    ("annotation", "node-annotation addresses"),
+    ("cp_detect", "detecting the API server address"),
+    ("kubernetes_addr", "the local API server address"),
+    ("zebra_enable", "Zebra"),
+    ("zebra_url", "Zebra"),
+    ("zebra_version", "Zebra"),
+    ("zebra_software_name", "Zebra"),
+    ("mpbgp_nexthop", "MP-BGP next hops"),
+    ("mpbgp_ipv4", "MP-BGP next hops"),
+    ("mpbgp_ipv6", "MP-BGP next hops"),
+    ("lb_enable", "kube-vip's IPVS load balancer"),
+    ("lb_port", "kube-vip's IPVS load balancer"),
+    ("lb_fwdmethod", "kube-vip's IPVS load balancer"),
+    (
+        "lb_class_legacy_handling",
+        "legacy LoadBalancerClass handling",
+    ),
+    ("enable_service_security", "service security"),
+    ("enable_node_labeling", "labelling the leader's node"),
+    ("dns_mode", "DNS lookup modes"),
+    ("disable_service_updates", "not writing Service status"),
+    ("enable_endpoints", "Endpoints instead of EndpointSlices"),
+    ("mirror_dest_interface", "traffic mirroring"),
+    ("iptables_backend", "iptables backends"),
+    ("backend_health_check_interval", "backend health checks"),
+    ("enable_upnp", "UPnP"),
+    (
+        "config_file",
+        "a config file by environment (vipd: --config)",
+    ),
+    ("vip_leaderelectiontype", "etcd leader election"),
+    ("etcd_endpoints", "etcd leader election"),
+];
+
+/// The unsupported kube-vip settings `lookup` finds set, each with what it
+/// is for.
+pub fn unsupported_in(lookup: impl Fn(&str) -> bool) -> Vec<String> {
+    UNSUPPORTED
+        .iter()
+        .filter(|(k, _)| lookup(k))
+        .map(|(k, what)| format!("{k} ({what})"))
+        .collect()
+}
+
 /// The setting with environment name `env`.
 pub fn by_env(env: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.env == env)
@@ -172,6 +234,21 @@ mod tests {
         let flags: HashSet<_> = SETTINGS.iter().map(|s| s.flag.to_lowercase()).collect();
         assert_eq!(envs.len(), SETTINGS.len());
         assert_eq!(flags.len(), SETTINGS.len());
+    }
+
+    #[test]
+    fn unsupported_settings_are_not_settings() {
+        for (k, _) in UNSUPPORTED {
+            assert!(by_env(k).is_none(), "{k} is both");
+        }
+        let found = unsupported_in(|k| k == "vip_routingtable" || k == "egress_podcidr");
+        assert_eq!(
+            found,
+            vec![
+                "egress_podcidr (egress)",
+                "vip_routingtable (routing-table mode)"
+            ]
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! recomputed from scratch on every change, deterministically, so any node
 //! that becomes leader decides the same.
 //!
-//! What a Service asks for: `kube-vip.io/loadbalancerIPs`, else
-//! `spec.loadBalancerIP`, else the addresses already in its status, but
+//! What a Service asks for: `kube-vip.io/loadbalancerIPs` (else MetalLB's
+//! `metallb.io/loadBalancerIPs` or `metallb.universe.tf/loadBalancerIPs`),
+//! else `spec.loadBalancerIP`, else the addresses already in its status, but
 //! only those vipd itself assigned (`vipd.dev/assigned`) or that lie in the
 //! Service's pools: a status left by another controller (K3s ServiceLB
 //! leaves the nodes' own addresses there) is replaced from the pools.
@@ -21,7 +22,9 @@
 //!    gets the same address again: allocations never shuffle).
 //!
 //! No address goes to two Services unless sharing is allowed for both and
-//! their ports do not overlap.
+//! their ports do not overlap: by the pools (`allow-share-<namespace>`,
+//! kube-vip-cloud-provider's), or by the same MetalLB sharing key
+//! (`allow-shared-ip`) on both.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -33,7 +36,8 @@ use super::pools::Pools;
 /// Where a Service's addresses came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    Annotation,
+    /// This annotation (`kube-vip.io/loadbalancerIPs` or MetalLB's).
+    Annotation(&'static str),
     Status,
     LoadBalancerIp,
     /// Allocated from the pool of this ConfigMap key.
@@ -53,6 +57,7 @@ pub struct Assignment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
     BadAnnotation {
+        key: &'static str,
         value: String,
         reason: String,
     },
@@ -111,8 +116,8 @@ impl Problem {
     /// The Event message: what is wrong and what to do.
     pub fn message(&self) -> String {
         match self {
-            Problem::BadAnnotation { value, reason } => format!(
-                "kube-vip.io/loadbalancerIPs={value:?}: {reason}; expected a comma list of IP addresses, at most one per family"
+            Problem::BadAnnotation { key, value, reason } => format!(
+                "{key}={value:?}: {reason}; expected a comma list of IP addresses, at most one per family"
             ),
             Problem::BadLoadBalancerIp { value } => {
                 format!("spec.loadBalancerIP={value:?} is not an IP address")
@@ -160,6 +165,8 @@ struct User {
     key: SvcKey,
     ports: Vec<PortKey>,
     share: bool,
+    /// MetalLB's sharing key.
+    share_key: Option<String>,
 }
 
 fn ports_disjoint(a: &[PortKey], b: &[PortKey]) -> bool {
@@ -167,11 +174,13 @@ fn ports_disjoint(a: &[PortKey], b: &[PortKey]) -> bool {
     !a.is_empty() && !b.is_empty() && a.iter().all(|p| !b.contains(p))
 }
 
-fn can_join(users: &[User], ports: &[PortKey], share: bool) -> bool {
-    share
-        && users
-            .iter()
-            .all(|u| u.share && ports_disjoint(&u.ports, ports))
+/// Whether a Service (its `ports`, pool sharing `share`, sharing key
+/// `key`) may join `users` on one address.
+fn can_join(users: &[User], ports: &[PortKey], share: bool, key: Option<&str>) -> bool {
+    users.iter().all(|u| {
+        let allowed = (share && u.share) || (key.is_some() && u.share_key.as_deref() == key);
+        allowed && ports_disjoint(&u.ports, ports)
+    })
 }
 
 fn parse_list(value: &str) -> Result<Vec<IpAddr>, String> {
@@ -215,9 +224,15 @@ fn status_trusted(s: &SvcInfo, pools: &Pools) -> bool {
 
 fn ask(s: &SvcInfo, pools: &Pools) -> Ask {
     if let Some(v) = &s.requested {
+        let key = if s.requested_from.is_empty() {
+            super::model::keys::LOADBALANCER_IPS
+        } else {
+            s.requested_from
+        };
         return match parse_list(v) {
-            Ok(ips) => Ask::Fixed(ips, Origin::Annotation),
+            Ok(ips) => Ask::Fixed(ips, Origin::Annotation(key)),
             Err(reason) => Ask::Bad(Problem::BadAnnotation {
+                key,
                 value: v.clone(),
                 reason,
             }),
@@ -269,6 +284,7 @@ impl Used {
             key: s.key.clone(),
             ports: s.ports.clone(),
             share,
+            share_key: s.share_key.clone(),
         });
     }
 
@@ -308,7 +324,7 @@ fn place_fixed(
             return Err(Problem::NotInPool { ip: *ip });
         }
         if let Some(users) = used.0.get(ip) {
-            if !can_join(users, &s.ports, share) {
+            if !can_join(users, &s.ports, share, s.share_key.as_deref()) {
                 return Err(Problem::InUse {
                     ip: *ip,
                     by: users[0].key.clone(),
@@ -360,16 +376,20 @@ fn place_from_pool(
             }
             continue;
         }
-        // Sharing (IPv4, as kube-vip-cloud-provider): join an address of
-        // this pool whose users all share and whose ports do not overlap.
-        let shared = (share && *fam == Family::V4)
+        // Sharing: join an address of this pool whose users all share and
+        // whose ports do not overlap: by the same MetalLB sharing key (any
+        // family), or by the pool's permission (IPv4, as
+        // kube-vip-cloud-provider).
+        let key = s.share_key.as_deref();
+        let shared = (key.is_some() || (share && *fam == Family::V4))
             .then(|| {
                 used.0
                     .iter()
                     .find(|(ip, users)| {
-                        ip.is_ipv4()
+                        Family::of(**ip) == *fam
+                            && (key.is_some() || ip.is_ipv4())
                             && pools.contains(&s.key.namespace, **ip)
-                            && can_join(users, &s.ports, share)
+                            && can_join(users, &s.ports, share, key)
                     })
                     .map(|(ip, _)| *ip)
             })
@@ -382,7 +402,7 @@ fn place_from_pool(
                     && used
                         .0
                         .get(ip)
-                        .is_none_or(|users| can_join(users, &s.ports, share))
+                        .is_none_or(|users| can_join(users, &s.ports, share, key))
             })
         });
         let picked = again.or(shared).or_else(|| {

@@ -10,7 +10,10 @@
 //! - a Node's `InternalIP` or `ExternalIP`;
 //! - an address on a node's interface that vipd did not add;
 //! - a default gateway, or the network or broadcast address of a subnet on
-//!   a node's interface.
+//!   a node's interface;
+//! - not a unicast address one host may hold for others at all: the
+//!   unspecified address (`0.0.0.0` is kube-vip's DHCP request), loopback,
+//!   multicast, link-local, the limited broadcast address.
 //!
 //! The cluster-wide facts come from Node objects and instance records; the
 //! host facts each vipd reads from its own kernel ([`HostFacts`]) and
@@ -102,6 +105,22 @@ pub fn subnet_ends(ip: IpAddr, prefix: u8) -> Option<(IpAddr, Option<IpAddr>)> {
     }
 }
 
+/// Why `ip` is no load-balancer address by its kind alone.
+pub fn special(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v) if v.is_unspecified() => {
+            Some("the unspecified address (kube-vip's request for a DHCP address, which vipd does not do)")
+        }
+        IpAddr::V6(v) if v.is_unspecified() => Some("the unspecified address"),
+        _ if ip.is_loopback() => Some("a loopback address"),
+        _ if ip.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v) if v.is_link_local() => Some("a link-local address"),
+        IpAddr::V6(v) if v.is_unicast_link_local() => Some("a link-local address"),
+        IpAddr::V4(v) if v.is_broadcast() => Some("the limited broadcast address"),
+        _ => None,
+    }
+}
+
 /// A node as the guard sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeAddresses {
@@ -127,11 +146,11 @@ impl Guard {
 
     /// Why `ip` may not be a Service's, if it may not.
     pub fn check(&self, ip: IpAddr) -> Option<&str> {
-        self.reasons.get(&ip).map(String::as_str)
+        special(ip).or_else(|| self.reasons.get(&ip).map(String::as_str))
     }
 
     pub fn is_forbidden(&self, ip: IpAddr) -> bool {
-        self.reasons.contains_key(&ip)
+        self.check(ip).is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -201,6 +220,27 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_of_a_kind_no_host_holds_for_others_are_refused() {
+        let g = Guard::default();
+        for a in [
+            "0.0.0.0",
+            "::",
+            "127.0.0.53",
+            "::1",
+            "224.0.0.5",
+            "ff02::1",
+            "169.254.1.1",
+            "fe80::1",
+            "255.255.255.255",
+        ] {
+            assert!(g.is_forbidden(ip(a)), "{a}");
+        }
+        assert!(g.explain(ip("0.0.0.0")).unwrap().contains("DHCP"));
+        assert!(!g.is_forbidden(ip("192.0.2.150")));
+        assert!(!g.is_forbidden(ip("2001:db8::150")));
     }
 
     #[test]

@@ -34,6 +34,63 @@ pub struct Informers {
     pub changed: Arc<Notify>,
     /// Notified on changes of the per-address Leases only.
     pub leases_changed: Arc<Notify>,
+    /// Service watch events by type, for kube-vip's metric.
+    pub service_events: Arc<WatchEvents>,
+}
+
+/// Watch events of one kind of object by type, as a Kubernetes watch names
+/// them (ADDED, MODIFIED, DELETED): kube's watcher reports "applied", so an
+/// object seen before is MODIFIED, a new one ADDED.
+#[derive(Debug, Default)]
+pub struct WatchEvents {
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// During a (re-)list: the objects it has listed so far; the list
+    /// replaces `seen` when done, so objects deleted while the watch was
+    /// broken are forgotten.
+    listing: std::sync::Mutex<Option<std::collections::HashSet<String>>>,
+    added: std::sync::atomic::AtomicU64,
+    modified: std::sync::atomic::AtomicU64,
+    deleted: std::sync::atomic::AtomicU64,
+}
+
+impl WatchEvents {
+    fn record<K: Resource>(&self, ev: &watcher::Event<K>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let uid = |o: &K| o.meta().uid.clone().unwrap_or_default();
+        match ev {
+            watcher::Event::Init => {
+                *self.listing.lock().expect("not poisoned") = Some(Default::default());
+            }
+            watcher::Event::InitDone => {
+                if let Some(l) = self.listing.lock().expect("not poisoned").take() {
+                    *self.seen.lock().expect("not poisoned") = l;
+                }
+            }
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                if let Some(l) = self.listing.lock().expect("not poisoned").as_mut() {
+                    l.insert(uid(o));
+                }
+                if self.seen.lock().expect("not poisoned").insert(uid(o)) {
+                    self.added.fetch_add(1, Relaxed);
+                } else {
+                    self.modified.fetch_add(1, Relaxed);
+                }
+            }
+            watcher::Event::Delete(o) => {
+                self.seen.lock().expect("not poisoned").remove(&uid(o));
+                self.deleted.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    pub fn counts(&self) -> Vec<(String, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            ("ADDED".into(), self.added.load(Relaxed)),
+            ("MODIFIED".into(), self.modified.load(Relaxed)),
+            ("DELETED".into(), self.deleted.load(Relaxed)),
+        ]
+    }
 }
 
 fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, notify: Vec<Arc<Notify>>) -> Store<K>
@@ -41,9 +98,28 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
+    spawn_counted_reflector(api, config, notify, None)
+}
+
+fn spawn_counted_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    notify: Vec<Arc<Notify>>,
+    counts: Option<Arc<WatchEvents>>,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
     let (store, writer) = reflector::store();
     let stream = watcher::watcher(api, config)
         .default_backoff()
+        .map(move |ev| {
+            if let (Some(c), Ok(e)) = (&counts, &ev) {
+                c.record(e);
+            }
+            ev
+        })
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -71,8 +147,15 @@ impl Informers {
         };
         let (pool_ns, pool_name) = &cfg.pool_configmap;
         let one = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let service_events = Arc::new(WatchEvents::default());
         Informers {
-            services: spawn_reflector(services, watcher::Config::default(), vec![changed.clone()]),
+            service_events: service_events.clone(),
+            services: spawn_counted_reflector(
+                services,
+                watcher::Config::default(),
+                vec![changed.clone()],
+                Some(service_events),
+            ),
             slices: spawn_reflector(slices, watcher::Config::default(), vec![changed.clone()]),
             nodes: spawn_reflector(
                 Api::all(client.clone()),

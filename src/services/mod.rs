@@ -347,19 +347,20 @@ impl Controller {
         self.ctx
             .status
             .metrics
-            .reconcile
-            .observe(took.as_secs_f64());
+            .observe_reconcile(took.as_secs_f64(), self.ctx.config.namespace.as_deref());
     }
 
     async fn reconcile_once(&mut self) {
         self.refresh_pools().await;
         let objects: Vec<Arc<Service>> = self.informers.services.state();
-        // Deleted Services are forgotten by the Event de-duplication.
+        // Deleted Services are forgotten by the Event de-duplication and
+        // the write failure counts.
         let live: std::collections::HashSet<String> = objects
             .iter()
             .filter_map(|o| o.metadata.uid.clone())
             .collect();
         self.ctx.events.forget_absent("Service", &live);
+        self.writer.forget_absent(&objects);
         let infos: Vec<(Arc<Service>, SvcInfo)> = objects
             .iter()
             .filter_map(|o| SvcInfo::from_service(o).map(|i| (o.clone(), i)))
@@ -392,7 +393,11 @@ impl Controller {
         self.refresh_host_facts().await;
         let guard = self.guard(&nodes);
 
+        let wall = k8s_openapi::jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
         let snapshot = Snapshot {
+            wall: &wall,
             infos: &infos,
             served: &served,
             nodes: &nodes,
@@ -434,6 +439,8 @@ impl Controller {
         changes.extend(decision.changes);
         self.writer.apply(changes).await;
         summary.reconcile_errors = self.writer.failures();
+        summary.reconcile_errors_by_service = self.writer.failures_by_service();
+        summary.watch_events = self.informers.service_events.counts();
         summary.reconciles = self.reconciles;
         summary.last_reconcile_ms = self.last_reconcile.as_secs_f64() * 1000.0;
         self.ctx.status.set_services(summary);

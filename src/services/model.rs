@@ -11,6 +11,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 /// kube-vip's annotations and K3s ServiceLB's labels.
 pub mod keys {
     pub const LOADBALANCER_IPS: &str = "kube-vip.io/loadbalancerIPs";
+    /// MetalLB's, honoured as kube-vip's (kube-vip's wins when both are set).
+    pub const METALLB_IPS: &str = "metallb.io/loadBalancerIPs";
+    pub const METALLB_IPS_OLD: &str = "metallb.universe.tf/loadBalancerIPs";
+    pub const METALLB_SHARE: &str = "metallb.io/allow-shared-ip";
+    pub const METALLB_SHARE_OLD: &str = "metallb.universe.tf/allow-shared-ip";
     pub const IGNORE: &str = "kube-vip.io/ignore";
     pub const SERVICE_INTERFACE: &str = "kube-vip.io/serviceInterface";
     pub const VIP_HOST: &str = "kube-vip.io/vipHost";
@@ -27,6 +32,58 @@ pub mod keys {
     pub const SERVICELB_ENABLE: &str = "svccontroller.k3s.cattle.io/enablelb";
     pub const SERVICELB_POOL: &str = "svccontroller.k3s.cattle.io/lbpool";
     pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+    /// Where a Service's requested addresses are read, first wins.
+    pub const REQUEST_KEYS: [&str; 3] = [LOADBALANCER_IPS, METALLB_IPS, METALLB_IPS_OLD];
+
+    /// kube-vip's Service annotations vipd does not implement, with what
+    /// they are for: a Service carrying one gets a Warning Event.
+    pub const UNSUPPORTED: &[(&str, &str)] = &[
+        ("kube-vip.io/egress", "egress"),
+        ("kube-vip.io/egress-ipv6", "egress"),
+        ("kube-vip.io/egress-destination-ports", "egress"),
+        ("kube-vip.io/egress-source-ports", "egress"),
+        ("kube-vip.io/egress-allowed-networks", "egress"),
+        ("kube-vip.io/egress-denied-networks", "egress"),
+        ("kube-vip.io/flush-conntrack", "egress"),
+        ("kube-vip.io/loadbalancerHostname", "DHCP addresses"),
+        ("kube-vip.io/hwaddr", "DHCP addresses"),
+        ("kube-vip.io/requestedIP", "DHCP addresses"),
+        ("kube-vip.io/ddns", "dynamic DNS"),
+        ("kube-vip.io/serviceVLAN", "VLAN sub-interfaces"),
+        ("kube-vip.io/forwardUPNP", "UPnP port forwarding"),
+        (
+            "kube-vip.io/leaseName",
+            "a per-Service Lease name (vipd names its per-address Leases itself)",
+        ),
+        (
+            "metallb.universe.tf/address-pool",
+            "MetalLB pools (write them as kube-vip pools)",
+        ),
+        (
+            "metallb.io/address-pool",
+            "MetalLB pools (write them as kube-vip pools)",
+        ),
+    ];
+}
+
+/// One condition in a Service's `status.conditions`, as far as vipd reads
+/// and writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Condition {
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+    /// As written (RFC 3339).
+    pub last_transition: String,
+}
+
+/// The conditions vipd writes on the Services it serves.
+pub mod conditions {
+    /// Whether the Service has its addresses, and if not why.
+    pub const ASSIGNED: &str = "vipd.dev/AddressAssigned";
+    /// Whether a node announces them, and which.
+    pub const ANNOUNCED: &str = "vipd.dev/Announced";
 }
 
 /// `namespace/name` of a Service.
@@ -112,8 +169,22 @@ pub struct SvcInfo {
     pub is_load_balancer: bool,
     pub class: Option<String>,
     pub ignored: bool,
-    /// `kube-vip.io/loadbalancerIPs`, as written.
+    /// The requested addresses as written: `kube-vip.io/loadbalancerIPs`,
+    /// else MetalLB's annotation (see `keys::REQUEST_KEYS`).
     pub requested: Option<String>,
+    /// The annotation `requested` came from.
+    pub requested_from: &'static str,
+    /// Other request annotations also set, and ignored for it.
+    pub requested_ignored: Vec<&'static str>,
+    /// MetalLB's sharing key (`allow-shared-ip`): Services with the same key
+    /// may share an address when their ports do not overlap.
+    pub share_key: Option<String>,
+    /// kube-vip annotations set on it that vipd does not implement.
+    pub unsupported: Vec<(&'static str, &'static str)>,
+    /// vipd's conditions in its status, by type.
+    pub conditions: BTreeMap<String, Condition>,
+    /// `vipd.dev/pool`: the pool vipd allocated its addresses from.
+    pub pool: Option<String>,
     pub spec_ip: Option<String>,
     pub status_ips: Vec<IpAddr>,
     /// `vipd.dev/assigned`: the addresses vipd itself wrote to the status.
@@ -128,6 +199,30 @@ pub struct SvcInfo {
     /// `vipd.dev/bgp-communities` and `vipd.dev/bgp-local-pref`, as written.
     pub bgp_communities: Option<String>,
     pub bgp_local_pref: Option<String>,
+}
+
+/// vipd's conditions in a Service's status.
+fn vipd_conditions(s: &Service) -> BTreeMap<String, Condition> {
+    s.status
+        .as_ref()
+        .and_then(|st| st.conditions.as_ref())
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| c.type_.starts_with("vipd.dev/"))
+                .map(|c| {
+                    (
+                        c.type_.clone(),
+                        Condition {
+                            status: c.status == "True",
+                            reason: c.reason.clone(),
+                            message: c.message.clone(),
+                            last_transition: c.last_transition_time.0.to_string(),
+                        },
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The addresses of a comma list; what does not parse is left out.
@@ -186,6 +281,14 @@ impl SvcInfo {
                     .collect()
             })
             .unwrap_or_default();
+        let requests: Vec<(&'static str, String)> = keys::REQUEST_KEYS
+            .iter()
+            .filter_map(|k| {
+                ann.get(*k)
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| (*k, v.clone()))
+            })
+            .collect();
         Some(SvcInfo {
             key,
             created: meta
@@ -196,10 +299,21 @@ impl SvcInfo {
             is_load_balancer: spec.type_.as_deref() == Some("LoadBalancer"),
             class: spec.load_balancer_class.clone(),
             ignored: ann.get(keys::IGNORE).is_some_and(|v| v == "true"),
-            requested: ann
-                .get(keys::LOADBALANCER_IPS)
-                .cloned()
-                .filter(|v| !v.trim().is_empty()),
+            requested: requests.first().map(|(_, v)| v.clone()),
+            requested_from: requests.first().map(|(k, _)| *k).unwrap_or(""),
+            requested_ignored: requests.iter().skip(1).map(|(k, _)| *k).collect(),
+            share_key: [keys::METALLB_SHARE, keys::METALLB_SHARE_OLD]
+                .iter()
+                .find_map(|k| ann.get(*k))
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty()),
+            unsupported: keys::UNSUPPORTED
+                .iter()
+                .filter(|(k, _)| ann.contains_key(*k))
+                .copied()
+                .collect(),
+            conditions: vipd_conditions(s),
+            pool: ann.get(keys::POOL).cloned().filter(|v| !v.is_empty()),
             spec_ip: spec.load_balancer_ip.clone().filter(|v| !v.is_empty()),
             status_ips,
             assigned: ann

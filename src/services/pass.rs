@@ -26,7 +26,9 @@ use super::address_leases::{Want, STAGGER};
 use super::allocate::{self, allocate, join, Origin};
 use super::eligibility::{plan_addresses, rank, AddressPlan};
 use super::guard::Guard;
-use super::model::{current_ingress, keys, Ingress, NodeInfo, ReadyNodes, SvcInfo, SvcKey};
+use super::model::{
+    conditions, current_ingress, keys, Condition, Ingress, NodeInfo, ReadyNodes, SvcInfo, SvcKey,
+};
 use super::pools::Pools;
 use super::writer::Change;
 use crate::config::Subnets;
@@ -62,6 +64,37 @@ pub struct Snapshot<'a> {
     /// This node holds the Services leader's Lease.
     pub leading: bool,
     pub node: &'a NodeSettings,
+    /// Now, as written in a condition's `lastTransitionTime`.
+    pub wall: &'a str,
+}
+
+/// `info`'s condition `kind` as it should be, when it is not so already
+/// (its transition time kept while its status stays).
+fn condition(
+    s: &Snapshot,
+    info: &SvcInfo,
+    kind: &'static str,
+    status: bool,
+    reason: &str,
+    message: &str,
+) -> Option<(&'static str, Condition)> {
+    let current = info.conditions.get(kind);
+    if current.is_some_and(|c| c.status == status && c.reason == reason && c.message == message) {
+        return None;
+    }
+    let last_transition = match current {
+        Some(c) if c.status == status => c.last_transition.clone(),
+        _ => s.wall.to_string(),
+    };
+    Some((
+        kind,
+        Condition {
+            status,
+            reason: reason.to_string(),
+            message: message.to_string(),
+            last_transition,
+        },
+    ))
 }
 
 /// What passes remember from one to the next.
@@ -172,7 +205,11 @@ pub fn announcements(
                 continue;
             };
             let host = info.vip_host.as_deref();
-            if announced.contains(&plan.addr) && host != Some(me) {
+            // The Announced condition follows the Service's first address
+            // (with two, two nodes may announce them: one writer only).
+            let first = info.status_ips.first() == Some(&plan.addr);
+            let here = announced.contains(&plan.addr);
+            if here && host != Some(me) {
                 changes.push(Change::Annotations {
                     svc: obj.clone(),
                     set: vec![(keys::VIP_HOST, Some(me.to_string()))],
@@ -187,25 +224,69 @@ pub fn announcements(
                         format!("{} announced by {me}", plan.addr),
                     ),
                 };
+                if first {
+                    status_change(
+                        &mut changes,
+                        obj,
+                        condition(s, info, conditions::ANNOUNCED, true, reason, &note),
+                    );
+                }
                 changes.push(Change::Event {
                     svc: obj.clone(),
                     warning: false,
                     reason,
                     note,
                 });
+            } else if here && first {
+                // Announced here already (vipHost says so): the condition
+                // too, once (a Service served before vipd wrote conditions).
+                let ours = info
+                    .conditions
+                    .get(conditions::ANNOUNCED)
+                    .is_some_and(|c| c.status && c.message.ends_with(&format!(" {me}")));
+                if !ours {
+                    let note = format!("{} announced by {me}", plan.addr);
+                    status_change(
+                        &mut changes,
+                        obj,
+                        condition(
+                            s,
+                            info,
+                            conditions::ANNOUNCED,
+                            true,
+                            "AddressAnnounced",
+                            &note,
+                        ),
+                    );
+                }
             } else if plan.eligible.is_none() && host.is_some() && s.leading {
                 changes.push(Change::Annotations {
                     svc: obj.clone(),
                     set: vec![(keys::VIP_HOST, None)],
                 });
+                let note = format!(
+                    "{} is withdrawn: no node may announce it (externalTrafficPolicy Local without a ready endpoint, or ServiceLB node labels)",
+                    plan.addr
+                );
+                if first {
+                    status_change(
+                        &mut changes,
+                        obj,
+                        condition(
+                            s,
+                            info,
+                            conditions::ANNOUNCED,
+                            false,
+                            "NoEligibleNode",
+                            &note,
+                        ),
+                    );
+                }
                 changes.push(Change::Event {
                     svc: obj.clone(),
                     warning: true,
                     reason: "NoEligibleNode",
-                    note: format!(
-                        "{} is withdrawn: no node may announce it (externalTrafficPolicy Local without a ready endpoint, or ServiceLB node labels)",
-                        plan.addr
-                    ),
+                    note,
                 });
             }
         }
@@ -269,12 +350,27 @@ fn refuse(
             warn!(address = %plan.addr, services = ?users, "{why}: refusing to announce it for a Service");
         }
         for user in &plan.users {
-            if let Some((obj, _)) = by_key.get(user) {
+            if let Some((obj, info)) = by_key.get(user) {
+                let note = format!("{why}: not announced (vipd never announces it for a Service; choose another address)");
+                if s.leading {
+                    status_change(
+                        changes,
+                        obj,
+                        condition(
+                            s,
+                            info,
+                            conditions::ANNOUNCED,
+                            false,
+                            "AddressForbidden",
+                            &note,
+                        ),
+                    );
+                }
                 changes.push(Change::Event {
                     svc: obj.clone(),
                     warning: true,
                     reason: "AddressForbidden",
-                    note: format!("{why}: not announced (vipd never announces it for a Service; choose another address)"),
+                    note,
                 });
             }
         }
@@ -366,13 +462,64 @@ fn interface_for(s: &Snapshot, plan: &AddressPlan) -> String {
         .unwrap_or_else(|| s.node.default_interface.clone())
 }
 
-/// Where an assignment came from, in words.
-fn origin_text(o: &Origin) -> String {
-    match o {
+/// Whether `ips`, asked for by `kube-vip.io/loadbalancerIPs`, are what
+/// vipd itself allocated from a pool and wrote there.
+fn own_pool_pick(info: &SvcInfo, o: &Origin, ips: &[IpAddr]) -> bool {
+    matches!(o, Origin::Annotation(k) if *k == keys::LOADBALANCER_IPS)
+        && info.pool.is_some()
+        && info.assigned == ips
+        && info.requested.as_deref() == Some(join(ips).as_str())
+}
+
+/// Where an assignment came from, in words; which other request
+/// annotations were ignored for it.
+fn origin_text(o: &Origin, info: &SvcInfo, ips: &[IpAddr]) -> String {
+    if own_pool_pick(info, o, ips) {
+        return format!("from pool {}", info.pool.as_deref().unwrap_or(""));
+    }
+    let from = match o {
         Origin::Pool(k) => format!("from pool {k}"),
-        Origin::Annotation => format!("from {}", keys::LOADBALANCER_IPS),
+        Origin::Annotation(key) => format!("from {key}"),
         Origin::Status => "kept from status".into(),
         Origin::LoadBalancerIp => "from spec.loadBalancerIP".into(),
+    };
+    if matches!(o, Origin::Annotation(_)) && !info.requested_ignored.is_empty() {
+        format!(
+            "{from}; {} ignored: {} wins",
+            info.requested_ignored.join(", "),
+            info.requested_from
+        )
+    } else {
+        from
+    }
+}
+
+/// A status write of `conditions` only, when there is one to make.
+fn status_change(
+    changes: &mut Vec<Change>,
+    svc: &Arc<Service>,
+    condition: Option<(&'static str, Condition)>,
+) {
+    if let Some(c) = condition {
+        changes.push(Change::Status {
+            svc: svc.clone(),
+            ingress: None,
+            conditions: vec![c],
+        });
+    }
+}
+
+/// Warnings for kube-vip annotations vipd does not implement.
+fn unsupported(obj: &Arc<Service>, info: &SvcInfo, changes: &mut Vec<Change>) {
+    for (key, what) in &info.unsupported {
+        changes.push(Change::Event {
+            svc: obj.clone(),
+            warning: true,
+            reason: "UnsupportedAnnotation",
+            note: format!(
+                "{key} is kube-vip's annotation for {what}, which vipd does not implement: it is ignored"
+            ),
+        });
     }
 }
 
@@ -395,6 +542,7 @@ fn assign(s: &Snapshot, mem: &mut Memory, now: Instant, changes: &mut Vec<Change
     let mut now_served = BTreeMap::new();
     mem.pending_reasons.clear();
     for (obj, info) in s.served {
+        unsupported(obj, info, changes);
         let Some(decision) = decisions.get(&info.key) else {
             continue;
         };
@@ -422,6 +570,15 @@ fn assign(s: &Snapshot, mem: &mut Memory, now: Instant, changes: &mut Vec<Change
                 if info.assigned != a.ips {
                     set.push((keys::ASSIGNED, Some(joined.clone())));
                 }
+                // The pool it came from, for vipctl's POOL column.
+                let pool = match &a.origin {
+                    Origin::Pool(k) => Some(k.clone()),
+                    o if own_pool_pick(info, o, &a.ips) => info.pool.clone(),
+                    _ => None,
+                };
+                if pool != info.pool {
+                    set.push((keys::POOL, pool));
+                }
                 if !set.is_empty() {
                     changes.push(Change::Annotations {
                         svc: obj.clone(),
@@ -443,19 +600,42 @@ fn assign(s: &Snapshot, mem: &mut Memory, now: Instant, changes: &mut Vec<Change
                         note,
                     });
                 }
+                let note = format!(
+                    "assigned {joined} ({})",
+                    origin_text(&a.origin, info, &a.ips)
+                );
+                let mut cond = condition(
+                    s,
+                    info,
+                    conditions::ASSIGNED,
+                    true,
+                    "AddressAssigned",
+                    &note,
+                );
+                // Unchanged addresses: a reworded origin is no news.
+                if current == desired
+                    && info
+                        .conditions
+                        .get(conditions::ASSIGNED)
+                        .is_some_and(|c| c.status && c.reason == "AddressAssigned")
+                {
+                    cond = None;
+                }
                 if current != desired {
-                    let from = origin_text(&a.origin);
-                    info!(service = %info.key, addresses = %joined, "{from}");
-                    changes.push(Change::Ingress {
+                    info!(service = %info.key, addresses = %joined, "{note}");
+                    changes.push(Change::Status {
                         svc: obj.clone(),
-                        ingress: desired,
+                        ingress: Some(desired),
+                        conditions: cond.into_iter().collect(),
                     });
                     changes.push(Change::Event {
                         svc: obj.clone(),
                         warning: false,
                         reason: "AddressAssigned",
-                        note: format!("assigned {joined} ({from})"),
+                        note,
                     });
+                } else {
+                    status_change(changes, obj, cond);
                 }
             }
             Err(p) => {
@@ -467,10 +647,29 @@ fn assign(s: &Snapshot, mem: &mut Memory, now: Instant, changes: &mut Vec<Change
                     warn!(service = %info.key, reason = p.reason(), "{msg}");
                     mem.last_problem.insert(info.key.clone(), msg.clone());
                 }
-                if !current_ingress(obj).is_empty() {
-                    changes.push(Change::Ingress {
+                let mut conds: Vec<(&'static str, Condition)> = Vec::new();
+                conds.extend(condition(
+                    s,
+                    info,
+                    conditions::ASSIGNED,
+                    false,
+                    p.reason(),
+                    &msg,
+                ));
+                conds.extend(condition(
+                    s,
+                    info,
+                    conditions::ANNOUNCED,
+                    false,
+                    "NotAssigned",
+                    &format!("no address is assigned (see {})", conditions::ASSIGNED),
+                ));
+                let clear = !current_ingress(obj).is_empty();
+                if clear || !conds.is_empty() {
+                    changes.push(Change::Status {
                         svc: obj.clone(),
-                        ingress: Vec::new(),
+                        ingress: clear.then(Vec::new),
+                        conditions: conds,
                     });
                 }
                 let mut unset = Vec::new();

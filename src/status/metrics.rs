@@ -7,6 +7,7 @@ use std::sync::Arc;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
@@ -19,13 +20,34 @@ use super::Status;
 pub struct Histograms {
     /// Seconds one Services reconcile pass takes.
     pub reconcile: Histogram,
+    /// The same under kube-vip's name and label (`namespace`: the one
+    /// served, or `all`).
+    pub kube_vip_reconcile: Family<Vec<(String, String)>, Histogram>,
+}
+
+fn reconcile_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
 impl Default for Histograms {
     fn default() -> Self {
         Histograms {
-            reconcile: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            reconcile: reconcile_buckets(),
+            kube_vip_reconcile: Family::new_with_constructor(reconcile_buckets),
         }
+    }
+}
+
+impl Histograms {
+    /// Records one Services pass of `namespace` (None: all).
+    pub fn observe_reconcile(&self, seconds: f64, namespace: Option<&str>) {
+        self.reconcile.observe(seconds);
+        self.kube_vip_reconcile
+            .get_or_create(&vec![(
+                "namespace".to_string(),
+                namespace.unwrap_or("all").to_string(),
+            )])
+            .observe(seconds);
     }
 }
 
@@ -87,7 +109,6 @@ impl std::fmt::Debug for StatusCollector {
 impl Collector for StatusCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        let node = s.node.as_str();
         let elections = s.elections();
         let leader: Vec<(Labels, i64)> = elections
             .iter()
@@ -99,21 +120,6 @@ impl Collector for StatusCollector {
             "1 while this node leads the election",
             &leader,
         )?;
-        let kv_leader: Vec<(Labels, i64)> = elections
-            .iter()
-            .map(|e| {
-                (
-                    l(&[("node", node), ("lease_name", &e.lease)]),
-                    e.leading as i64,
-                )
-            })
-            .collect();
-        gauges(
-            &mut enc,
-            "kube_vip_is_leader",
-            "1 if this node currently holds the lease (kube-vip's name)",
-            &kv_leader,
-        )?;
         let transitions: Vec<(Labels, u64)> = elections
             .iter()
             .map(|e| (l(&[("lease", &e.lease)]), e.transitions))
@@ -124,17 +130,6 @@ impl Collector for StatusCollector {
             "times this node started or stopped leading",
             &transitions,
         )?;
-        let kv_transitions: Vec<(Labels, u64)> = elections
-            .iter()
-            .map(|e| (l(&[("lease_name", &e.lease)]), e.transitions))
-            .collect();
-        counters(
-            &mut enc,
-            "kube_vip_leader_election_transitions",
-            "leadership transitions of this node (kube-vip's name)",
-            &kv_transitions,
-        )?;
-
         let held = s.vips.held().borrow().clone();
         gauges(
             &mut enc,
@@ -252,12 +247,7 @@ impl Collector for StatusCollector {
             "1 for the current state of each BGP peer's session",
             &sessions,
         )?;
-        gauges(
-            &mut enc,
-            "kube_vip_manager_bgp_session_info",
-            "state of each BGP session, 1 for the current state (kube-vip's name)",
-            &sessions,
-        )?;
+
         let bfd: Vec<(Labels, i64)> = peers
             .iter()
             .filter_map(|p| p.bfd.as_ref().map(|b| (p, b)))
@@ -276,8 +266,85 @@ impl Collector for StatusCollector {
             "1 for the current state of each BGP peer's BFD session (every state listed), for peers with BFD",
             &bfd,
         )?;
+        kube_vip(&mut enc, s)?;
         Ok(())
     }
+}
+
+/// kube-vip's metrics (see `kube_vip_metrics`).
+fn kube_vip(enc: &mut DescriptorEncoder, s: &Status) -> Result<(), std::fmt::Error> {
+    use super::kube_vip_metrics as kv;
+    gauges(
+        enc,
+        "kube_vip_build_info",
+        "Constant 1; track version skew across nodes",
+        &kv::build_info(env!("CARGO_PKG_VERSION"), env!("VIPD_BUILD"), &s.node),
+    )?;
+    let elections = s.elections();
+    gauges(
+        enc,
+        "kube_vip_is_leader",
+        "1 if this node currently holds the lease",
+        &kv::is_leader(
+            &s.node,
+            &elections
+                .iter()
+                .map(|e| (e.lease.clone(), e.leading))
+                .collect::<Vec<_>>(),
+        ),
+    )?;
+    counters(
+        enc,
+        "kube_vip_leader_election_transitions",
+        "Frequent transitions mean instability",
+        &kv::transitions(
+            &elections
+                .iter()
+                .map(|e| (e.lease.clone(), e.transitions))
+                .collect::<Vec<_>>(),
+        ),
+    )?;
+    let peers: Vec<(String, u16, String)> = s
+        .bgp_peers()
+        .iter()
+        .map(|p| (p.address.clone(), p.port, p.state.clone()))
+        .collect();
+    gauges(
+        enc,
+        "kube_vip_manager_bgp_session_info",
+        "Display state of session by setting metric for label value with current state to 1",
+        &kv::bgp_sessions(&peers),
+    )?;
+    if let Some(svc) = s.services() {
+        gauges(
+            enc,
+            "kube_vip_active_services",
+            "How many LB services are currently managed",
+            &kv::active_services(
+                svc.announced_here
+                    .iter()
+                    .flat_map(|a| a.services.iter().map(String::as_str)),
+            ),
+        )?;
+        counters(
+            enc,
+            "kube_vip_service_reconcile_errors",
+            "Count reconcile failures",
+            &kv::reconcile_errors(&svc.reconcile_errors_by_service),
+        )?;
+        counters(
+            enc,
+            "kube_vip_manager_all_services_events",
+            "Count all events fired by the service watcher categorised by event type",
+            &kv::service_events(
+                &svc.watch_events
+                    .iter()
+                    .map(|(t, n)| (t.as_str(), *n))
+                    .collect::<Vec<_>>(),
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 /// BFD session states (RFC 5880 §4.1), as the status names them.
@@ -293,8 +360,8 @@ pub fn registry(status: Arc<Status>) -> Registry {
     );
     r.register(
         "kube_vip_service_reconcile_duration_seconds",
-        "seconds one Services reconcile pass takes (kube-vip's name)",
-        status.metrics.reconcile.clone(),
+        "How long AddOrModify takes end-to-end (vipd: one Services pass)",
+        status.metrics.kube_vip_reconcile.clone(),
     );
     r.register_collector(Box::new(StatusCollector(status)));
     r

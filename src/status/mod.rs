@@ -6,6 +6,7 @@
 //! and never decides. [`server`] serves `/metrics`, `/healthz`, `/readyz` and
 //! `/status` (the JSON [`StatusDoc`] that `vipctl status --local` reads).
 
+pub mod kube_vip_metrics;
 pub mod metrics;
 pub mod server;
 
@@ -56,6 +57,12 @@ pub struct ServicesSummary {
     pub reconcile_errors: u64,
     pub reconciles: u64,
     pub last_reconcile_ms: f64,
+    /// Failed writes per Service and what failed: (namespace, name, what, count).
+    #[serde(default)]
+    pub reconcile_errors_by_service: Vec<(String, String, String, u64)>,
+    /// Service watch events by type (ADDED, MODIFIED, DELETED).
+    #[serde(default)]
+    pub watch_events: Vec<(String, u64)>,
 }
 
 /// The control-plane VIP's configuration.
@@ -83,9 +90,16 @@ pub struct PeerDoc {
     pub asn: u32,
     pub state: String,
     pub prefixes_sent: u64,
+    /// The peer's BGP port.
+    #[serde(default = "bgp_port")]
+    pub port: u16,
     /// The BFD session's state, when BFD runs on this session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd: Option<String>,
+}
+
+fn bgp_port() -> u16 {
+    179
 }
 
 impl PeerDoc {

@@ -125,7 +125,11 @@ pub fn report(r: &Report) -> String {
         .map(|i| {
             vec![
                 i.node.clone(),
-                if i.alive { "alive" } else { "gone" }.into(),
+                if i.status.is_empty() {
+                    if i.alive { "alive" } else { "gone" }.to_string()
+                } else {
+                    i.status.clone()
+                },
                 i.ready.map(|b| b.to_string()).unwrap_or_else(|| "?".into()),
                 or_dash(&i.held),
                 or_dash(&i.bgp_peers),

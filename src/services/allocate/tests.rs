@@ -62,7 +62,7 @@ fn annotation_wins_and_needs_no_pool() {
         d[&t.key],
         Ok(Assignment {
             ips: vec![ip("192.0.2.150")],
-            origin: Origin::Annotation,
+            origin: Origin::Annotation(crate::services::model::keys::LOADBALANCER_IPS),
             replaced: vec![],
         })
     );

@@ -111,6 +111,7 @@ impl World {
     fn run(&self, mem: &mut Memory, announced: &BTreeSet<IpAddr>) -> (Decision, Vec<Change>) {
         let served: Vec<&(Arc<Service>, SvcInfo)> = self.infos.iter().collect();
         let s = Snapshot {
+            wall: "2026-12-01T00:00:00Z",
             infos: &self.infos,
             served: &served,
             nodes: &self.nodes,
@@ -248,7 +249,7 @@ fn every_problem_of_the_leader_is_an_event_with_its_reason() {
         assert!(
             !d.changes
                 .iter()
-                .any(|c| matches!(c, Change::Ingress { ingress, .. } if !ingress.is_empty())),
+                .any(|c| matches!(c, Change::Status { ingress: Some(i), .. } if !i.is_empty())),
             "{what}: a pending Service gets no ingress"
         );
     }
@@ -305,6 +306,7 @@ fn assignment_exhaustion_conflict_and_release() {
     w2.pools = w.pools.clone();
     let served_none: Vec<&(Arc<Service>, SvcInfo)> = vec![];
     let s = Snapshot {
+        wall: "2026-12-01T00:00:00Z",
         infos: &w.infos,
         served: &served_none,
         nodes: &w2.nodes,
@@ -448,4 +450,274 @@ fn per_address_election_competes_with_a_stagger_by_rank() {
         .expect("a Lease of its own");
     assert!(want.delay <= STAGGER * 2);
     assert_eq!(want.claim.interface, "eth0");
+}
+
+type StatusWrite = (Option<Ingress>, Vec<(&'static str, Condition)>);
+
+fn status_writes(changes: &[Change], name: &str) -> Vec<StatusWrite> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Status {
+                svc,
+                ingress,
+                conditions,
+            } if svc.metadata.name.as_deref() == Some(name) => {
+                Some((ingress.clone(), conditions.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn conditions_say_what_the_last_event_said_in_the_same_write() {
+    let mut w = World::new(vec![
+        svc(
+            "ok",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.150" }),
+            &[],
+        ),
+        svc(
+            "bad",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.12" }),
+            &[],
+        ),
+    ]);
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    // The assignment: ingress and condition in one status write.
+    let ok = status_writes(&d.changes, "ok");
+    assert_eq!(ok.len(), 1);
+    let (ingress, conds) = &ok[0];
+    assert_eq!(
+        ingress.as_ref().unwrap()[0].0,
+        "192.0.2.150".parse::<IpAddr>().unwrap()
+    );
+    let (kind, c) = &conds[0];
+    assert_eq!(*kind, conditions::ASSIGNED);
+    assert!(c.status && c.reason == "AddressAssigned");
+    assert!(
+        has(&d.changes, "ok", "AddressAssigned", &c.message),
+        "the Event says the same"
+    );
+    assert_eq!(c.last_transition, "2026-12-01T00:00:00Z");
+    // The problem: both conditions False, with the Event's reason and message.
+    let bad = status_writes(&d.changes, "bad");
+    let (ingress, conds) = &bad[0];
+    assert!(ingress.is_none(), "nothing to clear");
+    let assigned = conds
+        .iter()
+        .find(|(k, _)| *k == conditions::ASSIGNED)
+        .unwrap();
+    assert!(!assigned.1.status && assigned.1.reason == "AddressForbidden");
+    assert!(has(
+        &d.changes,
+        "bad",
+        "AddressForbidden",
+        &assigned.1.message
+    ));
+    let announced = conds
+        .iter()
+        .find(|(k, _)| *k == conditions::ANNOUNCED)
+        .unwrap();
+    assert_eq!(announced.1.reason, "NotAssigned");
+
+    // A pass over objects that already say so writes nothing more.
+    let with = |name: &str, anns: serde_json::Value, ingress: &[&str], conds: serde_json::Value| {
+        let (mut obj, _) = svc(name, anns, ingress);
+        let o = Arc::make_mut(&mut obj);
+        o.status.as_mut().unwrap().conditions = Some(serde_json::from_value(conds).unwrap());
+        let info = SvcInfo::from_service(o).unwrap();
+        (obj, info)
+    };
+    let cond = |t: &str, st: &str, r: &str, m: &str| json!({ "type": t, "status": st, "reason": r, "message": m, "lastTransitionTime": "2026-11-30T00:00:00Z" });
+    w.infos = vec![
+        with(
+            "ok",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.150", "vipd.dev/assigned": "192.0.2.150" }),
+            &["192.0.2.150"],
+            json!([cond(
+                conditions::ASSIGNED,
+                "True",
+                "AddressAssigned",
+                &c.message
+            )]),
+        ),
+        with(
+            "bad",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.12" }),
+            &[],
+            json!([
+                cond(
+                    conditions::ASSIGNED,
+                    "False",
+                    "AddressForbidden",
+                    &assigned.1.message
+                ),
+                cond(
+                    conditions::ANNOUNCED,
+                    "False",
+                    "NotAssigned",
+                    &announced.1.message
+                ),
+            ]),
+        ),
+    ];
+    let announced_here = BTreeSet::from(["192.0.2.150".parse().unwrap()]);
+    let (d, more) = w.run(&mut Memory::default(), &announced_here);
+    assert!(status_writes(&d.changes, "ok").is_empty());
+    assert!(status_writes(&d.changes, "bad").is_empty());
+    // Announced by this node: the Announced condition, with its Event.
+    let ann = status_writes(&more, "ok");
+    assert_eq!(ann.len(), 1);
+    let (kind, c) = &ann[0].1[0];
+    assert_eq!(*kind, conditions::ANNOUNCED);
+    assert!(c.status && c.message == "192.0.2.150 announced by n1");
+    assert!(has(
+        &more,
+        "ok",
+        "AddressAnnounced",
+        "192.0.2.150 announced by n1"
+    ));
+}
+
+#[test]
+fn metallb_annotations_are_honoured_and_kube_vips_wins() {
+    let w = World::new(vec![
+        svc(
+            "m",
+            json!({ "metallb.io/loadBalancerIPs": "192.0.2.150" }),
+            &[],
+        ),
+        svc(
+            "old",
+            json!({ "metallb.universe.tf/loadBalancerIPs": "192.0.2.151" }),
+            &[],
+        ),
+        svc(
+            "both",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.152", "metallb.io/loadBalancerIPs": "192.0.2.153" }),
+            &[],
+        ),
+    ]);
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(has(
+        &d.changes,
+        "m",
+        "AddressAssigned",
+        "assigned 192.0.2.150 (from metallb.io/loadBalancerIPs)"
+    ));
+    assert!(has(
+        &d.changes,
+        "old",
+        "AddressAssigned",
+        "(from metallb.universe.tf/loadBalancerIPs)"
+    ));
+    assert!(has(
+        &d.changes,
+        "both",
+        "AddressAssigned",
+        "assigned 192.0.2.152 (from kube-vip.io/loadbalancerIPs; metallb.io/loadBalancerIPs ignored: kube-vip.io/loadbalancerIPs wins)"
+    ));
+}
+
+#[test]
+fn metallb_sharing_keys_share_an_address_with_disjoint_ports() {
+    let mk = |name: &str, port: i32, key: Option<&str>| {
+        let mut anns = json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.150" });
+        if let Some(k) = key {
+            anns["metallb.io/allow-shared-ip"] = json!(k);
+        }
+        svc_with(
+            name,
+            anns,
+            json!({ "ports": [{ "port": port, "protocol": "TCP" }] }),
+            &[],
+        )
+    };
+    let w = World::new(vec![
+        mk("dns-tcp", 53, Some("dns")),
+        mk("dns-udp", 54, Some("dns")),
+        mk("other", 55, Some("web")),
+    ]);
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(has(&d.changes, "dns-tcp", "AddressAssigned", "192.0.2.150"));
+    assert!(
+        has(&d.changes, "dns-udp", "AddressAssigned", "192.0.2.150"),
+        "same key: shared"
+    );
+    assert!(
+        has(
+            &d.changes,
+            "other",
+            "AddressInUse",
+            "already used by Service d/dns-tcp"
+        ),
+        "another key: not"
+    );
+}
+
+#[test]
+fn unsupported_kube_vip_annotations_are_warned_about_and_the_rest_works() {
+    let w = World::new(vec![svc(
+        "e",
+        json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.150", "kube-vip.io/egress": "true", "kube-vip.io/loadbalancerHostname": "web" }),
+        &[],
+    )]);
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(has(
+        &d.changes,
+        "e",
+        "UnsupportedAnnotation",
+        "kube-vip.io/egress is kube-vip's annotation for egress"
+    ));
+    assert!(has(
+        &d.changes,
+        "e",
+        "UnsupportedAnnotation",
+        "kube-vip.io/loadbalancerHostname"
+    ));
+    assert!(has(&d.changes, "e", "AddressAssigned", "192.0.2.150"));
+    // kube-vip's DHCP request (spec.loadBalancerIP 0.0.0.0) is refused by name.
+    let w = World::new(vec![svc_with(
+        "dhcp",
+        json!({}),
+        json!({ "loadBalancerIP": "0.0.0.0" }),
+        &[],
+    )]);
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(has(&d.changes, "dhcp", "AddressForbidden", "DHCP"));
+}
+
+#[test]
+fn the_pool_is_recorded_and_kept_with_the_address() {
+    let mut w = World::new(vec![svc("p", json!({}), &[])]);
+    w.pools = pools(&[("cidr-d", "192.0.2.160/30")]);
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    let set: Vec<(&str, Option<String>)> = d
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Annotations { set, .. } => Some(set.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        set.contains(&(keys::POOL, Some("cidr-d".into()))),
+        "{set:?}"
+    );
+    // The next pass reads vipd's own pick back: pool kept, nothing written.
+    w.infos = vec![svc(
+        "p",
+        json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.161", "vipd.dev/assigned": "192.0.2.161", "vipd.dev/pool": "cidr-d" }),
+        &["192.0.2.161"],
+    )];
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(
+        !d.changes
+            .iter()
+            .any(|c| matches!(c, Change::Annotations { .. })),
+        "nothing to change"
+    );
 }

@@ -1,20 +1,15 @@
-//! The cluster-wide report behind `vipctl status`: gathered from the API
-//! (vipd's instance records, the control-plane Lease, Services and their
-//! Events) and from each instance's live `/status` when it can be reached,
-//! then judged: what is wrong makes `vipctl` exit non-zero.
+//! The judgement behind `vipctl status` (pure): from what was gathered,
+//! every row's state and every problem, which make `vipctl` exit non-zero.
+//! Tested from recorded inputs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
-use anyhow::Result;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams};
-use kube::Client;
+use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::http::get_json;
 use crate::instance;
 use crate::services::model::keys;
 use crate::status::StatusDoc;
@@ -49,7 +44,14 @@ pub struct ServiceRow {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InstanceRow {
     pub node: String,
+    /// Its record is fresh (renewed within `instance::STALE_AFTER`), or its
+    /// status port answered.
     pub alive: bool,
+    /// `alive` (its status port answered), `unreachable` (a fresh record
+    /// but the status port does not answer: the record's facts are used),
+    /// or `gone` (no fresh record, no answer).
+    #[serde(default)]
+    pub status: String,
     pub ready: Option<bool>,
     pub held: Vec<String>,
     /// VIPs on the node that it does not claim (by hand, or a split brain).
@@ -73,18 +75,32 @@ pub struct Report {
     pub problems: Vec<String>,
 }
 
-/// Where to look.
-pub struct Scope {
-    /// vipd's namespace (instance records, control-plane Lease).
-    pub vipd_namespace: String,
-    pub lease: String,
-    /// Services of this namespace only, or all.
-    pub namespace: Option<String>,
+fn seconds_since(now: Timestamp, t: &Timestamp) -> f64 {
+    (now.as_millisecond() - t.as_millisecond()) as f64 / 1000.0
 }
 
-fn seconds_since(t: &k8s_openapi::jiff::Timestamp) -> f64 {
-    let now = k8s_openapi::jiff::Timestamp::now();
-    (now.as_millisecond() - t.as_millisecond()) as f64 / 1000.0
+/// Why a `/status` was not read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Unanswered {
+    /// The node refused the connection: nothing listens on the port, so
+    /// vipd is not running there (the node is up).
+    pub refused: bool,
+    pub why: String,
+}
+
+/// Everything `vipctl status` read, as it read it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Gathered {
+    pub now: Timestamp,
+    /// vipd's instance records.
+    pub records: Vec<Lease>,
+    /// Each record's live `/status` (by record name): the document, or why
+    /// it could not be read. Records without a status URL have none.
+    pub live: BTreeMap<String, Result<StatusDoc, Unanswered>>,
+    /// The control-plane Lease.
+    pub cp_lease: Option<Lease>,
+    pub services: Vec<Service>,
+    pub events: Vec<Event>,
 }
 
 fn list(s: &str) -> Vec<String> {
@@ -95,48 +111,25 @@ fn list(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// Where vipd keeps its Leases when the user did not say: the namespace
-/// of vipd's manifests, else kube-vip's default, whichever has vipd's
-/// records or the control-plane Lease.
-pub async fn find_vipd_namespace(client: &Client, lease: &str) -> String {
-    for ns in [
-        crate::manifest::NAMESPACE,
-        crate::config::settings::DEFAULT_NAMESPACE,
-    ] {
-        let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
-        let records = leases
-            .list(&ListParams::default().labels(instance::LABEL).limit(1))
-            .await
-            .map(|l| !l.items.is_empty())
-            .unwrap_or(false);
-        if records || leases.get_opt(lease).await.ok().flatten().is_some() {
-            return ns.to_string();
-        }
-    }
-    crate::manifest::NAMESPACE.to_string()
-}
-
-pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &scope.vipd_namespace);
-    let records = leases
-        .list(&ListParams::default().labels(instance::LABEL))
-        .await?
-        .items;
+/// The report from what was gathered.
+pub fn judge(g: &Gathered) -> Report {
+    let records = &g.records;
 
     // Instances: the record, refined by the live /status where reachable.
     let mut instances = Vec::new();
     let mut cp_vips: BTreeSet<String> = BTreeSet::new();
     // Nodes that say they lead a Raft election, and since when.
     let mut raft_leaders: Vec<(String, std::time::SystemTime)> = Vec::new();
-    for r in &records {
+    for r in records {
         let ann = r.metadata.annotations.clone().unwrap_or_default();
         let spec = r.spec.clone().unwrap_or_default();
         let node = spec.holder_identity.clone().unwrap_or_default();
-        let seen = spec.renew_time.as_ref().map(|t| seconds_since(&t.0));
+        let seen = spec.renew_time.as_ref().map(|t| seconds_since(g.now, &t.0));
         let alive = seen.is_some_and(|s| s < f64::from(instance::STALE_AFTER));
         let mut row = InstanceRow {
             node,
             alive,
+            status: if alive { "alive" } else { "gone" }.into(),
             ready: ann.get(instance::READY).map(|v| v == "true"),
             held: ann.get(instance::HELD).map(|v| list(v)).unwrap_or_default(),
             stray: ann
@@ -156,38 +149,44 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
         if let Some(v) = ann.get(instance::CP_VIPS) {
             cp_vips.extend(list(v));
         }
-        if let Some(url) = ann.get(instance::STATUS_URL) {
-            match get_json::<StatusDoc>(url, Duration::from_secs(1)).await {
-                Ok(doc) => {
-                    if let Some(e) = doc
-                        .elections
-                        .iter()
-                        .find(|e| e.lease == crate::status::RAFT_ELECTION && e.leading)
-                    {
-                        raft_leaders.push((row.node.clone(), e.since));
-                    }
-                    row.live = true;
-                    row.alive = true;
-                    row.ready = Some(doc.ready);
-                    row.held = doc
-                        .addresses
-                        .iter()
-                        .map(|h| h.address.to_string())
-                        .collect();
-                    row.stray = doc.stray_addresses.iter().map(|a| a.to_string()).collect();
-                    row.bgp_peers = doc
-                        .bgp_peers
-                        .iter()
-                        .map(crate::status::PeerDoc::summary)
-                        .collect();
+        let name = r.metadata.name.clone().unwrap_or_default();
+        match g.live.get(&name) {
+            Some(Ok(doc)) => {
+                if let Some(e) = doc
+                    .elections
+                    .iter()
+                    .find(|e| e.lease == crate::status::RAFT_ELECTION && e.leading)
+                {
+                    raft_leaders.push((row.node.clone(), e.since));
                 }
-                // It says where it answers and does not: what it held is unknown.
-                Err(_) => {
-                    row.alive = false;
-                    row.held.clear();
-                    row.stray.clear();
-                }
+                row.live = true;
+                row.alive = true;
+                row.status = "alive".into();
+                row.ready = Some(doc.ready);
+                row.held = doc
+                    .addresses
+                    .iter()
+                    .map(|h| h.address.to_string())
+                    .collect();
+                row.stray = doc.stray_addresses.iter().map(|a| a.to_string()).collect();
+                row.bgp_peers = doc
+                    .bgp_peers
+                    .iter()
+                    .map(crate::status::PeerDoc::summary)
+                    .collect();
             }
+            // Its status port does not answer from here (a firewall, a
+            // bind address only the node reaches, or a dead node): a fresh
+            // record still says what it holds (used only where no node
+            // that answers says otherwise). Refused: vipd is not running.
+            Some(Err(u)) if row.alive && !u.refused => row.status = "unreachable".into(),
+            Some(Err(_)) => {
+                row.alive = false;
+                row.status = "gone".into();
+                row.held.clear();
+                row.stray.clear();
+            }
+            None => {}
         }
         instances.push(row);
     }
@@ -199,28 +198,43 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
                 .iter()
                 .all(|h| instances.iter().any(|i| i.node == *h && i.bgp))
     };
+    // Who holds an address: the nodes whose live status says so; only
+    // when none does, the fresh records of nodes that do not answer.
     let holders_of = |addr: &str| -> Vec<String> {
+        let holding =
+            |i: &&InstanceRow| i.alive && i.held.iter().chain(i.stray.iter()).any(|h| h == addr);
+        let live: Vec<String> = instances
+            .iter()
+            .filter(|i| i.live)
+            .filter(holding)
+            .map(|i| i.node.clone())
+            .collect();
+        if !live.is_empty() {
+            return live;
+        }
         instances
             .iter()
-            .filter(|i| i.alive && i.held.iter().chain(i.stray.iter()).any(|h| h == addr))
+            .filter(|i| !i.live)
+            .filter(holding)
             .map(|i| i.node.clone())
             .collect()
     };
 
     let mut report = Report::default();
     // The control-plane VIP.
-    let cp_lease = leases.get_opt(&scope.lease).await?;
-    let (leader, moved) = match cp_lease.as_ref().and_then(|l| l.spec.clone()) {
+    let (leader, moved) = match g.cp_lease.as_ref().and_then(|l| l.spec.clone()) {
         Some(s) => (
             s.holder_identity.filter(|h| !h.is_empty()),
-            s.acquire_time.as_ref().map(|t| seconds_since(&t.0)),
+            s.acquire_time.as_ref().map(|t| seconds_since(g.now, &t.0)),
         ),
         // No Lease: Raft mode, where the leader says so itself (the newest
         // claim, should an old leader not have noticed yet).
         None => match raft_leaders.iter().max_by_key(|(_, since)| *since) {
             Some((node, since)) => (
                 Some(node.clone()),
-                since.elapsed().ok().map(|d| d.as_secs_f64()),
+                Timestamp::try_from(*since)
+                    .ok()
+                    .map(|t| seconds_since(g.now, &t)),
             ),
             None => (None, None),
         },
@@ -251,17 +265,8 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
     }
 
     // Services.
-    let svcs: Api<Service> = match &scope.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let mut last_events: BTreeMap<(String, String), (k8s_openapi::jiff::Timestamp, String)> =
-        BTreeMap::new();
-    let events: Api<Event> = match &scope.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    for e in events.list(&ListParams::default()).await?.items {
+    let mut last_events: BTreeMap<(String, String), (Timestamp, String)> = BTreeMap::new();
+    for e in &g.events {
         if e.reporting_controller.as_deref() != Some("vipd") {
             continue;
         }
@@ -291,7 +296,7 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
             }
         }
     }
-    for s in svcs.list(&ListParams::default()).await?.items {
+    for s in &g.services {
         let spec = s.spec.clone().unwrap_or_default();
         if spec.type_.as_deref() != Some("LoadBalancer") {
             continue;
@@ -374,6 +379,12 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
                 i.node,
                 instance::STALE_AFTER
             ));
+        } else if i.status == "unreachable" {
+            report.problems.push(format!(
+                "vipd on {}: its status port does not answer from here; its record ({:.0} s old) is shown",
+                i.node,
+                i.seconds_since_seen.unwrap_or_default()
+            ));
         } else if i.ready == Some(false) {
             report
                 .problems
@@ -381,5 +392,8 @@ pub async fn gather(client: Client, scope: &Scope) -> Result<Report> {
         }
     }
     report.instances = instances;
-    Ok(report)
+    report
 }
+
+#[cfg(test)]
+mod tests;
