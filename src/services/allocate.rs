@@ -29,6 +29,13 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+mod ask;
+mod problem;
+
+pub use problem::Problem;
+
+use ask::{ask, keeps_what_it_holds, Ask};
+
 use super::guard::Guard;
 use super::model::{Family, FamilyPolicy, PortKey, SvcInfo, SvcKey};
 use super::pools::Pools;
@@ -51,104 +58,6 @@ pub struct Assignment {
     /// Status addresses vipd did not assign and no pool contains, replaced
     /// by these (empty when the status was vipd's or empty).
     pub replaced: Vec<IpAddr>,
-}
-
-/// Why a Service stays pending; each becomes an Event a user can act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Problem {
-    BadAnnotation {
-        key: &'static str,
-        value: String,
-        reason: String,
-    },
-    BadLoadBalancerIp {
-        value: String,
-    },
-    WrongFamily {
-        ip: IpAddr,
-        families: Vec<Family>,
-    },
-    NotInPool {
-        ip: IpAddr,
-    },
-    NoPool,
-    PoolExhausted {
-        pool: String,
-        family: Family,
-    },
-    FamilyMissing {
-        pool: String,
-        family: Family,
-    },
-    InUse {
-        ip: IpAddr,
-        by: SvcKey,
-    },
-    /// The guard refuses it: "192.0.2.12 is the InternalIP of node n2".
-    Forbidden {
-        ip: IpAddr,
-        reason: String,
-    },
-    /// The status held addresses vipd did not assign, and no pool can
-    /// replace them.
-    UntrustedStatus {
-        ips: Vec<IpAddr>,
-    },
-}
-
-impl Problem {
-    /// The Event reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Problem::BadAnnotation { .. } => "InvalidAnnotation",
-            Problem::BadLoadBalancerIp { .. } => "InvalidLoadBalancerIP",
-            Problem::WrongFamily { .. } => "AddressFamilyMismatch",
-            Problem::NotInPool { .. } => "AddressNotInPool",
-            Problem::NoPool => "NoAddressPool",
-            Problem::PoolExhausted { .. } => "PoolExhausted",
-            Problem::FamilyMissing { .. } => "AddressFamilyMissing",
-            Problem::InUse { .. } => "AddressInUse",
-            Problem::Forbidden { .. } => "AddressForbidden",
-            Problem::UntrustedStatus { .. } => "StaleStatusIgnored",
-        }
-    }
-
-    /// The Event message: what is wrong and what to do.
-    pub fn message(&self) -> String {
-        match self {
-            Problem::BadAnnotation { key, value, reason } => format!(
-                "{key}={value:?}: {reason}; expected a comma list of IP addresses, at most one per family"
-            ),
-            Problem::BadLoadBalancerIp { value } => {
-                format!("spec.loadBalancerIP={value:?} is not an IP address")
-            }
-            Problem::WrongFamily { ip, families } => format!(
-                "{ip} is {} but the Service's ipFamilies are {:?}: request an address of the Service's family, or change ipFamilies/ipFamilyPolicy",
-                Family::of(*ip),
-                families.iter().map(|f| f.to_string()).collect::<Vec<_>>()
-            ),
-            Problem::NotInPool { ip } => format!(
-                "{ip} is outside the address pools configured for this namespace (ConfigMap kube-system/kubevip): request an address from a pool or extend the pool"
-            ),
-            Problem::NoPool => "no address requested and no pool for this namespace: set kube-vip.io/loadbalancerIPs or add cidr-<namespace>/cidr-global to ConfigMap kube-system/kubevip".to_string(),
-            Problem::PoolExhausted { pool, family } => {
-                format!("no free {family} address left in pool {pool}: free one or extend the pool")
-            }
-            Problem::FamilyMissing { pool, family } => format!(
-                "the Service requires dual-stack but pool {pool} has no {family} range: add one, or use PreferDualStack"
-            ),
-            Problem::InUse { ip, by } => format!(
-                "{ip} is already used by Service {by}: choose another address, or allow sharing (allow-share-<namespace>) with ports that do not overlap"
-            ),
-            Problem::Forbidden { ip, reason } => format!(
-                "{ip} is {reason}: vipd never announces it for a Service; choose another address"
-            ),
-            Problem::UntrustedStatus { ips } => format!(
-                "status.loadBalancer.ingress holds {} which vipd did not assign and no pool contains (left by another controller, K3s ServiceLB perhaps): not announced; set kube-vip.io/loadbalancerIPs or add a pool (cidr-<namespace>/cidr-global in ConfigMap kube-system/kubevip)",
-                join(ips)
-            ),
-        }
-    }
 }
 
 pub type Decisions = BTreeMap<SvcKey, Result<Assignment, Problem>>;
@@ -181,84 +90,6 @@ fn can_join(users: &[User], ports: &[PortKey], share: bool, key: Option<&str>) -
         let allowed = (share && u.share) || (key.is_some() && u.share_key.as_deref() == key);
         allowed && ports_disjoint(&u.ports, ports)
     })
-}
-
-fn parse_list(value: &str) -> Result<Vec<IpAddr>, String> {
-    let mut out: Vec<IpAddr> = Vec::new();
-    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let ip: IpAddr = item
-            .parse()
-            .map_err(|_| format!("{item:?} is not an IP address"))?;
-        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
-            return Err(format!("{ip} cannot be a load-balancer address"));
-        }
-        if out.iter().any(|o| Family::of(*o) == Family::of(ip)) {
-            return Err(format!("two {} addresses", Family::of(ip)));
-        }
-        out.push(ip);
-    }
-    if out.is_empty() {
-        return Err("no address".into());
-    }
-    Ok(out)
-}
-
-/// What a Service asks for.
-enum Ask {
-    /// These addresses, from there.
-    Fixed(Vec<IpAddr>, Origin),
-    /// Addresses from its pool; `stale` are status addresses not trusted.
-    Pool {
-        stale: Vec<IpAddr>,
-    },
-    Bad(Problem),
-}
-
-/// Whether the status of `s` is vipd's to keep: every address in it was
-/// assigned by vipd, or lies in the Service's pools.
-fn status_trusted(s: &SvcInfo, pools: &Pools) -> bool {
-    s.status_ips
-        .iter()
-        .all(|ip| s.assigned.contains(ip) || pools.contains(&s.key.namespace, *ip))
-}
-
-fn ask(s: &SvcInfo, pools: &Pools) -> Ask {
-    if let Some(v) = &s.requested {
-        let key = if s.requested_from.is_empty() {
-            super::model::keys::LOADBALANCER_IPS
-        } else {
-            s.requested_from
-        };
-        return match parse_list(v) {
-            Ok(ips) => Ask::Fixed(ips, Origin::Annotation(key)),
-            Err(reason) => Ask::Bad(Problem::BadAnnotation {
-                key,
-                value: v.clone(),
-                reason,
-            }),
-        };
-    }
-    if let Some(v) = &s.spec_ip {
-        return match v.parse::<IpAddr>() {
-            Ok(ip) => Ask::Fixed(vec![ip], Origin::LoadBalancerIp),
-            Err(_) => Ask::Bad(Problem::BadLoadBalancerIp { value: v.clone() }),
-        };
-    }
-    if s.status_ips.is_empty() {
-        return Ask::Pool { stale: Vec::new() };
-    }
-    if status_trusted(s, pools) {
-        Ask::Fixed(s.status_ips.clone(), Origin::Status)
-    } else {
-        Ask::Pool {
-            stale: s.status_ips.clone(),
-        }
-    }
-}
-
-/// Whether `s` asks to keep exactly what its (trusted) status holds.
-fn keeps_what_it_holds(s: &SvcInfo, ips: &[IpAddr], pools: &Pools) -> bool {
-    !ips.is_empty() && ips.iter().all(|ip| s.status_ips.contains(ip)) && status_trusted(s, pools)
 }
 
 /// The families a Service gets addresses of, in its order.

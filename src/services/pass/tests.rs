@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::services::guard::NodeAddresses;
+use crate::services::model::{Condition, Ingress};
 use serde_json::json;
 
 const ME: &str = "n1";

@@ -1,0 +1,293 @@
+//! The address owner's loop: it serves claims, follows the kernel's address
+//! and link events, keeps lifetimes and the guardian's deadline, and runs
+//! the announcers. Converging lives in `converge`, letting go to another
+//! host and checking before adding in `yielding`.
+
+use super::*;
+
+/// The task announcing one address, and whether it probes for another
+/// holder (the address is held on an unconfirmed claim).
+pub(super) struct Announcer {
+    pub(super) task: JoinHandle<()>,
+    pub(super) probing: Arc<AtomicBool>,
+}
+
+pub(super) struct Owner {
+    pub(super) guardian: Option<Guardian>,
+    pub(super) netlink: Netlink,
+    pub(super) config: OwnerConfig,
+    pub(super) claims: BTreeMap<Source, ClaimSet>,
+    /// The kernel's addresses, as last read or reported.
+    pub(super) have: Vec<KernelAddr>,
+    pub(super) links: HashMap<String, Link>,
+    pub(super) announcers: HashMap<IpAddr, Announcer>,
+    pub(super) since: HashMap<IpAddr, SystemTime>,
+    pub(super) stats: Arc<AnnounceStats>,
+    pub(super) held: watch::Sender<Held>,
+    pub(super) readiness: Arc<Mutex<Readiness>>,
+    /// Addresses let go to another node's announcement, with why.
+    pub(super) yielded: BTreeMap<IpAddr, String>,
+    /// What the conflict watchers compare announcements with.
+    pub(super) held_set: conflict::HeldSet,
+    pub(super) conflict_tx: mpsc::UnboundedSender<Conflict>,
+    /// Interfaces with a conflict watcher.
+    pub(super) watched_links: HashSet<u32>,
+    /// Addresses being checked on the wire before they are added.
+    pub(super) probes: HashMap<IpAddr, probe::Probe>,
+    /// Addresses checked: nobody else answered (or it was taken anyway).
+    pub(super) cleared: HashSet<IpAddr>,
+    pub(super) probe_tx: mpsc::UnboundedSender<IpAddr>,
+}
+
+impl Owner {
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Command>,
+        mut conflicts: mpsc::UnboundedReceiver<Conflict>,
+        mut probed: mpsc::UnboundedReceiver<IpAddr>,
+        events: impl futures::Stream<Item = KernelEvent> + Unpin + Send,
+    ) {
+        let mut events = events;
+        // Lifetimes are refreshed three times per lifetime; without one, a
+        // slow resync catches anything the event stream missed.
+        let period = self
+            .config
+            .lifetime
+            .map(|l| l / 3)
+            .unwrap_or(Duration::from_secs(5));
+        let mut refresh = tokio::time::interval(period.max(Duration::from_millis(200)));
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.update_guardian();
+            let deadline = self.next_deadline();
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Set { source, set, done }) => {
+                        // A new confirmed claim (leadership won again)
+                        // takes back what was let go.
+                        for c in &set.claims {
+                            self.yielded.remove(&c.addr);
+                        }
+                        if set.claims.is_empty() {
+                            self.claims.remove(&source);
+                        } else {
+                            self.claims.insert(source, set);
+                        }
+                        self.converge().await;
+                        let _ = done.send(());
+                    }
+                    Some(Command::Extend { source, hold_until, confirmed }) => {
+                        let now = Instant::now();
+                        let mut lapsed = false;
+                        let mut reclaimed = false;
+                        if let Some(set) = self.claims.get_mut(&source) {
+                            lapsed = set.hold_until.is_some_and(|t| t <= now);
+                            set.hold_until = Some(hold_until);
+                            set.confirmed = confirmed;
+                            if confirmed {
+                                // Renewed after all: what was let go is ours again.
+                                for c in &set.claims {
+                                    if self.yielded.remove(&c.addr).is_some() {
+                                        info!(addr = %c.addr, "the Lease was renewed: holding the address again");
+                                        reclaimed = true;
+                                    }
+                                }
+                            }
+                        }
+                        // A claim that had lapsed (and was withdrawn) comes
+                        // back; an unconfirmed one is judged again.
+                        if lapsed || reclaimed || !confirmed {
+                            self.converge().await;
+                        } else {
+                            self.update_probing();
+                        }
+                    }
+                    Some(Command::ReleaseAll { done }) => {
+                        self.claims.clear();
+                        self.converge().await;
+                        let _ = done.send(());
+                    }
+                    None => {
+                        // Every handle is gone: the process is ending.
+                        self.claims.clear();
+                        self.converge().await;
+                        return;
+                    }
+                },
+                Some(ev) = events.next() => self.on_kernel_event(ev).await,
+                Some(c) = conflicts.recv() => self.on_conflict(c).await,
+                Some(a) = probed.recv() => self.on_probed(a).await,
+                _ = refresh.tick() => {
+                    if let Err(e) = self.refresh_kernel_view().await {
+                        warn!(error = %e, "cannot read addresses");
+                    }
+                    self.converge().await;
+                    self.refresh_lifetimes().await;
+                }
+                _ = sleep_until(deadline) => self.converge().await,
+            }
+        }
+    }
+
+    /// Tells the guardian the earliest deadline of the claims in force.
+    pub(super) fn update_guardian(&mut self) {
+        let Some(g) = self.guardian.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let deadline = self
+            .claims
+            .values()
+            .filter(|c| !c.claims.is_empty())
+            .filter_map(|c| c.hold_until)
+            .filter(|t| *t > now)
+            .min();
+        g.set(deadline.map(|d| d - now));
+    }
+
+    /// The earliest claim deadline still ahead.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.claims
+            .values()
+            .filter_map(|c| c.hold_until)
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    pub(super) async fn on_kernel_event(&mut self, ev: KernelEvent) {
+        match ev {
+            KernelEvent::AddressAdded(k) => {
+                self.have
+                    .retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
+                self.have.push(k);
+                if self.config.watch.contains(&k.addr) {
+                    self.publish(self.wanted_now().0);
+                }
+            }
+            KernelEvent::AddressRemoved(k) => {
+                self.have
+                    .retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
+                if self.claimed_now(k.addr) {
+                    warn!(addr = %k.addr, "a held address was removed from the interface; adding it back");
+                    // Record the gap before closing it: readiness tells the truth.
+                    self.publish(self.wanted_now().0);
+                    self.converge().await;
+                } else if self.config.watch.contains(&k.addr) {
+                    self.publish(self.wanted_now().0);
+                }
+            }
+            KernelEvent::LinkChanged(link) => {
+                let was_up = self.links.get(&link.name).is_some_and(|l| l.up);
+                let now_up = link.up;
+                self.links.insert(link.name.clone(), link.clone());
+                if now_up && !was_up {
+                    // Carrier is back: neighbours may have forgotten us.
+                    self.reannounce_on(&link);
+                } else if was_up && !now_up {
+                    self.converge().await;
+                }
+            }
+        }
+    }
+
+    pub(super) async fn link(&mut self, name: &str) -> Option<Link> {
+        if let Some(l) = self.links.get(name) {
+            return Some(l.clone());
+        }
+        match self.netlink.link_by_name(name).await {
+            Ok(Some(l)) => {
+                self.links.insert(name.to_string(), l.clone());
+                Some(l)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!(interface = name, error = %e, "cannot read interface");
+                None
+            }
+        }
+    }
+
+    pub(super) fn start_announcer(&mut self, link: &Link, addr: IpAddr) {
+        if let Some(old) = self.announcers.remove(&addr) {
+            old.task.abort();
+        }
+        if self.config.announce != Announce::Arp {
+            return;
+        }
+        let schedule = Schedule::new(self.config.arp_rate);
+        let probing = Arc::new(AtomicBool::new(yields_to_another(
+            Instant::now(),
+            &self.claims,
+            addr,
+        )));
+        if let Some(task) =
+            announce::spawn(link, addr, schedule, self.stats.clone(), probing.clone())
+        {
+            self.announcers.insert(addr, Announcer { task, probing });
+        }
+        self.ensure_watcher(link);
+    }
+
+    /// Listens on `link` for other hosts announcing or answering for the
+    /// addresses held or being checked (ARP mode only).
+    pub(super) fn ensure_watcher(&mut self, link: &Link) {
+        if self.config.announce != Announce::Arp {
+            return;
+        }
+        if let Some(mac) = link.mac {
+            if self.watched_links.insert(link.index) {
+                conflict::watch(
+                    link.index,
+                    link.name.clone(),
+                    mac,
+                    self.held_set.clone(),
+                    self.conflict_tx.clone(),
+                );
+            }
+        }
+    }
+
+    pub(super) fn reannounce_on(&mut self, link: &Link) {
+        let addrs: Vec<IpAddr> = self
+            .have
+            .iter()
+            .filter(|k| k.ifindex == link.index && self.announcers.contains_key(&k.addr))
+            .map(|k| k.addr)
+            .collect();
+        for a in addrs {
+            info!(addr = %a, interface = %link.name, "link is up again: announcing");
+            self.start_announcer(link, a);
+        }
+    }
+
+    /// Pushes the kernel lifetime of every held address of ours forward.
+    pub(super) async fn refresh_lifetimes(&mut self) {
+        let Some(lifetime) = self.config.lifetime else {
+            return;
+        };
+        let (want, _) = self.wanted_now();
+        let ours: Vec<KernelAddr> = self
+            .have
+            .iter()
+            .filter(|k| k.ours && want.contains_key(&k.addr))
+            .copied()
+            .collect();
+        for k in ours {
+            if let Err(e) = self
+                .netlink
+                .put_address(k.ifindex, k.addr, k.prefix, Some(lifetime))
+                .await
+            {
+                warn!(addr = %k.addr, error = %e, "cannot refresh address lifetime");
+            }
+        }
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => futures::future::pending().await,
+    }
+}

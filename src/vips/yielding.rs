@@ -1,0 +1,117 @@
+//! Another host and this node's addresses: letting an address go when
+//! another node announces it while this node cannot confirm its claim, and
+//! checking that no other host holds an address before adding it.
+
+use super::*;
+
+impl Owner {
+    /// Another node announced `c.addr` (or answered a probe for it): an
+    /// address being checked is not clear; a held one is let go when this
+    /// node holds it only on an unconfirmed claim (see
+    /// `plan::yields_to_another`).
+    pub(super) async fn on_conflict(&mut self, c: Conflict) {
+        if let Some(p) = self.probes.get_mut(&c.addr) {
+            p.answered = Some((Instant::now(), c.mac));
+            return;
+        }
+        if self.yielded.contains_key(&c.addr) {
+            return;
+        }
+        let mac = mac_text(c.mac);
+        if yields_to_another(Instant::now(), &self.claims, c.addr) {
+            warn!(addr = %c.addr, other = %mac, "another node announces this address while this node cannot renew its Lease (API server out of reach): letting it go");
+            self.yielded.insert(
+                c.addr,
+                format!("announced by {mac} while the API server was out of reach"),
+            );
+            self.converge().await;
+        } else {
+            debug!(addr = %c.addr, other = %mac, "another node announces an address this node holds with a renewed Lease");
+        }
+    }
+
+    /// A probe round for `addr` ended: clear it when nobody answered, else
+    /// ask again (and after `probe::patience`, take it anyway).
+    pub(super) async fn on_probed(&mut self, addr: IpAddr) {
+        let Some(p) = self.probes.get(&addr) else {
+            return;
+        };
+        let waited = p.since.elapsed();
+        let patience = probe::patience(self.config.lifetime);
+        if !p.answered_this_round() || waited >= patience {
+            if p.answered_this_round() {
+                let mac = p.answered.map(|(_, m)| mac_text(m)).unwrap_or_default();
+                warn!(%addr, other = %mac, waited = ?waited, "another host still answers for this address after its lifetime could have ended: taking it over (is it configured there by hand, or is its vip_addr_lifetime 0?)");
+            } else if p.answered.is_some() {
+                info!(%addr, waited = ?waited, "the previous holder no longer answers for this address: taking it");
+            } else {
+                debug!(%addr, "no other host answers for this address");
+            }
+            self.probes.remove(&addr);
+            self.cleared.insert(addr);
+            self.converge().await;
+            return;
+        }
+        if waited < probe::RETRY * 2 {
+            let mac = p.answered.map(|(_, m)| mac_text(m)).unwrap_or_default();
+            info!(%addr, other = %mac, "another host still answers for this address (a holder whose vipd died with its guardian): waiting until its kernel lets it go");
+        }
+        self.probe_round(addr, probe::RETRY).await;
+    }
+
+    /// Starts (or restarts) checking `addr` after `delay`.
+    pub(super) async fn probe_round(&mut self, addr: IpAddr, delay: Duration) {
+        let Some(iface) = self.wanted_interface(addr) else {
+            self.probes.remove(&addr);
+            return;
+        };
+        let Some(link) = self.link(&iface).await else {
+            return;
+        };
+        self.ensure_watcher(&link);
+        let task = probe::round(&link, addr, delay, self.probe_tx.clone());
+        let round = Instant::now() + delay;
+        match self.probes.get_mut(&addr) {
+            Some(p) => {
+                p.task.abort();
+                p.task = task;
+                p.round = round;
+            }
+            None => {
+                self.probes.insert(
+                    addr,
+                    probe::Probe {
+                        since: Instant::now(),
+                        round,
+                        answered: None,
+                        task,
+                    },
+                );
+            }
+        }
+    }
+
+    pub(super) fn wanted_interface(&self, addr: IpAddr) -> Option<String> {
+        wanted(Instant::now(), &self.claims)
+            .get(&addr)
+            .map(|w| w.interface.clone())
+    }
+
+    /// Probing on for the addresses held on an unconfirmed claim only.
+    pub(super) fn update_probing(&self) {
+        let now = Instant::now();
+        for (addr, a) in &self.announcers {
+            let probe = yields_to_another(now, &self.claims, *addr);
+            if a.probing.swap(probe, Ordering::Relaxed) != probe && probe {
+                info!(%addr, "holding without a renewed Lease: probing for another holder with every announcement");
+            }
+        }
+    }
+}
+
+pub(super) fn mac_text(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
