@@ -59,9 +59,6 @@ pub fn claims(
 pub struct VipLeadership {
     pub vips: VipHandle,
     pub claims: Vec<Claim>,
-    /// Leader identity as last seen, for status.
-    pub leader: tokio::sync::watch::Sender<Option<String>>,
-    pub me: String,
     /// Add the VIP only once no other host answers for it (Raft: the
     /// election outpaces the kernel lifetime of a dead holder's address).
     pub probe_first: bool,
@@ -69,7 +66,6 @@ pub struct VipLeadership {
 
 impl Leadership for VipLeadership {
     async fn started(&mut self, hold_until: Instant) {
-        let _ = self.leader.send(Some(self.me.clone()));
         self.vips
             .claim(
                 Source::ControlPlane,
@@ -83,7 +79,6 @@ impl Leadership for VipLeadership {
     async fn started_after_handover(&mut self, hold_until: Instant) {
         // The old leader withdrew the VIP before handing over: nothing to
         // wait for on the wire.
-        let _ = self.leader.send(Some(self.me.clone()));
         self.vips
             .claim(
                 Source::ControlPlane,
@@ -104,10 +99,5 @@ impl Leadership for VipLeadership {
 
     async fn stopped(&mut self) {
         self.vips.release(Source::ControlPlane).await;
-        let _ = self.leader.send(None);
-    }
-
-    fn observed(&mut self, holder: Option<&str>) {
-        let _ = self.leader.send(holder.map(String::from));
     }
 }

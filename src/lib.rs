@@ -19,6 +19,7 @@ pub mod error_chain;
 pub mod events;
 pub mod guardian;
 pub mod health;
+pub mod http_client;
 pub mod instance;
 pub mod kubeclient;
 pub mod manager;

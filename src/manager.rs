@@ -342,14 +342,11 @@ async fn start_control_plane(
     shutdown: watch::Receiver<bool>,
     fatal: mpsc::Sender<String>,
 ) {
-    let (leader_tx, _leader_rx) = watch::channel(None);
     let vips_of: Vec<IpAddr> = claims.iter().map(|c| c.addr).collect();
     let leadership = |lease: String| Reported {
         inner: VipLeadership {
             vips: p.vips.clone(),
             claims: claims.clone(),
-            leader: leader_tx.clone(),
-            me: p.me.to_string(),
             probe_first: matches!(cp.election, Election::Raft(_)),
         },
         status: p.status.clone(),

@@ -67,10 +67,38 @@ impl RaftConfig {
     }
 }
 
-/// A Raft failure, in one line.
+/// Why this node's Raft cannot go on.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RaftError(pub String);
+pub enum RaftError {
+    /// `vip_nodename` names no peer.
+    #[error("vip_nodename {me:?} is not in vip_raft_peers ({peers})")]
+    NotAPeer { me: String, peers: String },
+    /// The state directory cannot be read or belongs to other peers.
+    #[error("{0}")]
+    State(String),
+    /// The timing settings are refused by raft-rs.
+    #[error("Raft timing: {0}")]
+    Timing(#[source] raft::Error),
+    /// raft-rs refused the log or snapshot it was given (`what` says which).
+    #[error("Raft {what}: {source}")]
+    Log {
+        what: &'static str,
+        #[source]
+        source: raft::Error,
+    },
+    /// The state file cannot be written.
+    #[error("cannot persist the Raft state: {0}")]
+    Persist(#[source] std::io::Error),
+    /// The peer port cannot be opened.
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl RaftError {
+    fn log(what: &'static str) -> impl Fn(raft::Error) -> RaftError + Copy {
+        move |source| RaftError::Log { what, source }
+    }
+}
 
 /// Compact the log once this many entries are applied past the last
 /// compaction, keeping the last [`KEEP`] for followers a little behind.
@@ -127,11 +155,9 @@ pub async fn run<L: Leadership>(
     let me = cfg
         .peers
         .by_name(&cfg.me)
-        .ok_or_else(|| {
-            RaftError(format!(
-                "vip_nodename {:?} is not in vip_raft_peers ({})",
-                cfg.me, cfg.peers
-            ))
+        .ok_or_else(|| RaftError::NotAPeer {
+            me: cfg.me.clone(),
+            peers: cfg.peers.to_string(),
         })?
         .clone();
     let disk = Persisted::open(
@@ -140,7 +166,7 @@ pub async fn run<L: Leadership>(
         &cfg.peers.to_string(),
         &cfg.me,
     )
-    .map_err(RaftError)?;
+    .map_err(RaftError::State)?;
     let voters: Vec<u64> = cfg.peers.list.iter().map(|p| p.id).collect();
     let conf = ConfState::from((voters, vec![]));
     let storage = MemStorage::new_with_conf_state(conf.clone());
@@ -149,10 +175,9 @@ pub async fn run<L: Leadership>(
         let (index, term) = disk.snapshot();
         if index > 0 {
             w.apply_snapshot(snapshot(index, term, &conf))
-                .map_err(|e| RaftError(format!("Raft state: {e}")))?;
+                .map_err(RaftError::log("state"))?;
         }
-        w.append(&disk.entries())
-            .map_err(|e| RaftError(format!("Raft state: {e}")))?;
+        w.append(&disk.entries()).map_err(RaftError::log("state"))?;
         w.set_hardstate(disk.hard_state());
     }
     let config = Config {
@@ -173,16 +198,13 @@ pub async fn run<L: Leadership>(
         max_inflight_msgs: 256,
         ..Default::default()
     };
-    config
-        .validate()
-        .map_err(|e| RaftError(format!("Raft timing: {e}")))?;
+    config.validate().map_err(RaftError::Timing)?;
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let node =
-        RawNode::new(&config, storage, &logger).map_err(|e| RaftError(format!("Raft: {e}")))?;
+    let node = RawNode::new(&config, storage, &logger).map_err(RaftError::log("start"))?;
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(4096);
     let transport = Transport::start(&me, &cfg.peers, cfg.secret.clone(), in_tx)
         .await
-        .map_err(RaftError)?;
+        .map_err(RaftError::Transport)?;
     info!(
         me = %cfg.me,
         term = disk.hard_state().term,
@@ -334,7 +356,7 @@ impl<L: Leadership> Loop<L> {
                 .store()
                 .wl()
                 .apply_snapshot(snap)
-                .map_err(|e| RaftError(format!("Raft snapshot: {e}")))?;
+                .map_err(RaftError::log("snapshot"))?;
             self.disk.apply_snapshot(index, term);
             dirty = true;
         }
@@ -345,7 +367,7 @@ impl<L: Leadership> Loop<L> {
                 .store()
                 .wl()
                 .append(ready.entries())
-                .map_err(|e| RaftError(format!("Raft log: {e}")))?;
+                .map_err(RaftError::log("log"))?;
             dirty = true;
         }
         if let Some(hs) = ready.hs() {
@@ -354,18 +376,14 @@ impl<L: Leadership> Loop<L> {
             dirty = true;
         }
         if dirty {
-            self.disk
-                .write()
-                .map_err(|e| RaftError(format!("cannot persist the Raft state: {e}")))?;
+            self.disk.write().map_err(RaftError::Persist)?;
         }
         self.send(ready.take_persisted_messages());
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.disk.set_commit(commit);
             self.node.store().wl().mut_hard_state().commit = commit;
-            self.disk
-                .write()
-                .map_err(|e| RaftError(format!("cannot persist the Raft state: {e}")))?;
+            self.disk.write().map_err(RaftError::Persist)?;
         }
         self.send(light.take_messages());
         let _ = light.take_committed_entries();
@@ -386,7 +404,7 @@ impl<L: Leadership> Loop<L> {
             return Ok(());
         }
         let upto = applied - KEEP;
-        let err = |e: raft::Error| RaftError(format!("Raft log compaction: {e}"));
+        let err = RaftError::log("log compaction");
         let store = self.node.store();
         let term = store.term(upto).map_err(err)?;
         let last = store.last_index().map_err(err)?;
@@ -407,9 +425,7 @@ impl<L: Leadership> Loop<L> {
             w.set_hardstate(hs);
         }
         self.disk.compact(upto, term);
-        self.disk
-            .write()
-            .map_err(|e| RaftError(format!("cannot persist the Raft state: {e}")))
+        self.disk.write().map_err(RaftError::Persist)
     }
 
     /// Claims or extends the VIP while a quorum keeps acknowledging.

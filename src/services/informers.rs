@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tracing::debug;
 
+use super::trim;
 use crate::config::ServicesConfig;
 
 /// Label on the per-address Leases vipd creates.
@@ -93,17 +94,25 @@ impl WatchEvents {
     }
 }
 
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, notify: Vec<Arc<Notify>>) -> Store<K>
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    notify: Vec<Arc<Notify>>,
+) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    spawn_counted_reflector(api, config, notify, None)
+    spawn_counted_reflector(api, config, trim, notify, None)
 }
 
+/// A cache of one kind of object, each cut by `trim` to what vipd reads
+/// before it is stored.
 fn spawn_counted_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
+    trim: fn(&mut K),
     notify: Vec<Arc<Notify>>,
     counts: Option<Arc<WatchEvents>>,
 ) -> Store<K>
@@ -114,6 +123,7 @@ where
     let (store, writer) = reflector::store();
     let stream = watcher::watcher(api, config)
         .default_backoff()
+        .modify(trim)
         .map(move |ev| {
             if let (Some(c), Ok(e)) = (&counts, &ev) {
                 c.record(e);
@@ -153,28 +163,38 @@ impl Informers {
             services: spawn_counted_reflector(
                 services,
                 watcher::Config::default(),
+                trim::service,
                 vec![changed.clone()],
                 Some(service_events),
             ),
-            slices: spawn_reflector(slices, watcher::Config::default(), vec![changed.clone()]),
+            slices: spawn_reflector(
+                slices,
+                watcher::Config::default(),
+                trim::slice,
+                vec![changed.clone()],
+            ),
             nodes: spawn_reflector(
                 Api::all(client.clone()),
                 watcher::Config::default(),
+                trim::node,
                 vec![changed.clone()],
             ),
             pools: spawn_reflector(
                 Api::namespaced(client.clone(), pool_ns),
                 one(pool_name),
+                |c: &mut ConfigMap| c.metadata.managed_fields = None,
                 vec![changed.clone()],
             ),
             address_leases: spawn_reflector(
                 Api::namespaced(client.clone(), &cfg.lease.namespace),
                 watcher::Config::default().labels(ADDRESS_LEASE_LABEL),
+                trim::lease,
                 vec![leases_changed.clone()],
             ),
             instances: spawn_reflector(
                 Api::namespaced(client.clone(), instance_namespace),
                 watcher::Config::default().labels(crate::instance::LABEL),
+                trim::lease,
                 vec![],
             ),
             changed,

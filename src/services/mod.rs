@@ -32,6 +32,7 @@ pub mod informers;
 pub mod model;
 pub mod pass;
 pub mod pools;
+pub mod trim;
 pub mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// kube-vip's annotations and K3s ServiceLB's labels.
@@ -258,9 +258,12 @@ impl SvcInfo {
             namespace: meta.namespace.clone()?,
             name: meta.name.clone()?,
         };
-        let spec = s.spec.clone().unwrap_or_default();
-        let ann = meta.annotations.clone().unwrap_or_default();
-        let labels = meta.labels.clone().unwrap_or_default();
+        // Borrowed, not copied: a pass reads every Service.
+        let no_spec = ServiceSpec::default();
+        let spec = s.spec.as_ref().unwrap_or(&no_spec);
+        let no_map = BTreeMap::new();
+        let ann = meta.annotations.as_ref().unwrap_or(&no_map);
+        let labels = meta.labels.as_ref().unwrap_or(&no_map);
         let status_ips = current_ingress(s).into_iter().map(|(ip, _)| ip).collect();
         let families: Vec<Family> = spec
             .ip_families
