@@ -99,8 +99,7 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// A process's resident memory now and at its peak (VmRSS, VmHWM), KiB.
-pub fn rss_kib(pid: u32) -> (u64, u64) {
+fn status_kib(pid: u32, names: [&str; 2]) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -110,5 +109,17 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    (field(names[0]), field(names[1]))
+}
+
+/// A process's resident memory now and at its peak (VmRSS, VmHWM), KiB.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    status_kib(pid, ["VmRSS:", "VmHWM:"])
+}
+
+/// A process's resident memory split into anonymous (its own heap and
+/// stacks) and file-backed (its binary's and libraries' pages, shared with
+/// every process running them), KiB.
+pub fn rss_split_kib(pid: u32) -> (u64, u64) {
+    status_kib(pid, ["RssAnon:", "RssFile:"])
 }
