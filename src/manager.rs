@@ -100,6 +100,7 @@ pub async fn run(config: Config) -> Result<()> {
             cp_vips.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
         },
         services = %match &config.services {
+            Some(s) if s.placement && s.per_address_election => "on (addresses placed on live nodes)",
             Some(s) if s.per_address_election => "on (a Lease per address)",
             Some(_) => "on",
             None => "off",
@@ -222,6 +223,7 @@ pub async fn run(config: Config) -> Result<()> {
         info!(
             lease = %format!("{}/{}", svc.lease.namespace, svc.lease.name),
             per_address_election = svc.per_address_election,
+            placement = svc.placement,
             pools = %format!("{}/{}", svc.pool_configmap.0, svc.pool_configmap.1),
             "LoadBalancer Services"
         );

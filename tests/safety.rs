@@ -569,7 +569,14 @@ fn churn_leaves_no_leases_and_no_memory_behind() {
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
-        let lab = lab(bin(), &[("svc_election", "true")], None).await;
+        // A Lease per address (svc_placement off): their garbage
+        // collection is what this checks.
+        let lab = lab(
+            bin(),
+            &[("svc_election", "true"), ("svc_placement", "false")],
+            None,
+        )
+        .await;
         lab.pools(json!({ "cidr-global": "198.51.100.0/24", "skip-end-ips-in-cidr": "true" }))
             .await;
         let rss = |lab: &Lab| -> Vec<u64> {

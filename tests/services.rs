@@ -410,61 +410,155 @@ fn bad_input_becomes_events_and_the_rest_keeps_working() {
     });
 }
 
+/// Addresses that need a node of their own, spread over the nodes; one
+/// announcer dies and its addresses move to the others, never on two nodes.
+/// Returns the lab, the victim and the addresses that moved.
+async fn spread_then_kill_one(settings: &[(&str, &str)], base: u8) -> (Lab, String, Vec<IpAddr>) {
+    let mut lab = lab(bin(), settings, None).await;
+    let addrs: Vec<IpAddr> = (0..6)
+        .map(|i| ip(&format!("192.0.2.{}", base + i)))
+        .collect();
+    for (i, a) in addrs.iter().enumerate() {
+        lab.create(
+            &format!("s{i}"),
+            json!({ "kube-vip.io/loadbalancerIPs": a.to_string() }),
+            json!({}),
+        )
+        .await;
+    }
+    let mut by_node: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    for a in &addrs {
+        let h = lab.wait_announced(*a, Duration::from_secs(20)).await;
+        by_node.entry(h).or_default().push(*a);
+    }
+    assert!(by_node.len() >= 2, "addresses not spread: {by_node:?}");
+    // One announcer dies: its addresses move to the others.
+    let (victim, moved) = by_node
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    let i = lab.nodes.iter().position(|n| n.name() == victim).unwrap();
+    lab.nodes[i].kill();
+    let t0 = Instant::now();
+    for a in &moved {
+        loop {
+            let h = lab.holders(*a).await;
+            assert!(h.len() <= 1, "{a} held by {h:?}");
+            if h.len() == 1
+                && h[0] != victim
+                && lab.answer(*a, 80).as_deref() == Some(h[0].as_str())
+            {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(12),
+                "{a} did not move off {victim}\n{}",
+                lab.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!(
+        "{} addresses moved off {victim} within {:?}",
+        moved.len(),
+        t0.elapsed()
+    );
+    (lab, victim, moved)
+}
+
 #[test]
 fn per_address_election_spreads_and_fails_over() {
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
-        let mut lab = lab(bin(), &[("svc_election", "true")], None).await;
-        let addrs: Vec<IpAddr> = (0..6)
-            .map(|i| ip(&format!("192.0.2.{}", 190 + i)))
+        spread_then_kill_one(&[("svc_election", "true"), ("svc_placement", "false")], 190).await;
+    });
+}
+
+/// `svc_placement`: the same spread and failover with one liveness Lease
+/// per node and none per address; the dead node, back, gets exactly its
+/// own addresses again, each on one node at every sample; a graceful stop
+/// hands its addresses over at once (its liveness Lease released).
+#[test]
+fn placement_spreads_fails_over_and_hands_back_with_one_lease_per_node() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let (mut lab, victim, moved) =
+            spread_then_kill_one(&[("svc_election", "true"), ("svc_placement", "true")], 200).await;
+        let leases: Api<Lease> = Api::namespaced(lab.admin.clone(), &lab.lease_ns);
+        let names: Vec<String> = leases
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|l| l.metadata.name)
             .collect();
-        for (i, a) in addrs.iter().enumerate() {
-            lab.create(
-                &format!("s{i}"),
-                json!({ "kube-vip.io/loadbalancerIPs": a.to_string() }),
-                json!({}),
-            )
-            .await;
-        }
-        let mut by_node: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-        for a in &addrs {
-            let h = lab.wait_announced(*a, Duration::from_secs(20)).await;
-            by_node.entry(h).or_default().push(*a);
-        }
-        assert!(by_node.len() >= 2, "addresses not spread: {by_node:?}");
-        // One announcer dies: its addresses move to the others.
-        let (victim, moved) = by_node
+        assert!(
+            !names.iter().any(|n| n.starts_with("vipd-addr-")),
+            "per-address Leases with placement: {names:?}"
+        );
+        let liveness: Vec<&String> = names
             .iter()
-            .next()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .unwrap();
+            .filter(|n| n.starts_with("vipd-node-"))
+            .collect();
+        assert_eq!(liveness.len(), 3, "{names:?}");
+
+        // The victim comes back: its addresses return to it (the same
+        // hash), never on two nodes in any sample.
+        let hosts: Vec<&vipd_testkit::lab::Host> = lab.nodes.iter().map(|n| &n.host).collect();
+        let samplers: Vec<vipd_testkit::probe::HolderSampler> = moved
+            .iter()
+            .map(|a| {
+                vipd_testkit::probe::HolderSampler::start(&hosts, *a, Duration::from_millis(5))
+            })
+            .collect();
         let i = lab.nodes.iter().position(|n| n.name() == victim).unwrap();
-        lab.nodes[i].kill();
-        let t0 = Instant::now();
+        lab.nodes[i].start().unwrap();
         for a in &moved {
-            loop {
-                let h = lab.holders(*a).await;
-                assert!(h.len() <= 1, "{a} held by {h:?}");
-                if h.len() == 1
-                    && h[0] != victim
-                    && lab.answer(*a, 80).as_deref() == Some(h[0].as_str())
-                {
-                    break;
-                }
+            let t0 = Instant::now();
+            while lab.answer(*a, 80).as_deref() != Some(victim.as_str()) {
                 assert!(
-                    t0.elapsed() < Duration::from_secs(12),
-                    "{a} did not move off {victim}\n{}",
+                    t0.elapsed() < Duration::from_secs(15),
+                    "{a} did not return to {victim}\n{}",
                     lab.logs()
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        eprintln!(
-            "{} addresses moved off {victim} within {:?}",
-            moved.len(),
-            t0.elapsed()
-        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for (a, s) in moved.iter().zip(samplers) {
+            let samples = s.finish().await;
+            let most = samples.iter().map(|s| s.holders.len()).max().unwrap_or(0);
+            assert!(
+                most <= 1,
+                "{a} on two nodes during the handback: {samples:?}"
+            );
+        }
+
+        // A graceful stop: its addresses answer from another node within
+        // a second (no wait for a Lease to expire).
+        let code = lab.nodes[i].terminate(Duration::from_secs(10)).unwrap();
+        assert_eq!(code, 0);
+        let t0 = Instant::now();
+        for a in &moved {
+            loop {
+                let h = lab.holders(*a).await;
+                if h.len() == 1 && h[0] != victim {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_millis(1500),
+                    "{a} not handed over after a graceful stop: {h:?}\n{}",
+                    lab.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        eprintln!("handed over {:?} after SIGTERM", t0.elapsed());
     });
 }
 

@@ -87,6 +87,7 @@ pub const SETTINGS: &[Setting] = &[
     s("cp_namespace", "namespace", "namespace of vipd's Leases and instance records").or(DEFAULT_NAMESPACE),
     b("svc_enable", "services", "serve LoadBalancer Services"),
     b("svc_election", "servicesElection", "one Lease per Service address, spread over nodes"),
+    b("svc_placement", "servicesPlacement", "addresses that need a node of their own (svc_election, K3s ServiceLB labels, externalTrafficPolicy Local) are placed on live nodes by rendezvous hashing, each node renewing one liveness Lease instead of one Lease per address: API writes grow with nodes, not Services (vipd; false: a Lease per address, which at a thousand Services the API server cannot keep up with)").or("true"),
     s("svc_namespace", "serviceNamespace", "serve Services of this namespace only (default: all)"),
     s("svc_leasename", "servicesLeaseName", "Lease of the Services leader").or(SVC_LEASE),
     b("lb_class_only", "lbClassOnly", "serve only Services whose loadBalancerClass is lb_class_name"),

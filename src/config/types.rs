@@ -111,6 +111,10 @@ pub struct ServicesConfig {
     pub namespace: Option<String>,
     /// One Lease per address (`svc_election`).
     pub per_address_election: bool,
+    /// Addresses that need a node of their own are placed by hashing over
+    /// live nodes (`svc_placement`), each node renewing one liveness Lease,
+    /// instead of one Lease per address.
+    pub placement: bool,
     /// The Services leader's Lease (`svc_leasename` in `cp_namespace`);
     /// per-address Leases live in the same namespace.
     pub lease: LeaseConfig,

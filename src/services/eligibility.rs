@@ -160,6 +160,27 @@ pub fn rank(me: &str, addr: IpAddr, eligible: &Eligible, known: &[NodeInfo]) -> 
         .expect("me is a candidate")
 }
 
+/// Where `addr` goes with placement (`svc_placement`): the live eligible
+/// node that ranks first for it, the same on every node that sees the same
+/// live nodes (rendezvous hashing: a node's death moves only its own
+/// addresses, spread over the others). None: no live node may announce it.
+pub fn placed_on<'a>(
+    addr: IpAddr,
+    eligible: &Eligible,
+    live: &'a BTreeSet<String>,
+) -> Option<&'a str> {
+    let a = addr.to_string();
+    live.iter()
+        .filter(|n| eligible.allows(n))
+        .max_by_key(|n| {
+            (
+                stable_hash(&[a.as_bytes(), n.as_bytes()]),
+                std::cmp::Reverse(*n),
+            )
+        })
+        .map(String::as_str)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

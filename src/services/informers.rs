@@ -31,6 +31,8 @@ pub struct Informers {
     /// and host facts the address guard refuses. Read on every pass (and
     /// the resync), not a reason for one: records renew every 10 s.
     pub instances: Store<Lease>,
+    /// Every vipd's liveness Lease, with placement (`svc_placement`).
+    pub liveness: Option<Store<Lease>>,
     /// Notified on every change of any of them.
     pub changed: Arc<Notify>,
     /// Notified on changes of the per-address Leases only.
@@ -197,6 +199,14 @@ impl Informers {
                 trim::lease,
                 vec![],
             ),
+            liveness: cfg.placement.then(|| {
+                spawn_reflector(
+                    Api::namespaced(client.clone(), &cfg.lease.namespace),
+                    watcher::Config::default().labels(super::placement::LIVENESS_LABEL),
+                    trim::lease,
+                    vec![changed.clone()],
+                )
+            }),
             changed,
             leases_changed,
         }
@@ -211,5 +221,8 @@ impl Informers {
         let _ = self.pools.wait_until_ready().await;
         let _ = self.address_leases.wait_until_ready().await;
         let _ = self.instances.wait_until_ready().await;
+        if let Some(l) = &self.liveness {
+            let _ = l.wait_until_ready().await;
+        }
     }
 }

@@ -29,8 +29,10 @@ pub mod allocate;
 pub mod eligibility;
 pub mod guard;
 pub mod informers;
+mod leader;
 pub mod model;
 pub mod pass;
+pub mod placement;
 pub mod pools;
 pub mod trim;
 pub mod writer;
@@ -46,15 +48,17 @@ use tokio::sync::{mpsc, watch, Mutex};
 use tracing::{info, warn};
 
 use crate::config::{ServicesConfig, Subnets};
-use crate::election::{Leadership, LeaseElection};
+use crate::election::LeaseElection;
 use crate::events::Events;
 use crate::status::Status;
-use crate::vips::{Claim, Source, VipHandle};
+use crate::vips::{Source, VipHandle};
 use address_leases::AddressLeases;
 use guard::{Guard, HostFacts, NodeAddresses, PublishedFacts};
 use informers::Informers;
+use leader::{LeaderState, ServicesLeadership};
 use model::{add_ready_nodes, ClassFilter, NodeInfo, ReadyNodes, SvcInfo};
 use pass::{Memory, NodeSettings, Snapshot};
+use placement::Placement;
 use pools::Pools;
 use writer::Writer;
 
@@ -83,45 +87,6 @@ pub struct Context {
     pub netlink: crate::netlink::Netlink,
 }
 
-/// The Services leader's state, shared with its election: `hold` is the
-/// leader's deadline; `gate` orders claim updates against stepping down, so
-/// a claim made with an old deadline can never follow a release.
-#[derive(Clone)]
-struct LeaderState {
-    hold: watch::Sender<Option<Instant>>,
-    gate: Arc<Mutex<()>>,
-}
-
-struct ServicesLeadership {
-    state: LeaderState,
-    vips: VipHandle,
-}
-
-impl Leadership for ServicesLeadership {
-    async fn started(&mut self, hold_until: Instant) {
-        info!("became the Services leader: allocating and announcing Service addresses");
-        self.state.hold.send_replace(Some(hold_until));
-    }
-
-    fn renewed(&mut self, hold_until: Instant) {
-        self.state.hold.send_replace(Some(hold_until));
-        self.vips.extend(Source::ServicesLeader, hold_until);
-    }
-
-    fn holding(&mut self, hold_until: Instant) {
-        self.state.hold.send_replace(Some(hold_until));
-        self.vips
-            .hold_unconfirmed(Source::ServicesLeader, hold_until);
-    }
-
-    async fn stopped(&mut self) {
-        let _gate = self.state.gate.lock().await;
-        self.state.hold.send_replace(None);
-        self.vips.release(Source::ServicesLeader).await;
-        info!("no longer the Services leader");
-    }
-}
-
 /// Runs the controller until `shutdown`.
 pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
     let informers = Informers::start(&ctx.client, &ctx.config, &ctx.instance_namespace);
@@ -145,8 +110,19 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         &ctx.me,
         ctx.config.lease.timing,
         ctx.vips.clone(),
-        addr_tx,
+        addr_tx.clone(),
     );
+    // Placement: this node's liveness Lease, on the elections' connection.
+    let placement = ctx.config.placement.then(|| {
+        Placement::start(
+            ctx.election_client.clone(),
+            &ctx.config.lease.namespace,
+            &ctx.me,
+            ctx.config.lease.timing,
+            ctx.vips.clone(),
+            addr_tx,
+        )
+    });
     let writer = Writer::new(ctx.client.clone(), ctx.events.clone());
     let filter = ClassFilter {
         class_name: ctx.config.class_name.clone(),
@@ -168,6 +144,7 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         leader: leader.clone(),
         leader_rx: hold_rx,
         address_leases,
+        placement,
         writer,
         filter,
         pools: Pools::default(),
@@ -199,6 +176,8 @@ struct Controller {
     leader: LeaderState,
     leader_rx: watch::Receiver<Option<Instant>>,
     address_leases: AddressLeases,
+    /// With `svc_placement`: this node's liveness and placed addresses.
+    placement: Option<Placement>,
     writer: Writer,
     filter: ClassFilter,
     /// The last good pools (a bad ConfigMap does not replace them).
@@ -251,6 +230,9 @@ impl Controller {
             }
         }
         self.address_leases.shutdown().await;
+        if let Some(p) = self.placement.take() {
+            p.shutdown().await;
+        }
     }
 
     /// Re-reads this host's addresses, gateways and subnets (at most once
@@ -397,7 +379,12 @@ impl Controller {
         let wall = k8s_openapi::jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
+        let live = match (&mut self.placement, &self.informers.liveness) {
+            (Some(p), Some(store)) => Some(p.live(&store.state(), Instant::now())),
+            _ => None,
+        };
         let snapshot = Snapshot {
+            live: live.as_ref(),
             wall: &wall,
             infos: &infos,
             served: &served,
@@ -420,8 +407,15 @@ impl Controller {
         } else {
             self.address_leases
                 .set(decision.wants.clone(), &self.informers.address_leases);
-            announced.extend(self.set_leader_claims(decision.leader_claims.clone()).await);
+            announced.extend(
+                self.leader
+                    .set_claims(&self.ctx.vips, decision.leader_claims.clone())
+                    .await,
+            );
             announced.extend(self.address_leases.leading());
+            if let Some(p) = self.placement.as_mut() {
+                announced.extend(p.set(decision.placed.clone()).await.iter().map(|c| c.addr));
+            }
             if self.leader_hold().is_some() && self.gc_at.is_none_or(|t| t.elapsed() > GC_EVERY) {
                 self.gc_at = Some(Instant::now());
                 let in_use: BTreeSet<IpAddr> = decision
@@ -445,25 +439,5 @@ impl Controller {
         summary.reconciles = self.reconciles;
         summary.last_reconcile_ms = self.last_reconcile.as_secs_f64() * 1000.0;
         self.ctx.status.set_services(summary);
-    }
-
-    /// Claims the leader's addresses under the leader's deadline, or
-    /// withdraws them when not leading; returns the addresses claimed.
-    async fn set_leader_claims(&self, claims: Vec<Claim>) -> Vec<IpAddr> {
-        let _gate = self.leader.gate.lock().await;
-        match self.leader_hold() {
-            Some(hold) => {
-                let addrs = claims.iter().map(|c| c.addr).collect();
-                self.ctx
-                    .vips
-                    .set(Source::ServicesLeader, claims, Some(hold))
-                    .await;
-                addrs
-            }
-            None => {
-                self.ctx.vips.release(Source::ServicesLeader).await;
-                Vec::new()
-            }
-        }
     }
 }

@@ -26,7 +26,7 @@ mod assign;
 mod routes;
 
 use super::address_leases::{Want, STAGGER};
-use super::eligibility::{plan_addresses, rank, AddressPlan};
+use super::eligibility::{placed_on, plan_addresses, rank, AddressPlan};
 use super::guard::Guard;
 use super::model::{conditions, keys, NodeInfo, ReadyNodes, SvcInfo, SvcKey};
 use super::pools::Pools;
@@ -63,6 +63,9 @@ pub struct Snapshot<'a> {
     pub guard: &'a Guard,
     /// This node holds the Services leader's Lease.
     pub leading: bool,
+    /// With placement (`svc_placement`): the live nodes. Addresses that
+    /// need a node of their own go to the first-ranked live eligible one.
+    pub live: Option<&'a BTreeSet<String>>,
     pub node: &'a NodeSettings,
     /// Now, as written in a condition's `lastTransitionTime`.
     pub wall: &'a str,
@@ -92,6 +95,8 @@ pub struct Decision {
     pub bgp_claims: Vec<Claim>,
     /// Addresses this node competes for under a Lease of their own.
     pub wants: BTreeMap<IpAddr, Want>,
+    /// With placement: the addresses placed on this node.
+    pub placed: Vec<Claim>,
     /// The addresses to announce, and those the guard refuses.
     pub plans: Vec<AddressPlan>,
     pub refused: Vec<AddressPlan>,
@@ -115,6 +120,7 @@ pub fn decide(s: &Snapshot, mem: &mut Memory, now: Instant) -> Decision {
     refuse(s, mem, &refused, &by_key, &mut changes);
     let me = s.node.me.as_str();
     let (mut leader_claims, mut bgp_claims, mut wants) = (Vec::new(), Vec::new(), BTreeMap::new());
+    let mut placed = Vec::new();
     for plan in &plans {
         let claim = Claim {
             route: routes::route_for(s, plan, &by_key, &mut changes),
@@ -126,6 +132,10 @@ pub fn decide(s: &Snapshot, mem: &mut Memory, now: Instant) -> Decision {
             // BGP: every eligible node announces (ECMP); no election.
             if plan.eligible.allows(me) {
                 bgp_claims.push(claim);
+            }
+        } else if let (Some(live), true) = (s.live, plan.own_lease(s.node.per_address_election)) {
+            if placed_on(plan.addr, &plan.eligible, live) == Some(me) {
+                placed.push(claim);
             }
         } else if plan.own_lease(s.node.per_address_election) {
             if plan.eligible.allows(me) {
@@ -147,6 +157,7 @@ pub fn decide(s: &Snapshot, mem: &mut Memory, now: Instant) -> Decision {
         leader_claims,
         bgp_claims,
         wants,
+        placed,
         plans,
         refused,
     }

@@ -55,6 +55,9 @@ pub enum Source {
     ServiceAddress(IpAddr),
     /// Service addresses this node announces by BGP (no election).
     ServicesBgp,
+    /// Service addresses placed on this node (`svc_placement`), under its
+    /// liveness Lease.
+    ServicesPlaced,
 }
 
 /// One address a source wants on this node.

@@ -87,6 +87,7 @@ struct World {
     pools: Pools,
     guard: Guard,
     leading: bool,
+    live: Option<BTreeSet<String>>,
     node: NodeSettings,
 }
 
@@ -105,6 +106,7 @@ impl World {
             pools: Pools::default(),
             guard: guard(),
             leading: true,
+            live: None,
             node: settings(false, false),
         }
     }
@@ -120,6 +122,7 @@ impl World {
             pools: &self.pools,
             guard: &self.guard,
             leading: self.leading,
+            live: self.live.as_ref(),
             node: &self.node,
         };
         let d = decide(&s, mem, Instant::now());
@@ -315,6 +318,7 @@ fn assignment_exhaustion_conflict_and_release() {
         pools: &w2.pools,
         guard: &w2.guard,
         leading: true,
+        live: None,
         node: &w2.node,
     };
     let d = decide(&s, &mut mem, Instant::now());
@@ -451,6 +455,55 @@ fn per_address_election_competes_with_a_stagger_by_rank() {
         .expect("a Lease of its own");
     assert!(want.delay <= STAGGER * 2);
     assert_eq!(want.claim.interface, "eth0");
+}
+
+#[test]
+fn placement_claims_what_ranks_here_among_live_nodes_and_nothing_competes_by_lease() {
+    let addrs: Vec<String> = (1..=30).map(|i| format!("192.0.2.{}", 150 + i)).collect();
+    let infos: Vec<_> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| svc(&format!("s{i}"), json!({}), &[a.as_str()]))
+        .collect();
+    let mut w = World::new(infos);
+    w.node = settings(false, true);
+    let live: BTreeSet<String> = ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
+    w.live = Some(live.clone());
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(d.wants.is_empty() && d.leader_claims.is_empty());
+    let mine: BTreeSet<IpAddr> = d.placed.iter().map(|c| c.addr).collect();
+    let expected: BTreeSet<IpAddr> = d
+        .plans
+        .iter()
+        .filter(|p| crate::services::eligibility::placed_on(p.addr, &p.eligible, &live) == Some(ME))
+        .map(|p| p.addr)
+        .collect();
+    assert_eq!(mine, expected);
+    assert!(
+        !mine.is_empty() && mine.len() < 30,
+        "n1 holds {} of 30",
+        mine.len()
+    );
+    // Alone among the living, n1 takes everything; not alive, nothing.
+    w.live = Some([ME.to_string()].into());
+    assert_eq!(
+        w.run(&mut Memory::default(), &BTreeSet::new())
+            .0
+            .placed
+            .len(),
+        30
+    );
+    w.live = Some(["n2".to_string()].into());
+    assert!(w
+        .run(&mut Memory::default(), &BTreeSet::new())
+        .0
+        .placed
+        .is_empty());
+    // Without svc_election, addresses any node may announce stay the
+    // Services leader's.
+    w.node = settings(false, false);
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(d.placed.is_empty() && d.leader_claims.len() == 30);
 }
 
 type StatusWrite = (Option<Ingress>, Vec<(&'static str, Condition)>);

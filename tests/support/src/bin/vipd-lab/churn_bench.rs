@@ -39,6 +39,7 @@ pub async fn run(vipd: PathBuf, total: usize, wave: usize) -> Result<()> {
         ("svc_namespace", &ns),
         ("svc_pool_configmap", &pools),
         ("svc_election", "true"),
+        ("svc_placement", "false"),
         ("vip_loglevel", "info"),
     ];
     let nodes = vipd_nodes(

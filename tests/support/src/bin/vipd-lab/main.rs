@@ -25,6 +25,7 @@ mod outage_bench;
 mod pods_bench;
 mod raft_bench;
 mod services_bench;
+mod writes_bench;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -134,6 +135,16 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         wave: usize,
     },
+    /// Lease writes in steady state with svc_election (counted by the API
+    /// server), a Lease per address against placement (svc_placement);
+    /// then an announcer's death.
+    Writes {
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Seconds the writes are counted over.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
 }
 
 fn main() {
@@ -186,6 +197,13 @@ fn main() {
         Cmd::Bench {
             what: Bench::Churn { services, wave },
         } => run_interruptible(churn_bench::run(vipd, services, wave)),
+        Cmd::Bench {
+            what: Bench::Writes { services, seconds },
+        } => run_interruptible(writes_bench::run(
+            vipd,
+            services,
+            Duration::from_secs(seconds),
+        )),
         Cmd::Bench {
             what:
                 Bench::Raft {

@@ -1,0 +1,287 @@
+//! Placement (`svc_placement`): Service addresses that need a node of their
+//! own (`svc_election`, or addresses only some nodes may announce) are
+//! placed by rendezvous hashing over the live eligible nodes, instead of
+//! one Lease per address. Each vipd renews one Lease of its own, its
+//! liveness (`vipd-node-<node>`), at most once a second: steady-state API
+//! writes grow with nodes, not Services (a thousand per-address Leases
+//! renewed every retry period are two thousand writes a second).
+//!
+//! Every node computes the same placement from the same liveness Leases.
+//! Safety does not rest on that agreement:
+//! - fencing: a node holds its placed addresses only under its own
+//!   liveness Lease, exactly as an elected holder does (the claims lapse
+//!   at the renew deadline unless renewed; holding on API loss as for any
+//!   Lease);
+//! - a node adds a newly placed address only once no other host answers
+//!   for it (ARP probe / DAD, `vips::probe`): during a handover the old
+//!   node, which sees the same change, withdraws first;
+//! - liveness is judged only on a fresh view: while this node does not see
+//!   its own renewals come back through its watch (API server or watch
+//!   down), nobody is declared dead and the last live set stays.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::LeaseTiming;
+use crate::election::record::{self, Observation, View};
+use crate::election::{Leadership, LeaseElection};
+use crate::vips::{Claim, Source, VipHandle};
+
+/// Label on liveness Leases.
+pub const LIVENESS_LABEL: &str = "vipd.dev/liveness";
+
+/// A node's liveness Lease.
+pub fn lease_name(node: &str) -> String {
+    format!("vipd-node-{node}")
+}
+
+/// Liveness renewals: at most one a second, whatever `vip_retryperiod`.
+pub fn liveness_timing(t: LeaseTiming) -> LeaseTiming {
+    LeaseTiming {
+        retry_period: t.retry_period.max(Duration::from_secs(1)),
+        ..t
+    }
+}
+
+/// Every node's liveness Lease as this node saw it (pure).
+#[derive(Debug, Default)]
+pub struct Liveness {
+    seen: BTreeMap<String, Observation>,
+    /// The last live set judged on a fresh view (None: never judged).
+    last_live: Option<BTreeSet<String>>,
+}
+
+impl Liveness {
+    /// Records the Leases now in the cache.
+    pub fn update(&mut self, leases: &[Arc<Lease>], now: Instant) {
+        let mut next = BTreeMap::new();
+        for l in leases {
+            let Some(name) = l.metadata.name.clone() else {
+                continue;
+            };
+            let obs = Observation::update(self.seen.get(&name), Some((**l).clone()), now);
+            next.insert(name, obs);
+        }
+        self.seen = next;
+    }
+
+    /// The nodes alive now: holders of a liveness Lease not expired in
+    /// this node's view (`me` counts while `me_alive`). Judged only while
+    /// this node sees its own renewals arrive (within `duration`);
+    /// otherwise the last live set stands, so a broken watch never makes
+    /// this node take every address. Never judged yet (its own Lease not
+    /// seen yet): nobody, so nothing is placed here before the view is
+    /// complete.
+    pub fn live(
+        &mut self,
+        me: &str,
+        me_alive: bool,
+        now: Instant,
+        duration: Duration,
+    ) -> BTreeSet<String> {
+        let fresh = self
+            .seen
+            .get(&lease_name(me))
+            .is_some_and(|o| now < o.observed_at + duration);
+        if fresh {
+            self.last_live = Some(
+                self.seen
+                    .values()
+                    .filter_map(|o| match record::view(o, "", now, duration) {
+                        View::Theirs { holder, .. } => Some(holder),
+                        _ => None,
+                    })
+                    .collect(),
+            );
+        }
+        let Some(mut live) = self.last_live.clone() else {
+            return BTreeSet::new();
+        };
+        if me_alive {
+            live.insert(me.to_string());
+        } else {
+            live.remove(me);
+        }
+        live
+    }
+}
+
+/// This node's liveness, shared with its Lease's election.
+#[derive(Debug, Default)]
+struct Alive {
+    /// Some while the liveness Lease is held: how long claims may last.
+    hold_until: Option<Instant>,
+    /// Holding without a renewed Lease (the API server out of reach).
+    unconfirmed: bool,
+    /// Counts the terms: claims made in an earlier one were withdrawn.
+    term: u64,
+}
+
+type SharedAlive = Arc<Mutex<Alive>>;
+
+struct LivenessLeadership {
+    alive: SharedAlive,
+    vips: VipHandle,
+    notify: mpsc::UnboundedSender<()>,
+}
+
+impl Leadership for LivenessLeadership {
+    async fn started(&mut self, hold_until: Instant) {
+        {
+            let mut a = self.alive.lock().expect("not poisoned");
+            *a = Alive {
+                hold_until: Some(hold_until),
+                unconfirmed: false,
+                term: a.term + 1,
+            };
+        }
+        let _ = self.notify.send(());
+    }
+
+    fn renewed(&mut self, hold_until: Instant) {
+        let mut a = self.alive.lock().expect("not poisoned");
+        a.hold_until = Some(hold_until);
+        a.unconfirmed = false;
+        drop(a);
+        self.vips.extend(Source::ServicesPlaced, hold_until);
+    }
+
+    fn holding(&mut self, hold_until: Instant) {
+        let mut a = self.alive.lock().expect("not poisoned");
+        a.hold_until = Some(hold_until);
+        a.unconfirmed = true;
+        drop(a);
+        self.vips
+            .hold_unconfirmed(Source::ServicesPlaced, hold_until);
+    }
+
+    async fn stopped(&mut self) {
+        {
+            let mut a = self.alive.lock().expect("not poisoned");
+            a.hold_until = None;
+            a.unconfirmed = false;
+        }
+        self.vips.release(Source::ServicesPlaced).await;
+        let _ = self.notify.send(());
+    }
+}
+
+/// This node's side of placement: its liveness Lease and the claims of the
+/// addresses placed on it.
+pub struct Placement {
+    me: String,
+    timing: LeaseTiming,
+    vips: VipHandle,
+    alive: SharedAlive,
+    liveness: Liveness,
+    placed: Vec<Claim>,
+    /// The liveness term `placed` was claimed in.
+    placed_term: u64,
+    task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Placement {
+    /// Starts renewing this node's liveness Lease in `namespace`;
+    /// `notify` is told when this node becomes or stops being alive.
+    pub fn start(
+        client: Client,
+        namespace: &str,
+        me: &str,
+        timing: LeaseTiming,
+        vips: VipHandle,
+        notify: mpsc::UnboundedSender<()>,
+    ) -> Placement {
+        let timing = liveness_timing(timing);
+        let alive = SharedAlive::default();
+        let election = LeaseElection {
+            api: Api::<Lease>::namespaced(client, namespace),
+            name: lease_name(me),
+            me: me.to_string(),
+            timing,
+            acquire_delay: Duration::ZERO,
+            labels: [(LIVENESS_LABEL.to_string(), String::new())].into(),
+        };
+        let leadership = LivenessLeadership {
+            alive: alive.clone(),
+            vips: vips.clone(),
+            notify,
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(election.run(leadership, stop_rx));
+        Placement {
+            me: me.to_string(),
+            timing,
+            vips,
+            alive,
+            liveness: Liveness::default(),
+            placed: Vec::new(),
+            placed_term: 0,
+            task,
+            stop,
+        }
+    }
+
+    /// The live nodes, from the liveness Leases in the cache.
+    pub fn live(&mut self, leases: &[Arc<Lease>], now: Instant) -> BTreeSet<String> {
+        self.liveness.update(leases, now);
+        let me_alive = self.hold_until().is_some();
+        self.liveness
+            .live(&self.me, me_alive, now, self.timing.lease_duration)
+    }
+
+    fn hold_until(&self) -> Option<Instant> {
+        self.alive.lock().expect("not poisoned").hold_until
+    }
+
+    /// Holds exactly `claims` (the addresses placed here), under this
+    /// node's liveness; new ones only once nobody else answers for them.
+    /// Returns the addresses claimed.
+    pub async fn set(&mut self, mut claims: Vec<Claim>) -> Vec<Claim> {
+        let (hold_until, unconfirmed, term) = {
+            let a = self.alive.lock().expect("not poisoned");
+            (a.hold_until, a.unconfirmed, a.term)
+        };
+        let Some(hold_until) = hold_until else {
+            if !self.placed.is_empty() {
+                self.vips.release(Source::ServicesPlaced).await;
+                self.placed.clear();
+            }
+            return Vec::new();
+        };
+        claims.sort_by_key(|c| c.addr);
+        if claims != self.placed || term != self.placed_term {
+            self.vips
+                .claim(
+                    Source::ServicesPlaced,
+                    claims.clone(),
+                    Some(hold_until),
+                    true,
+                )
+                .await;
+            if unconfirmed {
+                self.vips
+                    .hold_unconfirmed(Source::ServicesPlaced, hold_until);
+            }
+            self.placed = claims;
+            self.placed_term = term;
+        }
+        self.placed.clone()
+    }
+
+    /// Stops renewing; a graceful stop releases the liveness Lease (after
+    /// withdrawing every placed address), so the others take over at once.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+use super::*;
+use crate::services::eligibility::{placed_on, Eligible};
+use k8s_openapi::api::coordination::v1::LeaseSpec;
+use std::net::IpAddr;
+
+const D: Duration = Duration::from_secs(4);
+
+fn lease(node: &str, holder: &str, rv: &str) -> Arc<Lease> {
+    let mut l = Lease::default();
+    l.metadata.name = Some(lease_name(node));
+    l.metadata.resource_version = Some(rv.into());
+    l.spec = Some(LeaseSpec {
+        holder_identity: Some(holder.into()),
+        lease_duration_seconds: Some(4),
+        ..Default::default()
+    });
+    Arc::new(l)
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn a_node_that_stops_renewing_is_dead_one_lease_duration_after_its_last_renewal_was_seen() {
+    let t0 = Instant::now();
+    let mut l = Liveness::default();
+    l.update(
+        &[
+            lease("n1", "n1", "1"),
+            lease("n2", "n2", "1"),
+            lease("n3", "n3", "1"),
+        ],
+        t0,
+    );
+    assert_eq!(l.live("n1", true, t0, D), set(&["n1", "n2", "n3"]));
+    // n1 and n2 renew; n3 does not.
+    let t1 = t0 + Duration::from_secs(3);
+    l.update(
+        &[
+            lease("n1", "n1", "2"),
+            lease("n2", "n2", "2"),
+            lease("n3", "n3", "1"),
+        ],
+        t1,
+    );
+    assert_eq!(l.live("n1", true, t1, D), set(&["n1", "n2", "n3"]));
+    let t2 = t0 + D;
+    assert_eq!(l.live("n1", true, t2, D), set(&["n1", "n2"]));
+}
+
+#[test]
+fn a_released_liveness_lease_is_dead_at_once() {
+    let t0 = Instant::now();
+    let mut l = Liveness::default();
+    l.update(&[lease("n1", "n1", "1"), lease("n2", "n2", "1")], t0);
+    l.update(
+        &[lease("n1", "n1", "1"), lease("n2", "", "2")],
+        t0 + Duration::from_millis(100),
+    );
+    assert_eq!(
+        l.live("n1", true, t0 + Duration::from_millis(100), D),
+        set(&["n1"])
+    );
+}
+
+#[test]
+fn nobody_is_declared_dead_while_this_node_does_not_see_its_own_renewals() {
+    let t0 = Instant::now();
+    let mut l = Liveness::default();
+    l.update(&[lease("n1", "n1", "1"), lease("n2", "n2", "1")], t0);
+    assert_eq!(l.live("n1", true, t0, D), set(&["n1", "n2"]));
+    // The watch stalls: nothing changes for 10 s, n1's own renewals
+    // included. n2 is not declared dead, n1 still counts while it holds
+    // its own Lease (holding on API loss).
+    let later = t0 + Duration::from_secs(10);
+    assert_eq!(l.live("n1", true, later, D), set(&["n1", "n2"]));
+    // Not alive itself: it places nothing on itself.
+    assert_eq!(l.live("n1", false, later, D), set(&["n2"]));
+    // Its renewals come back: the view is fresh again, n2 is judged.
+    l.update(&[lease("n1", "n1", "9"), lease("n2", "n2", "1")], later);
+    assert_eq!(l.live("n1", true, later, D), set(&["n1"]));
+}
+
+#[test]
+fn placement_is_the_same_everywhere_moves_only_a_dead_nodes_addresses_and_spreads_them() {
+    let all = set(&["n1", "n2", "n3"]);
+    let addrs: Vec<IpAddr> = (1..=300)
+        .map(|i| format!("2001:db8:100::{i:x}").parse().unwrap())
+        .collect();
+    let before: Vec<&str> = addrs
+        .iter()
+        .map(|a| placed_on(*a, &Eligible::Any, &all).unwrap())
+        .collect();
+    // Spread: each node gets a fair share.
+    for n in ["n1", "n2", "n3"] {
+        let c = before.iter().filter(|p| **p == n).count();
+        assert!((60..=140).contains(&c), "{n} got {c} of 300");
+    }
+    // n2 dies: only its addresses move, to both survivors.
+    let survivors = set(&["n1", "n3"]);
+    let mut moved_to = BTreeSet::new();
+    for (a, b) in addrs.iter().zip(&before) {
+        let after = placed_on(*a, &Eligible::Any, &survivors).unwrap();
+        if *b != "n2" {
+            assert_eq!(after, *b, "{a} moved though its node lives");
+        } else {
+            moved_to.insert(after);
+        }
+    }
+    assert_eq!(moved_to, BTreeSet::from(["n1", "n3"]));
+    // Eligibility narrows the candidates; no live eligible node: nobody.
+    let only = Eligible::Only(set(&["n3"]));
+    assert_eq!(placed_on(addrs[0], &only, &all), Some("n3"));
+    assert_eq!(
+        placed_on(addrs[0], &Eligible::Only(set(&["n9"])), &all),
+        None
+    );
+}
+
+#[test]
+fn liveness_renews_at_most_once_a_second() {
+    let t = liveness_timing(LeaseTiming::DEFAULT);
+    assert_eq!(t.retry_period, Duration::from_secs(1));
+    assert_eq!(t.lease_duration, LeaseTiming::DEFAULT.lease_duration);
+    let slow = LeaseTiming {
+        retry_period: Duration::from_secs(2),
+        ..LeaseTiming::DEFAULT
+    };
+    assert_eq!(liveness_timing(slow).retry_period, Duration::from_secs(2));
+}
+
+#[test]
+fn nothing_is_placed_here_before_this_nodes_own_lease_is_seen() {
+    let t0 = Instant::now();
+    let mut l = Liveness::default();
+    // n1 just took its liveness Lease; its watch shows only the others.
+    l.update(&[lease("n2", "n2", "1"), lease("n3", "n3", "1")], t0);
+    assert!(l.live("n1", true, t0, D).is_empty());
+    l.update(
+        &[
+            lease("n1", "n1", "1"),
+            lease("n2", "n2", "1"),
+            lease("n3", "n3", "1"),
+        ],
+        t0,
+    );
+    assert_eq!(l.live("n1", true, t0, D), set(&["n1", "n2", "n3"]));
+}
