@@ -90,6 +90,7 @@ pub const SETTINGS: &[Setting] = &[
     b("svc_placement", "servicesPlacement", "addresses that need a node of their own (svc_election, K3s ServiceLB labels, externalTrafficPolicy Local) are placed on live nodes by rendezvous hashing, each node renewing one liveness Lease instead of one Lease per address: API writes grow with nodes, not Services (vipd; false: a Lease per address, which at a thousand Services the API server cannot keep up with)").or("true"),
     s("svc_namespace", "serviceNamespace", "serve Services of this namespace only (default: all)"),
     s("svc_leasename", "servicesLeaseName", "Lease of the Services leader").or(SVC_LEASE),
+    s("svc_liveness_lease", "servicesLivenessLease", "with svc_placement: how long a node's liveness Lease lasts (a dead node's addresses move this long after its last renewal); renewed every half of it, at least 1 s apart (vipd)").or("4s"),
     b("lb_class_only", "lbClassOnly", "serve only Services whose loadBalancerClass is lb_class_name"),
     s("lb_class_name", "lbClassName", "loadBalancerClass vipd serves").or("kube-vip.io/kube-vip-class"),
     s("svc_pool_configmap", "poolConfigMap", "ConfigMap of IP pools, NAMESPACE/NAME").or(POOLS_CONFIGMAP),

@@ -231,6 +231,32 @@ fn services_settings() {
     assert_eq!(s.class_name, "kube-vip.io/kube-vip-class");
     assert!(!s.class_only && !s.per_address_election && s.namespace.is_none());
     assert!(c.control_plane.is_none());
+    // Placement by default: a liveness Lease of 4 s renewed every 2 s
+    // (half a write a second per node), given up after 3 s.
+    assert!(s.placement);
+    assert_eq!(s.liveness.lease_duration, Duration::from_secs(4));
+    assert_eq!(s.liveness.retry_period, Duration::from_secs(2));
+    assert_eq!(s.liveness.renew_deadline, Duration::from_secs(3));
+    let l = layers(&[
+        ("vip_arp", "true"),
+        ("svc_enable", "true"),
+        ("svc_liveness_lease", "6"),
+        ("svc_placement", "false"),
+    ]);
+    let s = Config::from_layers(&l, "h").unwrap().services.unwrap();
+    assert!(!s.placement);
+    assert_eq!(
+        (
+            s.liveness.lease_duration,
+            s.liveness.renew_deadline,
+            s.liveness.retry_period
+        ),
+        (
+            Duration::from_secs(6),
+            Duration::from_millis(4500),
+            Duration::from_secs(3)
+        )
+    );
 
     let l = layers(&[
         ("vip_arp", "true"),
@@ -253,6 +279,9 @@ fn services_settings() {
         ("svc_namespace", "Web"),
         ("svc_pool_configmap", "a/b/c"),
         ("svc_leasename", "X"),
+        ("svc_liveness_lease", "1s"),
+        ("svc_liveness_lease", "2500ms"),
+        ("svc_placement", "sometimes"),
     ] {
         let l = layers(&[("vip_arp", "true"), ("svc_enable", "true"), (k, v)]);
         let e = Config::from_layers(&l, "h").unwrap_err().to_string();

@@ -115,6 +115,8 @@ pub struct ServicesConfig {
     /// live nodes (`svc_placement`), each node renewing one liveness Lease,
     /// instead of one Lease per address.
     pub placement: bool,
+    /// The liveness Lease's timing with placement (`svc_liveness_lease`).
+    pub liveness: LeaseTiming,
     /// The Services leader's Lease (`svc_leasename` in `cp_namespace`);
     /// per-address Leases live in the same namespace.
     pub lease: LeaseConfig,

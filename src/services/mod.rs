@@ -118,7 +118,7 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
             ctx.election_client.clone(),
             &ctx.config.lease.namespace,
             &ctx.me,
-            ctx.config.lease.timing,
+            ctx.config.liveness,
             ctx.vips.clone(),
             addr_tx,
         )

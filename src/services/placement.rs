@@ -41,14 +41,6 @@ pub fn lease_name(node: &str) -> String {
     format!("vipd-node-{node}")
 }
 
-/// Liveness renewals: at most one a second, whatever `vip_retryperiod`.
-pub fn liveness_timing(t: LeaseTiming) -> LeaseTiming {
-    LeaseTiming {
-        retry_period: t.retry_period.max(Duration::from_secs(1)),
-        ..t
-    }
-}
-
 /// Every node's liveness Lease as this node saw it (pure).
 #[derive(Debug, Default)]
 pub struct Liveness {
@@ -188,8 +180,9 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// Starts renewing this node's liveness Lease in `namespace`;
-    /// `notify` is told when this node becomes or stops being alive.
+    /// Starts renewing this node's liveness Lease in `namespace` with
+    /// `timing` (`svc_liveness_lease`); `notify` is told when this node
+    /// becomes or stops being alive.
     pub fn start(
         client: Client,
         namespace: &str,
@@ -198,7 +191,6 @@ impl Placement {
         vips: VipHandle,
         notify: mpsc::UnboundedSender<()>,
     ) -> Placement {
-        let timing = liveness_timing(timing);
         let alive = SharedAlive::default();
         let election = LeaseElection {
             api: Api::<Lease>::namespaced(client, namespace),

@@ -119,18 +119,6 @@ fn placement_is_the_same_everywhere_moves_only_a_dead_nodes_addresses_and_spread
 }
 
 #[test]
-fn liveness_renews_at_most_once_a_second() {
-    let t = liveness_timing(LeaseTiming::DEFAULT);
-    assert_eq!(t.retry_period, Duration::from_secs(1));
-    assert_eq!(t.lease_duration, LeaseTiming::DEFAULT.lease_duration);
-    let slow = LeaseTiming {
-        retry_period: Duration::from_secs(2),
-        ..LeaseTiming::DEFAULT
-    };
-    assert_eq!(liveness_timing(slow).retry_period, Duration::from_secs(2));
-}
-
-#[test]
 fn nothing_is_placed_here_before_this_nodes_own_lease_is_seen() {
     let t0 = Instant::now();
     let mut l = Liveness::default();

@@ -144,6 +144,9 @@ enum Bench {
         /// Seconds the writes are counted over.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// Which modes, in order: placement, lease (comma separated).
+        #[arg(long, default_value = "placement,lease")]
+        modes: String,
     },
 }
 
@@ -198,11 +201,17 @@ fn main() {
             what: Bench::Churn { services, wave },
         } => run_interruptible(churn_bench::run(vipd, services, wave)),
         Cmd::Bench {
-            what: Bench::Writes { services, seconds },
+            what:
+                Bench::Writes {
+                    services,
+                    seconds,
+                    modes,
+                },
         } => run_interruptible(writes_bench::run(
             vipd,
             services,
             Duration::from_secs(seconds),
+            modes,
         )),
         Cmd::Bench {
             what:

@@ -67,7 +67,7 @@ fn svc(name: &str) -> Service {
     .expect("service")
 }
 
-pub async fn run(vipd: PathBuf, services: usize, window: Duration) -> Result<()> {
+pub async fn run(vipd: PathBuf, services: usize, window: Duration, modes: String) -> Result<()> {
     if services == 0 || services > 8000 {
         bail!("--services must be 1 to 8000");
     }
@@ -75,9 +75,13 @@ pub async fn run(vipd: PathBuf, services: usize, window: Duration) -> Result<()>
     println!("| mode | Lease writes/s (cluster) | per node | Leases | takeover after SIGKILL of an announcer (kernels) | addresses on two nodes at once (max in a 20 ms sample) | RSS per node, MiB (anon + file) |");
     println!("|---|---|---|---|---|---|---|");
     for (mode, placement) in [
-        ("a Lease per address", false),
         ("placement (svc_placement)", true),
+        ("a Lease per address", false),
     ] {
+        let key = if placement { "placement" } else { "lease" };
+        if !modes.split(',').any(|m| m.trim() == key) {
+            continue;
+        }
         let row = one(&vipd, services, window, placement).await?;
         println!("| {mode} | {row} |");
     }
