@@ -31,7 +31,7 @@ fn svc(name: &str, v6: bool) -> Service {
     let families = if v6 { json!(["IPv6"]) } else { json!(["IPv4"]) };
     serde_json::from_value(json!({
         "metadata": { "name": name },
-        "spec": { "type": "LoadBalancer", "ipFamilies": families, "ipFamilyPolicy": "SingleStack",
+        "spec": { "type": "LoadBalancer", "ipFamilies": families, "ipFamilyPolicy": "SingleStack", "allocateLoadBalancerNodePorts": false,
                   "ports": [{ "port": 80, "protocol": "TCP" }] }
     }))
     .expect("service")

@@ -61,7 +61,7 @@ fn writes(m: &BTreeMap<String, f64>) -> f64 {
 fn svc(name: &str) -> Service {
     serde_json::from_value(json!({
         "metadata": { "name": name },
-        "spec": { "type": "LoadBalancer", "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack",
+        "spec": { "type": "LoadBalancer", "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack", "allocateLoadBalancerNodePorts": false,
                   "ports": [{ "port": 80, "protocol": "TCP" }] }
     }))
     .expect("service")
