@@ -122,19 +122,30 @@ impl LeaseElection {
                 *obs = Some(Observation::update(obs.as_ref(), Some(l), Instant::now()));
                 Ok(started)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                let fresh = timeout(t, self.api.get_opt(&self.name))
-                    .await
-                    .map_err(RenewError::Failed)?;
-                let holder = fresh.as_ref().and_then(record::holder).map(String::from);
-                *obs = Some(Observation::update(obs.as_ref(), fresh, Instant::now()));
-                if holder.as_deref() == Some(self.me.as_str()) {
-                    Err(RenewError::Failed(kube::Error::Api(s)))
-                } else {
-                    Err(RenewError::Lost(holder))
-                }
-            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(self.after_conflict(obs, t, s).await),
             Err(e) => Err(RenewError::Failed(e)),
+        }
+    }
+
+    /// Someone else wrote the Lease first (409): re-read it. Still this
+    /// node's: a failed attempt (renew from the fresh copy next tick);
+    /// anyone else's or nobody's: lost.
+    async fn after_conflict(
+        &self,
+        obs: &mut Option<Observation>,
+        t: Duration,
+        status: Box<kube::core::Status>,
+    ) -> RenewError {
+        let fresh = match timeout(t, self.api.get_opt(&self.name)).await {
+            Ok(f) => f,
+            Err(e) => return RenewError::Failed(e),
+        };
+        let holder = fresh.as_ref().and_then(record::holder).map(String::from);
+        *obs = Some(Observation::update(obs.as_ref(), fresh, Instant::now()));
+        if holder.as_deref() == Some(self.me.as_str()) {
+            RenewError::Failed(kube::Error::Api(status))
+        } else {
+            RenewError::Lost(holder)
         }
     }
 
@@ -178,19 +189,8 @@ impl LeaseElection {
                 *obs = Some(Observation::update(obs.as_ref(), Some(l), Instant::now()));
                 Ok(started)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                // Our copy is stale: re-read. Still ours: renew from it next tick.
-                let fresh = timeout(t, self.api.get_opt(&self.name))
-                    .await
-                    .map_err(RenewError::Failed)?;
-                let holder = fresh.as_ref().and_then(record::holder).map(String::from);
-                *obs = Some(Observation::update(obs.as_ref(), fresh, Instant::now()));
-                if holder.as_deref() == Some(self.me.as_str()) {
-                    Err(RenewError::Failed(kube::Error::Api(s)))
-                } else {
-                    Err(RenewError::Lost(holder))
-                }
-            }
+            // Our copy is stale: re-read. Still ours: renew from it next tick.
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(self.after_conflict(obs, t, s).await),
             // Deleted under us (the watch missed it): create it again.
             Err(kube::Error::Api(s)) if s.code == 404 => self.recreate(obs, t, started).await,
             Err(e) => Err(RenewError::Failed(e)),
