@@ -493,3 +493,54 @@ impl ArpProber {
         None
     }
 }
+
+/// What every node's kernel showed while a node's addresses moved.
+#[derive(Debug, Clone, Copy)]
+pub struct Takeover {
+    /// From `since` until the other nodes held every address.
+    pub took: Option<Duration>,
+    /// The most addresses on two nodes at once in one sample.
+    pub most_doubled: usize,
+    pub samples: usize,
+}
+
+/// Reads every kernel every 20 ms from now until the nodes other than
+/// `dead` hold every one of `addrs` (or `limit` after `since` passed):
+/// how long that took from `since`, and how many addresses were ever on
+/// two nodes in one sample.
+pub async fn takeover_in_kernels(
+    kernels: &[NodeKernel],
+    addrs: &std::collections::BTreeSet<IpAddr>,
+    dead: &str,
+    since: Instant,
+    limit: Duration,
+) -> Takeover {
+    let mut t = Takeover {
+        took: None,
+        most_doubled: 0,
+        samples: 0,
+    };
+    while since.elapsed() < limit {
+        // Per address: on how many nodes, and on a node other than `dead`.
+        let mut seen: std::collections::BTreeMap<IpAddr, (usize, bool)> = Default::default();
+        for k in kernels {
+            for (a, _) in k.addresses().await {
+                if addrs.contains(&a) {
+                    let e = seen.entry(a).or_default();
+                    e.0 += 1;
+                    e.1 |= k.name != dead;
+                }
+            }
+        }
+        t.samples += 1;
+        t.most_doubled = t
+            .most_doubled
+            .max(seen.values().filter(|(n, _)| *n > 1).count());
+        if seen.values().filter(|(_, other)| *other).count() == addrs.len() {
+            t.took = Some(since.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t
+}

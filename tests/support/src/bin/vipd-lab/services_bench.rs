@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use vipd_testkit::apiserver::env;
 use vipd_testkit::failover::{grant_roles, median_worst, vipd_nodes};
 use vipd_testkit::netns::ip;
-use vipd_testkit::probe::{ArpProber, NodeKernel};
+use vipd_testkit::probe::{takeover_in_kernels, ArpProber, NodeKernel};
 
 fn pct(mut v: Vec<Duration>, p: f64) -> f64 {
     v.sort();
@@ -317,35 +317,12 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
     // every address, and how many were on two nodes at once.
     let kernels: Vec<NodeKernel> = nodes.iter().map(|n| NodeKernel::open(&n.host)).collect();
     let wanted: std::collections::BTreeSet<IpAddr> = addrs.iter().copied().collect();
-    let dead_name = leader.clone();
-    // Samples: (when, addresses the survivors hold, addresses on two nodes).
-    let sampler = tokio::spawn(async move {
-        let started = Instant::now();
-        let mut out: Vec<(Instant, usize, usize)> = Vec::new();
-        while started.elapsed() < Duration::from_secs(30) {
-            let at = Instant::now();
-            let mut count: std::collections::BTreeMap<IpAddr, (usize, bool)> = Default::default();
-            for k in &kernels {
-                for (a, _) in k.addresses().await {
-                    if wanted.contains(&a) {
-                        let e = count.entry(a).or_default();
-                        e.0 += 1;
-                        e.1 |= k.name != dead_name;
-                    }
-                }
-            }
-            let live = count.values().filter(|(_, live)| *live).count();
-            let doubled = count.values().filter(|(n, _)| *n > 1).count();
-            out.push((at, live, doubled));
-            if live == wanted.len() && out.iter().filter(|s| s.1 == live).count() > 50 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        out
-    });
     let t0 = Instant::now();
     nodes[i].kill();
+    let dead = leader.clone();
+    let sampler = tokio::spawn(async move {
+        takeover_in_kernels(&kernels, &wanted, &dead, t0, Duration::from_secs(30)).await
+    });
     let mut first_all = None;
     while t0.elapsed() < Duration::from_secs(120) {
         if answering(&addrs, Some(&leader)).await == addrs.len() {
@@ -361,19 +338,14 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
         ),
         None => bail!("not all addresses moved off {leader} within 120 s"),
     }
-    let samples = sampler.await?;
-    let all_held = samples
-        .iter()
-        .find(|(at, live, _)| *at >= t0 && *live == addrs.len())
-        .map(|(at, _, _)| *at - t0);
-    let most_doubled = samples.iter().map(|s| s.2).max().unwrap_or(0);
-    let before = samples.iter().filter(|(at, _, _)| *at < t0).count();
-    match all_held {
+    let k = sampler.await?;
+    match k.took {
         Some(t) => println!(
-            "In the nodes' kernels (sampled every 20 ms, {} samples, {before} before the kill): the survivors hold all {} {:.2} s after the kill; at most {most_doubled} addresses were on two nodes in one sample (the killed node's guardian removes its copies).",
-            samples.len(),
+            "In the nodes' kernels (sampled every 20 ms, {} samples): the survivors hold all {} {:.2} s after the kill; at most {} addresses were on two nodes in one sample (the killed node's guardian removes its copies).",
+            k.samples,
             addrs.len(),
-            t.as_secs_f64()
+            t.as_secs_f64(),
+            k.most_doubled
         ),
         None => println!("In the nodes' kernels: the survivors did not hold every address within 30 s."),
     }

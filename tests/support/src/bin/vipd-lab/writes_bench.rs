@@ -18,7 +18,7 @@ use kube::Client;
 use serde_json::json;
 use vipd_testkit::apiserver::env;
 use vipd_testkit::failover::{grant_roles, vipd_nodes};
-use vipd_testkit::probe::NodeKernel;
+use vipd_testkit::probe::{takeover_in_kernels, NodeKernel};
 use vipd_testkit::process::{rss_kib, rss_split_kib};
 
 /// The API server's count of Lease requests by verb.
@@ -232,28 +232,9 @@ async fn one(
         .context("victim")?;
     let t0 = Instant::now();
     nodes[i].kill();
-    let mut most_doubled = 0;
-    let took = loop {
-        let mut seen: BTreeMap<IpAddr, (usize, bool)> = BTreeMap::new();
-        for k in &kernels {
-            for (a, _) in k.addresses().await {
-                if addrs.contains(&a) {
-                    let e = seen.entry(a).or_default();
-                    e.0 += 1;
-                    e.1 |= k.name != victim;
-                }
-            }
-        }
-        most_doubled = most_doubled.max(seen.values().filter(|(n, _)| *n > 1).count());
-        if seen.values().filter(|(_, live)| *live).count() == addrs.len() {
-            break Some(t0.elapsed());
-        }
-        if t0.elapsed() > Duration::from_secs(60) {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let took = match took {
+    let k = takeover_in_kernels(&kernels, &addrs, &victim, t0, Duration::from_secs(60)).await;
+    let most_doubled = k.most_doubled;
+    let took = match k.took {
         Some(t) => format!(
             "{:.2} s ({} of its addresses)",
             t.as_secs_f64(),
