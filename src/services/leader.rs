@@ -1,77 +1,108 @@
-//! The Services leader: its election's side (the deadline under which the
-//! leader's addresses are claimed, and their withdrawal when it stops
-//! leading) and the one place that claims them, ordered against stepping
-//! down by one gate.
+//! The Services leader: its election grants the right to hold the leader's
+//! addresses (until a deadline it renews, ended when it stops leading); the
+//! Services pass decides which addresses, and claims them under that grant.
+//! Each writes one thing to the address owner, and a list decided under a
+//! lead that has since ended is refused there, whatever the order.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 use tracing::info;
 
 use crate::election::Leadership;
 use crate::vips::{Claim, Source, VipHandle};
 
-/// The Services leader's state, shared with its election: `hold` is the
-/// leader's deadline; `gate` orders claim updates against stepping down, so
-/// a claim made with an old deadline can never follow a release.
-#[derive(Clone)]
-pub(super) struct LeaderState {
-    pub(super) hold: watch::Sender<Option<Instant>>,
-    pub(super) gate: Arc<Mutex<()>>,
+/// A lead in force: the owner's term for it and how long it lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub(crate) term: u64,
+    pub(crate) hold_until: Instant,
 }
 
-pub(super) struct ServicesLeadership {
-    pub(super) state: LeaderState,
-    pub(super) vips: VipHandle,
+impl Grant {
+    /// The grant of `current`, while not past its deadline.
+    pub(crate) fn in_force(current: Option<Grant>) -> Option<Grant> {
+        current.filter(|g| g.hold_until > Instant::now())
+    }
 }
+
+/// The election's side of a granted source: it tells the owner and the
+/// deciding loop (through `grant`) when the lead starts, is renewed, held
+/// on unconfirmed and ends.
+pub(crate) struct Granting {
+    pub(crate) source: Source,
+    /// Add an address only once no other host answers for it.
+    pub(crate) probe_first: bool,
+    pub(crate) grant: watch::Sender<Option<Grant>>,
+    pub(crate) vips: VipHandle,
+}
+
+impl Granting {
+    pub(crate) async fn started(&mut self, hold_until: Instant) {
+        let term = self
+            .vips
+            .grant(self.source.clone(), hold_until, self.probe_first)
+            .await;
+        self.grant.send_replace(Some(Grant { term, hold_until }));
+    }
+
+    pub(crate) fn renewed(&mut self, hold_until: Instant, confirmed: bool) {
+        self.grant.send_modify(|g| {
+            if let Some(g) = g {
+                g.hold_until = hold_until;
+            }
+        });
+        if confirmed {
+            self.vips.extend(self.source.clone(), hold_until);
+        } else {
+            self.vips.hold_unconfirmed(self.source.clone(), hold_until);
+        }
+    }
+
+    pub(crate) async fn stopped(&mut self) {
+        self.grant.send_replace(None);
+        self.vips.release(self.source.clone()).await;
+    }
+}
+
+/// Claims `claims` under the grant in force (none: nothing is claimed);
+/// returns the addresses claimed.
+pub(crate) async fn claim_under(
+    vips: &VipHandle,
+    source: Source,
+    grant: Option<Grant>,
+    claims: Vec<Claim>,
+) -> Vec<IpAddr> {
+    let Some(g) = Grant::in_force(grant) else {
+        return Vec::new();
+    };
+    let addrs = claims.iter().map(|c| c.addr).collect();
+    if vips.claim_granted(source, g.term, claims).await {
+        addrs
+    } else {
+        Vec::new()
+    }
+}
+
+pub(super) struct ServicesLeadership(pub(super) Granting);
 
 impl Leadership for ServicesLeadership {
     async fn started(&mut self, hold_until: Instant) {
         info!("became the Services leader: allocating and announcing Service addresses");
-        self.state.hold.send_replace(Some(hold_until));
+        self.0.started(hold_until).await;
     }
 
     fn renewed(&mut self, hold_until: Instant) {
-        self.state.hold.send_replace(Some(hold_until));
-        self.vips.extend(Source::ServicesLeader, hold_until);
+        self.0.renewed(hold_until, true);
     }
 
     fn holding(&mut self, hold_until: Instant) {
-        self.state.hold.send_replace(Some(hold_until));
-        self.vips
-            .hold_unconfirmed(Source::ServicesLeader, hold_until);
+        self.0.renewed(hold_until, false);
     }
 
     async fn stopped(&mut self) {
-        let _gate = self.state.gate.lock().await;
-        self.state.hold.send_replace(None);
-        self.vips.release(Source::ServicesLeader).await;
+        self.0.stopped().await;
         info!("no longer the Services leader");
-    }
-}
-
-impl LeaderState {
-    /// The leader's deadline, while leading and not past it.
-    pub(super) fn hold(&self) -> Option<Instant> {
-        self.hold.borrow().filter(|h| *h > Instant::now())
-    }
-
-    /// Claims the leader's addresses under the leader's deadline, or
-    /// withdraws them when not leading; returns the addresses claimed.
-    pub(super) async fn set_claims(&self, vips: &VipHandle, claims: Vec<Claim>) -> Vec<IpAddr> {
-        let _gate = self.gate.lock().await;
-        match self.hold() {
-            Some(hold) => {
-                let addrs = claims.iter().map(|c| c.addr).collect();
-                vips.set(Source::ServicesLeader, claims, Some(hold)).await;
-                addrs
-            }
-            None => {
-                vips.release(Source::ServicesLeader).await;
-                Vec::new()
-            }
-        }
     }
 }

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::{Api, Client, Resource};
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::{ServicesConfig, Subnets};
@@ -55,7 +55,7 @@ use crate::vips::{Source, VipHandle};
 use address_leases::AddressLeases;
 use guard::{Guard, HostFacts, NodeAddresses, PublishedFacts};
 use informers::Informers;
-use leader::{LeaderState, ServicesLeadership};
+use leader::{Grant, Granting, ServicesLeadership};
 use model::{add_ready_nodes, ClassFilter, NodeInfo, ReadyNodes, SvcInfo};
 use pass::{Memory, NodeSettings, Snapshot};
 use placement::Placement;
@@ -90,11 +90,7 @@ pub struct Context {
 /// Runs the controller until `shutdown`.
 pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
     let informers = Informers::start(&ctx.client, &ctx.config, &ctx.instance_namespace);
-    let (hold, hold_rx) = watch::channel(None);
-    let leader = LeaderState {
-        hold,
-        gate: Arc::new(Mutex::new(())),
-    };
+    let (grant, grant_rx) = watch::channel(None);
     let election = LeaseElection {
         api: Api::namespaced(ctx.election_client.clone(), &ctx.config.lease.namespace),
         name: ctx.config.lease.name.clone(),
@@ -141,8 +137,7 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         ctx,
         settings,
         informers,
-        leader: leader.clone(),
-        leader_rx: hold_rx,
+        leader_rx: grant_rx,
         address_leases,
         placement,
         writer,
@@ -160,10 +155,12 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
     info!("Services: waiting for the first lists of Services, EndpointSlices, Nodes and pools");
     c.informers.ready().await;
     info!("Services: caches ready");
-    let leadership = ServicesLeadership {
-        state: leader,
+    let leadership = ServicesLeadership(Granting {
+        source: Source::ServicesLeader,
+        probe_first: false,
+        grant,
         vips: c.ctx.vips.clone(),
-    };
+    });
     let election_task = tokio::spawn(election.run(leadership, shutdown.clone()));
     c.run(addr_rx, shutdown).await;
     let _ = election_task.await;
@@ -173,8 +170,8 @@ struct Controller {
     ctx: Context,
     settings: NodeSettings,
     informers: Informers,
-    leader: LeaderState,
-    leader_rx: watch::Receiver<Option<Instant>>,
+    /// The Services leader's grant, while this node leads.
+    leader_rx: watch::Receiver<Option<Grant>>,
     address_leases: AddressLeases,
     /// With `svc_placement`: this node's liveness and placed addresses.
     placement: Option<Placement>,
@@ -280,8 +277,8 @@ impl Controller {
         )
     }
 
-    fn leader_hold(&self) -> Option<Instant> {
-        self.leader_rx.borrow().filter(|h| *h > Instant::now())
+    fn leader_grant(&self) -> Option<Grant> {
+        Grant::in_force(*self.leader_rx.borrow())
     }
 
     /// Re-reads the pools when the ConfigMap changed; a bad one is reported
@@ -312,7 +309,7 @@ impl Controller {
                     errors.join("; ")
                 );
                 warn!(configmap = ?self.ctx.config.pool_configmap, "{note}");
-                if self.leader_hold().is_some() {
+                if self.leader_grant().is_some() {
                     self.ctx
                         .events
                         .publish(&cm.object_ref(&()), true, "InvalidPoolConfig", note);
@@ -392,7 +389,7 @@ impl Controller {
             ready: &ready,
             pools: &self.pools,
             guard: &guard,
-            leading: self.leader_hold().is_some(),
+            leading: self.leader_grant().is_some(),
             node: &self.settings,
         };
         let decision = pass::decide(&snapshot, &mut self.memory, Instant::now());
@@ -407,16 +404,16 @@ impl Controller {
         } else {
             self.address_leases
                 .set(decision.wants.clone(), &self.informers.address_leases);
+            let grant = *self.leader_rx.borrow();
+            let claims = decision.leader_claims.clone();
             announced.extend(
-                self.leader
-                    .set_claims(&self.ctx.vips, decision.leader_claims.clone())
-                    .await,
+                leader::claim_under(&self.ctx.vips, Source::ServicesLeader, grant, claims).await,
             );
             announced.extend(self.address_leases.leading());
             if let Some(p) = self.placement.as_mut() {
                 announced.extend(p.set(decision.placed.clone()).await.iter().map(|c| c.addr));
             }
-            if self.leader_hold().is_some() && self.gc_at.is_none_or(|t| t.elapsed() > GC_EVERY) {
+            if self.leader_grant().is_some() && self.gc_at.is_none_or(|t| t.elapsed() > GC_EVERY) {
                 self.gc_at = Some(Instant::now());
                 let in_use: BTreeSet<IpAddr> = decision
                     .plans

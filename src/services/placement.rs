@@ -20,7 +20,7 @@
 //!   down), nobody is declared dead and the last live set stays.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -32,6 +32,8 @@ use crate::config::LeaseTiming;
 use crate::election::record::{self, Observation, View};
 use crate::election::{Leadership, LeaseElection};
 use crate::vips::{Claim, Source, VipHandle};
+
+use super::leader::{Grant, Granting};
 
 /// Label on liveness Leases.
 pub const LIVENESS_LABEL: &str = "vipd.dev/liveness";
@@ -104,62 +106,30 @@ impl Liveness {
     }
 }
 
-/// This node's liveness, shared with its Lease's election.
-#[derive(Debug, Default)]
-struct Alive {
-    /// Some while the liveness Lease is held: how long claims may last.
-    hold_until: Option<Instant>,
-    /// Holding without a renewed Lease (the API server out of reach).
-    unconfirmed: bool,
-    /// Counts the terms: claims made in an earlier one were withdrawn.
-    term: u64,
-}
-
-type SharedAlive = Arc<Mutex<Alive>>;
-
+/// The liveness Lease's election: it grants this node the right to hold
+/// its placed addresses, and tells the Services loop when it starts or
+/// stops.
 struct LivenessLeadership {
-    alive: SharedAlive,
-    vips: VipHandle,
+    granting: Granting,
     notify: mpsc::UnboundedSender<()>,
 }
 
 impl Leadership for LivenessLeadership {
     async fn started(&mut self, hold_until: Instant) {
-        {
-            let mut a = self.alive.lock().expect("not poisoned");
-            *a = Alive {
-                hold_until: Some(hold_until),
-                unconfirmed: false,
-                term: a.term + 1,
-            };
-        }
+        self.granting.started(hold_until).await;
         let _ = self.notify.send(());
     }
 
     fn renewed(&mut self, hold_until: Instant) {
-        let mut a = self.alive.lock().expect("not poisoned");
-        a.hold_until = Some(hold_until);
-        a.unconfirmed = false;
-        drop(a);
-        self.vips.extend(Source::ServicesPlaced, hold_until);
+        self.granting.renewed(hold_until, true);
     }
 
     fn holding(&mut self, hold_until: Instant) {
-        let mut a = self.alive.lock().expect("not poisoned");
-        a.hold_until = Some(hold_until);
-        a.unconfirmed = true;
-        drop(a);
-        self.vips
-            .hold_unconfirmed(Source::ServicesPlaced, hold_until);
+        self.granting.renewed(hold_until, false);
     }
 
     async fn stopped(&mut self) {
-        {
-            let mut a = self.alive.lock().expect("not poisoned");
-            a.hold_until = None;
-            a.unconfirmed = false;
-        }
-        self.vips.release(Source::ServicesPlaced).await;
+        self.granting.stopped().await;
         let _ = self.notify.send(());
     }
 }
@@ -170,10 +140,11 @@ pub struct Placement {
     me: String,
     timing: LeaseTiming,
     vips: VipHandle,
-    alive: SharedAlive,
+    /// The liveness Lease's grant, while this node holds it.
+    alive: watch::Receiver<Option<Grant>>,
     liveness: Liveness,
+    /// What was claimed, and under which grant.
     placed: Vec<Claim>,
-    /// The liveness term `placed` was claimed in.
     placed_term: u64,
     task: JoinHandle<()>,
     stop: watch::Sender<bool>,
@@ -191,7 +162,7 @@ impl Placement {
         vips: VipHandle,
         notify: mpsc::UnboundedSender<()>,
     ) -> Placement {
-        let alive = SharedAlive::default();
+        let (grant, alive) = watch::channel(None);
         let election = LeaseElection {
             api: Api::<Lease>::namespaced(client, namespace),
             name: lease_name(me),
@@ -201,8 +172,14 @@ impl Placement {
             labels: [(LIVENESS_LABEL.to_string(), String::new())].into(),
         };
         let leadership = LivenessLeadership {
-            alive: alive.clone(),
-            vips: vips.clone(),
+            granting: Granting {
+                source: Source::ServicesPlaced,
+                // A newly placed address may still be on the node it
+                // comes from: added only once nobody answers for it.
+                probe_first: true,
+                grant,
+                vips: vips.clone(),
+            },
             notify,
         };
         let (stop, stop_rx) = watch::channel(false);
@@ -223,46 +200,28 @@ impl Placement {
     /// The live nodes, from the liveness Leases in the cache.
     pub fn live(&mut self, leases: &[Arc<Lease>], now: Instant) -> BTreeSet<String> {
         self.liveness.update(leases, now);
-        let me_alive = self.hold_until().is_some();
+        let me_alive = self.alive.borrow().is_some();
         self.liveness
             .live(&self.me, me_alive, now, self.timing.lease_duration)
-    }
-
-    fn hold_until(&self) -> Option<Instant> {
-        self.alive.lock().expect("not poisoned").hold_until
     }
 
     /// Holds exactly `claims` (the addresses placed here), under this
     /// node's liveness; new ones only once nobody else answers for them.
     /// Returns the addresses claimed.
     pub async fn set(&mut self, mut claims: Vec<Claim>) -> Vec<Claim> {
-        let (hold_until, unconfirmed, term) = {
-            let a = self.alive.lock().expect("not poisoned");
-            (a.hold_until, a.unconfirmed, a.term)
-        };
-        let Some(hold_until) = hold_until else {
-            if !self.placed.is_empty() {
-                self.vips.release(Source::ServicesPlaced).await;
-                self.placed.clear();
-            }
+        let Some(grant) = *self.alive.borrow() else {
+            // Not alive: the election withdrew them when it stopped.
+            self.placed.clear();
             return Vec::new();
         };
         claims.sort_by_key(|c| c.addr);
-        if claims != self.placed || term != self.placed_term {
-            self.vips
-                .claim(
-                    Source::ServicesPlaced,
-                    claims.clone(),
-                    Some(hold_until),
-                    true,
-                )
+        if claims != self.placed || grant.term != self.placed_term {
+            let taken = self
+                .vips
+                .claim_granted(Source::ServicesPlaced, grant.term, claims.clone())
                 .await;
-            if unconfirmed {
-                self.vips
-                    .hold_unconfirmed(Source::ServicesPlaced, hold_until);
-            }
-            self.placed = claims;
-            self.placed_term = term;
+            self.placed = if taken { claims } else { Vec::new() };
+            self.placed_term = grant.term;
         }
         self.placed.clone()
     }

@@ -171,35 +171,24 @@ impl Collector for StatusCollector {
             &[(vec![], r.not_ready_total)],
         )?;
 
-        let sent = s.vips.stats.sent.load(std::sync::atomic::Ordering::Relaxed);
-        let errors = s
-            .vips
-            .stats
-            .errors
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let counts = s.vips.counts();
         counters(
             &mut enc,
             "vipd_arp_announcements",
             "gratuitous ARPs and unsolicited NAs sent",
-            &[(vec![], sent)],
+            &[(vec![], counts.sent)],
         )?;
         counters(
             &mut enc,
             "vipd_arp_announcement_errors",
             "announcements that could not be sent",
-            &[(vec![], errors)],
+            &[(vec![], counts.errors)],
         )?;
         counters(
             &mut enc,
             "vipd_arp_conflict_probes",
             "ARP probes and DAD solicitations sent for addresses held without a renewed Lease",
-            &[(
-                vec![],
-                s.vips
-                    .stats
-                    .probes
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            )],
+            &[(vec![], counts.probes)],
         )?;
 
         if let Some(svc) = s.services() {

@@ -12,7 +12,6 @@ pub mod server;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -238,9 +237,9 @@ impl Status {
     /// Readiness: every claimed address on its interface and, in BGP mode,
     /// announced with a session established.
     pub fn readiness(&self) -> Readiness {
-        let mut r = self.vips.readiness.lock().expect("not poisoned").clone();
+        let held = self.vips.held().borrow().clone();
+        let mut r = held.readiness.clone();
         if let Some(s) = self.speaker.lock().expect("not poisoned").as_ref() {
-            let held = self.vips.held().borrow().clone();
             let missing = crate::bgp::not_ready(&held, &s.borrow());
             if !missing.is_empty() {
                 r.ready = false;
@@ -253,6 +252,7 @@ impl Status {
     pub fn document(&self) -> StatusDoc {
         let r = self.readiness();
         let held = self.vips.held().borrow().clone();
+        let counts = self.vips.counts();
         StatusDoc {
             node: self.node.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -286,9 +286,9 @@ impl Status {
             yielded_addresses: held.yielded.clone(),
             probing_addresses: held.probing.clone(),
             services: self.services(),
-            announcements_sent: self.vips.stats.sent.load(Ordering::Relaxed),
-            conflict_probes: self.vips.stats.probes.load(Ordering::Relaxed),
-            announcement_errors: self.vips.stats.errors.load(Ordering::Relaxed),
+            announcements_sent: counts.sent,
+            conflict_probes: counts.probes,
+            announcement_errors: counts.errors,
             bgp_peers: self.bgp_peers(),
         }
     }

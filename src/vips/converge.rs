@@ -149,13 +149,13 @@ impl Owner {
     }
 
     /// Publishes what is held now, keeping the refusals of the last converge.
-    pub(super) fn publish(&self, claimed: BTreeMap<IpAddr, Want>) {
+    pub(super) fn publish(&mut self, claimed: BTreeMap<IpAddr, Want>) {
         let refused = self.held.borrow().refused.clone();
         self.publish_with(claimed, refused);
     }
 
     pub(super) fn publish_with(
-        &self,
+        &mut self,
         claimed: BTreeMap<IpAddr, Want>,
         refused: BTreeMap<IpAddr, String>,
     ) {
@@ -193,7 +193,7 @@ impl Owner {
                 .keys()
                 .map(|a| format!("{a} is not added yet: another host may still hold it")),
         );
-        self.readiness.lock().expect("not poisoned").record(missing);
+        self.readiness.record(missing);
         let stray: BTreeSet<IpAddr> = self
             .config
             .watch
@@ -230,6 +230,7 @@ impl Owner {
                 refused,
                 yielded,
                 probing,
+                readiness: self.readiness.clone(),
             };
             if *h != new {
                 *h = new;

@@ -14,6 +14,7 @@
 //!
 //! At start the owner removes every address a previous vipd left behind.
 
+mod claims;
 mod conflict;
 mod converge;
 mod owner;
@@ -25,7 +26,7 @@ mod yielding;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
@@ -82,7 +83,7 @@ pub struct HeldAddr {
 }
 
 /// What the owner holds, published after every change.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Held {
     pub addresses: BTreeMap<IpAddr, HeldAddr>,
     /// Addresses claimed now (whether or not the kernel has them yet).
@@ -100,6 +101,8 @@ pub struct Held {
     /// Claimed addresses not added yet because another host may still hold
     /// them (see `plan::to_probe`), with what was heard.
     pub probing: BTreeMap<IpAddr, String>,
+    /// Whether every claimed address is really here, with every gap on record.
+    pub readiness: Readiness,
 }
 
 /// How the owner works.
@@ -115,11 +118,27 @@ pub struct OwnerConfig {
     pub guardian: bool,
 }
 
-enum Command {
+pub(super) enum Command {
     Set {
         source: Source,
         set: ClaimSet,
         done: oneshot::Sender<()>,
+    },
+    /// An election's grant: `source` may hold addresses until `hold_until`;
+    /// its earlier claims are withdrawn. Answers the term.
+    Grant {
+        source: Source,
+        hold_until: Instant,
+        probe_first: bool,
+        done: oneshot::Sender<u64>,
+    },
+    /// The addresses of a granted source, decided in `term`. Answers
+    /// whether they were taken (false: that term is over).
+    SetGranted {
+        source: Source,
+        term: u64,
+        claims: Vec<Claim>,
+        done: oneshot::Sender<bool>,
     },
     Extend {
         source: Source,
@@ -137,8 +156,16 @@ enum Command {
 pub struct VipHandle {
     tx: mpsc::UnboundedSender<Command>,
     held: watch::Receiver<Held>,
-    pub stats: Arc<AnnounceStats>,
-    pub readiness: Arc<Mutex<Readiness>>,
+    stats: Arc<AnnounceStats>,
+}
+
+/// How many announcements the owner's announcers sent, as of now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnnounceCounts {
+    pub sent: u64,
+    /// Conflict probes sent while holding without a renewed Lease.
+    pub probes: u64,
+    pub errors: u64,
 }
 
 impl VipHandle {
@@ -163,13 +190,51 @@ impl VipHandle {
             hold_until,
             confirmed: true,
             probe_first,
+            term: None,
         };
         if self.tx.send(Command::Set { source, set, done }).is_ok() {
             let _ = wait.await;
         }
     }
 
-    /// Withdraws every claim of `source`; returns once removed.
+    /// An election grants `source` the right to hold addresses until
+    /// `hold_until` (renewed with [`VipHandle::extend`], ended with
+    /// [`VipHandle::release`]); whatever it held before is withdrawn. The
+    /// addresses themselves come from [`VipHandle::claim_granted`], so the
+    /// election and the code deciding the addresses each write one thing.
+    /// Returns the term the addresses must be claimed in.
+    pub async fn grant(&self, source: Source, hold_until: Instant, probe_first: bool) -> u64 {
+        let (done, wait) = oneshot::channel();
+        let cmd = Command::Grant {
+            source,
+            hold_until,
+            probe_first,
+            done,
+        };
+        if self.tx.send(cmd).is_ok() {
+            if let Ok(term) = wait.await {
+                return term;
+            }
+        }
+        0
+    }
+
+    /// Holds exactly `claims` for `source` under its grant of `term`;
+    /// returns false, holding nothing new, when that grant has ended (the
+    /// lead was lost, or lost and won again, since the list was decided).
+    /// Returns once the kernel has converged.
+    pub async fn claim_granted(&self, source: Source, term: u64, claims: Vec<Claim>) -> bool {
+        let (done, wait) = oneshot::channel();
+        let cmd = Command::SetGranted {
+            source,
+            term,
+            claims,
+            done,
+        };
+        self.tx.send(cmd).is_ok() && wait.await.unwrap_or(false)
+    }
+
+    /// Withdraws every claim of `source` (and its grant); returns once removed.
     pub async fn release(&self, source: Source) {
         self.set(source, Vec::new(), None).await
     }
@@ -201,8 +266,18 @@ impl VipHandle {
         }
     }
 
+    /// What the node holds, its readiness included, after every change.
     pub fn held(&self) -> watch::Receiver<Held> {
         self.held.clone()
+    }
+
+    /// The announcers' counters.
+    pub fn counts(&self) -> AnnounceCounts {
+        AnnounceCounts {
+            sent: self.stats.sent.load(Ordering::Relaxed),
+            probes: self.stats.probes.load(Ordering::Relaxed),
+            errors: self.stats.errors.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -210,7 +285,6 @@ impl VipHandle {
 pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, NetlinkError> {
     let events = kernel_events()?;
     let stats = Arc::new(AnnounceStats::default());
-    let readiness = Arc::new(Mutex::new(Readiness::new()));
     let (tx, rx) = mpsc::unbounded_channel();
     let (conflict_tx, conflict_rx) = mpsc::unbounded_channel();
     let (probe_tx, probe_rx) = mpsc::unbounded_channel();
@@ -240,7 +314,8 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         since: HashMap::new(),
         stats: stats.clone(),
         held: held_tx,
-        readiness: readiness.clone(),
+        readiness: Readiness::new(),
+        next_term: 0,
         yielded: BTreeMap::new(),
         held_set: Default::default(),
         conflict_tx,
@@ -263,6 +338,5 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         tx,
         held: held_rx,
         stats,
-        readiness,
     })
 }

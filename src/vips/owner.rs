@@ -24,7 +24,9 @@ pub(super) struct Owner {
     pub(super) since: HashMap<IpAddr, SystemTime>,
     pub(super) stats: Arc<AnnounceStats>,
     pub(super) held: watch::Sender<Held>,
-    pub(super) readiness: Arc<Mutex<Readiness>>,
+    pub(super) readiness: Readiness,
+    /// The last term granted (see `VipHandle::grant`).
+    pub(super) next_term: u64,
     /// Addresses let go to another node's announcement, with why.
     pub(super) yielded: BTreeMap<IpAddr, String>,
     /// What the conflict watchers compare announcements with.
@@ -61,59 +63,15 @@ impl Owner {
             self.update_guardian();
             let deadline = self.next_deadline();
             tokio::select! {
-                cmd = rx.recv() => match cmd {
-                    Some(Command::Set { source, set, done }) => {
-                        // A new confirmed claim (leadership won again)
-                        // takes back what was let go.
-                        for c in &set.claims {
-                            self.yielded.remove(&c.addr);
-                        }
-                        if set.claims.is_empty() {
-                            self.claims.remove(&source);
-                        } else {
-                            self.claims.insert(source, set);
-                        }
-                        self.converge().await;
-                        let _ = done.send(());
-                    }
-                    Some(Command::Extend { source, hold_until, confirmed }) => {
-                        let now = Instant::now();
-                        let mut lapsed = false;
-                        let mut reclaimed = false;
-                        if let Some(set) = self.claims.get_mut(&source) {
-                            lapsed = set.hold_until.is_some_and(|t| t <= now);
-                            set.hold_until = Some(hold_until);
-                            set.confirmed = confirmed;
-                            if confirmed {
-                                // Renewed after all: what was let go is ours again.
-                                for c in &set.claims {
-                                    if self.yielded.remove(&c.addr).is_some() {
-                                        info!(addr = %c.addr, "the Lease was renewed: holding the address again");
-                                        reclaimed = true;
-                                    }
-                                }
-                            }
-                        }
-                        // A claim that had lapsed (and was withdrawn) comes
-                        // back; an unconfirmed one is judged again.
-                        if lapsed || reclaimed || !confirmed {
-                            self.converge().await;
-                        } else {
-                            self.update_probing();
-                        }
-                    }
-                    Some(Command::ReleaseAll { done }) => {
-                        self.claims.clear();
-                        self.converge().await;
-                        let _ = done.send(());
-                    }
-                    None => {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else {
                         // Every handle is gone: the process is ending.
                         self.claims.clear();
                         self.converge().await;
                         return;
-                    }
-                },
+                    };
+                    self.on_command(cmd).await;
+                }
                 Some(ev) = events.next() => self.on_kernel_event(ev).await,
                 Some(c) = conflicts.recv() => self.on_conflict(c).await,
                 Some(a) = probed.recv() => self.on_probed(a).await,
@@ -162,7 +120,8 @@ impl Owner {
                     .retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
                 self.have.push(k);
                 if self.config.watch.contains(&k.addr) {
-                    self.publish(self.wanted_now().0);
+                    let want = self.wanted_now().0;
+                    self.publish(want);
                 }
             }
             KernelEvent::AddressRemoved(k) => {
@@ -171,10 +130,12 @@ impl Owner {
                 if self.claimed_now(k.addr) {
                     warn!(addr = %k.addr, "a held address was removed from the interface; adding it back");
                     // Record the gap before closing it: readiness tells the truth.
-                    self.publish(self.wanted_now().0);
+                    let want = self.wanted_now().0;
+                    self.publish(want);
                     self.converge().await;
                 } else if self.config.watch.contains(&k.addr) {
-                    self.publish(self.wanted_now().0);
+                    let want = self.wanted_now().0;
+                    self.publish(want);
                 }
             }
             KernelEvent::LinkChanged(link) => {

@@ -20,6 +20,11 @@ pub struct ClaimSet {
     /// Add an address only once no other host answers for it on the wire
     /// (see [`to_probe`]).
     pub probe_first: bool,
+    /// Some when the right to hold comes from an election's grant (see
+    /// `VipHandle::grant`): the term it was granted in. Addresses are then
+    /// set under that term only, so a list decided in an earlier term is
+    /// refused instead of outliving the lead it was decided under.
+    pub term: Option<u64>,
 }
 
 impl ClaimSet {
@@ -224,6 +229,7 @@ mod tests {
                     ClaimSet {
                         probe_first: false,
                         confirmed: true,
+                        term: None,
                         claims: c,
                         hold_until: h,
                     },
@@ -399,6 +405,7 @@ mod yield_tests {
     fn set(addr: &str, confirmed: bool, live: bool) -> ClaimSet {
         let now = Instant::now();
         ClaimSet {
+            term: None,
             probe_first: false,
             claims: vec![Claim {
                 addr: addr.parse().unwrap(),

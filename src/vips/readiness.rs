@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 /// Whether this node really has every address it claims, and every time it
 /// did not (a gap closed in a millisecond is still on record).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Readiness {
     pub ready: bool,
     /// Why not, when not.
@@ -15,12 +15,18 @@ pub struct Readiness {
     pub last_not_ready: Option<NotReady>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct NotReady {
     pub at: SystemTime,
     pub reason: String,
     /// How long it lasted; None while it lasts.
     pub lasted_ms: Option<f64>,
+}
+
+impl Default for Readiness {
+    fn default() -> Readiness {
+        Readiness::new()
+    }
 }
 
 impl Readiness {
