@@ -3,23 +3,19 @@
 //! SIGTERM takes everything down in the safe order (withdraw addresses,
 //! then release Leases / hand Raft leadership over).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kube::{Api, Client};
-use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
 
-use crate::config::{Config, ControlPlane, Election, RaftSettings};
-use crate::controlplane::{self, VipLeadership};
-use crate::election::reported::Reported;
-use crate::election::LeaseElection;
+use crate::config::{Config, Election};
+use crate::controlplane;
 use crate::events::Events;
-use crate::netlink::Netlink;
+use crate::netlink::{Host, Netlink};
 use crate::status::{self, ControlPlaneInfo, Status};
-use crate::vips::{self, Claim, OwnerConfig, Source, VipHandle};
+use crate::vips::{self, OwnerConfig};
 use crate::{instance, kubeclient, services, shutdown};
 
 /// Runs until SIGTERM / SIGINT, or until a part fails for good.
@@ -27,18 +23,8 @@ pub async fn run(config: Config) -> Result<()> {
     // Every check first: nothing on the host changes if the configuration is wrong.
     let _one_per_node = crate::singleton::acquire()?;
     let netlink = Netlink::connect().context("opening netlink")?;
-    // BGP announces routes: the addresses need no segment, so `lo` by default.
-    let default_if = config.bgp.as_ref().map(|_| "lo");
-    let interface = pick_interface(
-        &netlink,
-        config.interface.as_deref().or(default_if),
-        "vip_interface",
-    )
-    .await?;
-    let router_id = match &config.bgp {
-        Some(b) => Some(router_id(&netlink, b).await?),
-        None => None,
-    };
+    let host = Host::probe(&netlink, &config).await?;
+    let (interface, router_id) = (host.interface.clone(), host.router_id);
     let cp_vips = match &config.control_plane {
         Some(cp) => controlplane::resolve(&cp.addresses).await?,
         None => Vec::new(),
@@ -154,14 +140,7 @@ pub async fn run(config: Config) -> Result<()> {
         tokio::spawn(status::server::serve_health(port, shutdown.clone()));
     }
     if let Some(client) = client.clone() {
-        // Where others reach this node: its address on the VIP interface, or
-        // (BGP with the VIPs on `lo`) on the router interface, or its router ID.
-        let router_if = config.bgp.as_ref().and_then(|b| b.router_interface.clone());
-        let mut own = own_address(&netlink, &interface).await;
-        if let (None, Some(i)) = (own, router_if) {
-            own = own_address(&netlink, &i).await;
-        }
-        let own = own.or(router_id.map(IpAddr::V4));
+        let own = host.reachable_at(&netlink, &config).await;
         let url = config
             .status_addr
             .and_then(|a| instance::status_url(a, own));
@@ -183,7 +162,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     if let Some(cp) = &config.control_plane {
         let claims = controlplane::claims(&cp_vips, config.subnets, &interface, &route);
-        let parts = Parts {
+        let parts = controlplane::Parts {
             vips: &vips,
             status: &status,
             events: &events,
@@ -193,7 +172,7 @@ pub async fn run(config: Config) -> Result<()> {
             // BGP: every node announces while its API server is healthy.
             Some(b) => {
                 info!(vip = ?cp_vips, url = %b.health_url, "control-plane VIP: announced by BGP while the local API server is healthy");
-                tasks.spawn(health_gated(
+                tasks.spawn(controlplane::health_gated(
                     b.health_url.clone(),
                     vips.clone(),
                     claims,
@@ -201,7 +180,7 @@ pub async fn run(config: Config) -> Result<()> {
                 ));
             }
             None => {
-                start_control_plane(
+                controlplane::start(
                     cp,
                     claims,
                     election_client.clone(),
@@ -284,165 +263,6 @@ fn election_summary(config: &Config) -> String {
             Election::Lease(l) => format!("lease {}/{}", l.namespace, l.name),
             Election::Raft(r) => format!("raft {}", r.peers),
             Election::None => "none (this node holds the VIP)".into(),
-        },
-    }
-}
-
-/// Claims the control-plane VIP while `url` is healthy, withdraws it when
-/// not, and at shutdown.
-async fn health_gated(
-    url: String,
-    vips: VipHandle,
-    claims: Vec<Claim>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut healthy = crate::health::watch_health(url, shutdown.clone());
-    loop {
-        if *healthy.borrow_and_update() {
-            vips.set(Source::ControlPlane, claims.clone(), None).await;
-        } else {
-            vips.release(Source::ControlPlane).await;
-        }
-        tokio::select! {
-            r = healthy.changed() => if r.is_err() { break },
-            _ = shutdown.changed() => break,
-        }
-    }
-    vips.release(Source::ControlPlane).await;
-}
-
-/// The BGP router ID: `bgp_routerid`, else the IPv4 address of
-/// `bgp_routerinterface`, else of the default route's interface.
-async fn router_id(netlink: &Netlink, b: &crate::config::BgpConfig) -> Result<std::net::Ipv4Addr> {
-    if let Some(id) = b.router_id {
-        return Ok(id);
-    }
-    let iface = match &b.router_interface {
-        Some(i) => pick_interface(netlink, Some(i), "bgp_routerinterface").await?,
-        None => pick_interface(netlink, None, "bgp_routerid").await?,
-    };
-    match own_address(netlink, &iface).await {
-        Some(IpAddr::V4(v4)) => Ok(v4),
-        _ => bail!("invalid configuration: bgp_routerid is not set and {iface} has no IPv4 address: set bgp_routerid"),
-    }
-}
-
-/// What elections share.
-struct Parts<'a> {
-    vips: &'a VipHandle,
-    status: &'a Arc<Status>,
-    events: &'a Option<Arc<Events>>,
-    me: &'a str,
-}
-
-async fn start_control_plane(
-    cp: &ControlPlane,
-    claims: Vec<Claim>,
-    client: Option<Client>,
-    p: Parts<'_>,
-    tasks: &mut tokio::task::JoinSet<()>,
-    shutdown: watch::Receiver<bool>,
-    fatal: mpsc::Sender<String>,
-) {
-    let vips_of: Vec<IpAddr> = claims.iter().map(|c| c.addr).collect();
-    let leadership = |lease: String| Reported {
-        inner: VipLeadership {
-            vips: p.vips.clone(),
-            claims: claims.clone(),
-            probe_first: matches!(cp.election, Election::Raft(_)),
-        },
-        status: p.status.clone(),
-        lease,
-        me: p.me.to_string(),
-        events: p.events.clone(),
-    };
-    match (&cp.election, client) {
-        (Election::Lease(lease), Some(client)) => {
-            let election = LeaseElection {
-                api: Api::namespaced(client, &lease.namespace),
-                name: lease.name.clone(),
-                me: p.me.to_string(),
-                timing: lease.timing,
-                acquire_delay: Duration::ZERO,
-                labels: Default::default(),
-            };
-            info!(
-                lease = %format!("{}/{}", lease.namespace, lease.name),
-                vip = ?vips_of,
-                duration = ?lease.timing.lease_duration,
-                renew_deadline = ?lease.timing.renew_deadline,
-                retry = ?lease.timing.retry_period,
-                "control-plane VIP: Lease election"
-            );
-            let l = leadership(format!("{}/{}", lease.namespace, lease.name));
-            tasks.spawn(election.run(l, shutdown));
-        }
-        (Election::Raft(raft), _) => {
-            info!(vip = ?vips_of, peers = %raft.peers, "control-plane VIP: Raft election");
-            let cfg = raft_config(raft, p.me);
-            let l = leadership(status::RAFT_ELECTION.into());
-            tasks.spawn(async move {
-                if let Err(e) = vipd_raft::run(cfg, l, shutdown).await {
-                    error!("{e}");
-                    let _ = fatal.send(format!("Raft: {e}")).await;
-                }
-            });
-        }
-        _ => {
-            warn!("no election (vip_leaderelection and vip_raft are off): this node holds the VIP unconditionally (single node only)");
-            p.vips.set(Source::ControlPlane, claims, None).await;
-        }
-    }
-}
-
-fn raft_config(r: &RaftSettings, me: &str) -> vipd_raft::RaftConfig {
-    vipd_raft::RaftConfig {
-        me: me.to_string(),
-        peers: r.peers.clone(),
-        tick: r.tick,
-        heartbeat_ticks: r.heartbeat_ticks,
-        election_ticks: r.election_ticks,
-        state_dir: r.state_dir.clone(),
-        secret: r.secret.clone(),
-        compact_after: 0,
-    }
-}
-
-/// This node's own address on `interface` (not one vipd added, not
-/// loopback or link-local), IPv4 first.
-async fn own_address(netlink: &Netlink, interface: &str) -> Option<IpAddr> {
-    let link = netlink.link_by_name(interface).await.ok()??;
-    let mut addrs: Vec<IpAddr> = netlink
-        .addresses()
-        .await
-        .ok()?
-        .into_iter()
-        .filter(|k| k.ifindex == link.index && !k.ours)
-        .map(|k| k.addr)
-        .filter(|a| match a {
-            IpAddr::V6(v) => (v.segments()[0] & 0xffc0) != 0xfe80 && !v.is_loopback(),
-            IpAddr::V4(v) => !v.is_loopback(),
-        })
-        .collect();
-    addrs.sort_by_key(|a| a.is_ipv6());
-    addrs.first().copied()
-}
-
-/// The named interface, checked; or the default route's.
-async fn pick_interface(netlink: &Netlink, name: Option<&str>, setting: &str) -> Result<String> {
-    match name {
-        Some(n) => match netlink.link_by_name(n).await? {
-            Some(_) => Ok(n.to_string()),
-            None => bail!("invalid configuration: {setting}={n:?}: no such interface on this node"),
-        },
-        None => match netlink.default_route_interface().await? {
-            Some(n) => {
-                info!(interface = %n, "{setting} not set: using the default route's interface");
-                Ok(n)
-            }
-            None => bail!(
-                "invalid configuration: {setting} is not set and this node has no default route: set {setting}"
-            ),
         },
     }
 }

@@ -11,11 +11,15 @@
 //! - [`transport`]: authenticated raft messages over TCP, reconnecting;
 //! - [`lease`]: how long the leader may hold the VIP, from heartbeats a quorum
 //!   acknowledged (pure, tested);
-//! - [`node`]: the raft-rs loop (tick, step, ready).
+//! - [`node`]: the raft-rs loop (tick, step, ready); `hold`: how long the
+//!   leader holds, and the handover at a graceful stop;
+//! - [`events`]: what the loop tells its user (leading, until when).
 //!
 //! Pre-vote and check-quorum are on: a partitioned or paused leader stops
 //! holding the VIP before any other node can be elected.
 
+pub mod config;
+pub mod events;
 pub mod lease;
 pub mod node;
 pub mod peers;
@@ -23,6 +27,8 @@ pub mod secure;
 pub mod storage;
 pub mod transport;
 
-pub use node::{run, Leadership, RaftConfig, RaftError};
+pub use config::{RaftConfig, RaftError};
+pub use events::{EventSender, LeaderEvent, Told};
+pub use node::run;
 pub use peers::{Peer, Peers};
 pub use secure::Secret;

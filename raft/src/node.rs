@@ -7,8 +7,6 @@
 //! step is sent, so the vote that elects the next leader leaves only after
 //! the VIP is gone here.
 
-use std::future::Future;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{ConfState, Message, MessageType, Snapshot};
@@ -17,88 +15,14 @@ use raft::{Config, GetEntriesContext, RawNode, StateRole, Storage};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+mod hold;
+
+pub use crate::config::{RaftConfig, RaftError};
+use crate::events::{self, EventSender, LeaderEvent};
 use crate::lease::LeaseTracker;
 use crate::peers::Peers;
 use crate::storage::Persisted;
 use crate::transport::{Inbound, Transport};
-
-/// What an election tells its user (shared with vipd's Lease election).
-pub trait Leadership: Send {
-    /// This node leads and may hold the VIP until `hold_until` unless renewed.
-    fn started(&mut self, hold_until: Instant) -> impl Future<Output = ()> + Send;
-    /// The same, after the previous leader handed leadership over on
-    /// purpose (it withdrew the VIP before it did, so nobody else holds it).
-    fn started_after_handover(&mut self, hold_until: Instant) -> impl Future<Output = ()> + Send {
-        self.started(hold_until)
-    }
-    /// Still leading: may hold until `hold_until`.
-    fn renewed(&mut self, hold_until: Instant);
-    /// Leading, but the record that says so cannot be renewed because its
-    /// store (the API server) cannot be reached: keep holding until
-    /// `hold_until` unless another node is seen announcing the address.
-    fn holding(&mut self, hold_until: Instant) {
-        self.renewed(hold_until)
-    }
-    /// No longer leading: withdraw everything the lead allowed.
-    fn stopped(&mut self) -> impl Future<Output = ()> + Send;
-    /// The leader as last seen (None: nobody), for logs and status.
-    fn observed(&mut self, _leader: Option<&str>) {}
-}
-
-#[derive(Debug, Clone)]
-pub struct RaftConfig {
-    /// This node's name in `peers`.
-    pub me: String,
-    pub peers: Peers,
-    pub tick: Duration,
-    pub heartbeat_ticks: usize,
-    pub election_ticks: usize,
-    pub state_dir: PathBuf,
-    /// The key derived from the secret every peer shares.
-    pub secret: crate::Secret,
-    /// Compact the log when this many applied entries piled up (0: the
-    /// default, [`COMPACT_AFTER`]).
-    pub compact_after: u64,
-}
-
-impl RaftConfig {
-    pub fn election_timeout(&self) -> Duration {
-        self.tick * self.election_ticks as u32
-    }
-}
-
-/// Why this node's Raft cannot go on.
-#[derive(Debug, thiserror::Error)]
-pub enum RaftError {
-    /// `vip_nodename` names no peer.
-    #[error("vip_nodename {me:?} is not in vip_raft_peers ({peers})")]
-    NotAPeer { me: String, peers: String },
-    /// The state directory cannot be read or belongs to other peers.
-    #[error("{0}")]
-    State(String),
-    /// The timing settings are refused by raft-rs.
-    #[error("Raft timing: {0}")]
-    Timing(#[source] raft::Error),
-    /// raft-rs refused the log or snapshot it was given (`what` says which).
-    #[error("Raft {what}: {source}")]
-    Log {
-        what: &'static str,
-        #[source]
-        source: raft::Error,
-    },
-    /// The state file cannot be written.
-    #[error("cannot persist the Raft state: {0}")]
-    Persist(#[source] std::io::Error),
-    /// The peer port cannot be opened.
-    #[error("{0}")]
-    Transport(String),
-}
-
-impl RaftError {
-    fn log(what: &'static str) -> impl Fn(raft::Error) -> RaftError + Copy {
-        move |source| RaftError::Log { what, source }
-    }
-}
 
 /// Compact the log once this many entries are applied past the last
 /// compaction, keeping the last [`KEEP`] for followers a little behind.
@@ -121,14 +45,15 @@ fn stamp(epoch: Instant) -> Vec<u8> {
     (epoch.elapsed().as_micros() as u64).to_be_bytes().to_vec()
 }
 
-struct Loop<L> {
+struct Loop {
     node: RawNode<MemStorage>,
     /// The voters (the peer list), for snapshots.
     conf: ConfState,
     compact_after: u64,
     disk: Persisted,
     transport: Transport,
-    leadership: L,
+    /// Where leadership is told (see `events`).
+    events: EventSender,
     peers: Peers,
     epoch: Instant,
     lease: LeaseTracker,
@@ -147,9 +72,9 @@ struct Loop<L> {
 
 /// Runs this node's Raft until `shutdown`; a leader then withdraws and hands
 /// leadership to the most up-to-date follower.
-pub async fn run<L: Leadership>(
+pub async fn run(
     cfg: RaftConfig,
-    leadership: L,
+    events: EventSender,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RaftError> {
     let me = cfg
@@ -218,7 +143,7 @@ pub async fn run<L: Leadership>(
         compact_after: cfg.compact_after,
         disk,
         transport,
-        leadership,
+        events,
         peers: cfg.peers.clone(),
         epoch: Instant::now(),
         // Margin: two ticks, for tick jitter and message delays.
@@ -250,10 +175,10 @@ pub async fn run<L: Leadership>(
     Ok(())
 }
 
-impl<L: Leadership> Loop<L> {
+impl Loop {
     /// Waits for a tick or for messages and feeds them to Raft; false when
     /// `until` completes first.
-    async fn next_input(
+    pub(crate) async fn next_input(
         &mut self,
         ticker: &mut tokio::time::Interval,
         inbound: &mut mpsc::Receiver<Inbound>,
@@ -320,14 +245,14 @@ impl<L: Leadership> Loop<L> {
         }
     }
 
-    async fn handle_ready(&mut self) -> Result<(), RaftError> {
+    pub(crate) async fn handle_ready(&mut self) -> Result<(), RaftError> {
         // Leadership first: a lost lead is withdrawn before anything is sent.
         let is_leader = self.node.raft.state == StateRole::Leader;
         if self.leading && !is_leader {
             self.leading = false;
             self.claimed_until = None;
             warn!(term = self.node.raft.term, "no longer the Raft leader");
-            self.leadership.stopped().await;
+            self.tell(LeaderEvent::Stopped).await;
         } else if !self.leading && is_leader && !self.handing_over {
             self.leading = true;
             self.lease.reset();
@@ -339,7 +264,7 @@ impl<L: Leadership> Loop<L> {
         if leader != self.last_leader {
             self.last_leader = leader;
             let name = self.peers.by_id(leader).map(|p| p.name.clone());
-            self.leadership.observed(name.as_deref());
+            self.tell(LeaderEvent::Observed { leader: name }).await;
         }
 
         if !self.node.has_ready() {
@@ -428,100 +353,9 @@ impl<L: Leadership> Loop<L> {
         self.disk.write().map_err(RaftError::Persist)
     }
 
-    /// Claims or extends the VIP while a quorum keeps acknowledging.
-    async fn update_hold(&mut self) {
-        if !self.leading {
-            return;
-        }
-        let now = Instant::now();
-        let Some(hold) = self.lease.hold_until(now).filter(|h| *h > now) else {
-            return;
-        };
-        match self.claimed_until {
-            // First claim after a handover the old leader asked for.
-            None if self
-                .handover_asked
-                .take()
-                .is_some_and(|t| t.elapsed() < self.election_timeout * 2) =>
-            {
-                self.leadership.started_after_handover(hold).await;
-                self.claimed_until = Some(hold);
-            }
-            // First claim, or the previous hold lapsed (a quorum was silent
-            // for a while and is back): claim again.
-            None => {
-                self.leadership.started(hold).await;
-                self.claimed_until = Some(hold);
-            }
-            Some(c) if c <= now => {
-                self.leadership.started(hold).await;
-                self.claimed_until = Some(hold);
-            }
-            Some(c) if hold > c => {
-                self.leadership.renewed(hold);
-                self.claimed_until = Some(hold);
-            }
-            Some(_) => {}
-        }
-    }
-
-    /// Graceful stop: withdraw, then let the best follower take over now.
-    /// The loop keeps running (the transferee may need log entries first,
-    /// and its vote request needs our answer) until another node is known
-    /// to lead, or for one election timeout at most.
-    async fn hand_over(
-        &mut self,
-        ticker: &mut tokio::time::Interval,
-        inbound: &mut mpsc::Receiver<Inbound>,
-        limit: Duration,
-    ) -> Result<(), RaftError> {
-        if !self.leading {
-            return Ok(());
-        }
-        self.leadership.stopped().await;
-        self.leading = false;
-        self.claimed_until = None;
-        self.handing_over = true;
-        let Some(target) = self.transferee() else {
-            return Ok(());
-        };
-        let peers = self.peers.clone();
-        let name = |id| peers.by_id(id).map(|p| p.name.clone());
-        info!(to = ?name(target), "handing Raft leadership over");
-        self.node.transfer_leader(target);
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            self.handle_ready().await?;
-            let leader = self.node.raft.leader_id;
-            if leader != 0 && leader != self.node.raft.id {
-                info!(to = ?name(leader), took = ?started.elapsed(), "Raft leadership handed over");
-                break;
-            }
-            if !self
-                .next_input(ticker, inbound, tokio::time::sleep_until(deadline))
-                .await
-            {
-                warn!(after = ?limit, "no new Raft leader yet; the peers will elect one");
-                break;
-            }
-        }
-        // Let the transport write the last messages before the process ends.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        Ok(())
-    }
-
-    /// The follower to hand leadership to: one heard from lately, with the
-    /// longest log, and of those the highest priority (the first in the
-    /// peer list), whose vote request no equally up-to-date peer refuses.
-    fn transferee(&self) -> Option<u64> {
-        let me = self.node.raft.id;
-        self.node
-            .raft
-            .prs()
-            .iter()
-            .filter(|(id, _)| **id != me)
-            .max_by_key(|(id, p)| (p.recent_active, p.matched, std::cmp::Reverse(**id)))
-            .map(|(id, _)| *id)
+    /// Tells the user `event`; `Started` and `Stopped` once acted on.
+    pub(crate) async fn tell(&self, event: LeaderEvent) {
+        let wait = matches!(event, LeaderEvent::Started { .. } | LeaderEvent::Stopped);
+        events::tell(&self.events, event, wait).await;
     }
 }

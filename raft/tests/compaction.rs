@@ -7,19 +7,24 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
 use tokio::sync::watch;
-use vipd_raft::{Leadership, Peers, RaftConfig, Secret};
+use vipd_raft::{LeaderEvent, Peers, RaftConfig, Secret, Told};
 
+/// Whether the node leads, as its Raft loop tells.
 #[derive(Clone, Default)]
 struct Leading(Arc<Mutex<bool>>);
 
-impl Leadership for Leading {
-    async fn started(&mut self, _hold_until: Instant) {
-        *self.0.lock().unwrap() = true;
-    }
-    fn renewed(&mut self, _hold_until: Instant) {}
-    async fn stopped(&mut self) {
-        *self.0.lock().unwrap() = false;
+impl Leading {
+    async fn follow(self, mut told: mpsc::UnboundedReceiver<Told>) {
+        while let Some(Told { event, done }) = told.recv().await {
+            match event {
+                LeaderEvent::Started { .. } => *self.0.lock().unwrap() = true,
+                LeaderEvent::Stopped => *self.0.lock().unwrap() = false,
+                _ => {}
+            }
+            let _ = done.send(());
+        }
     }
 }
 
@@ -36,7 +41,9 @@ impl Node {
         let cfg = self.cfg.clone();
         let leading = self.leading.clone();
         self.task = Some(tokio::spawn(async move {
-            vipd_raft::run(cfg, leading, rx).await.unwrap();
+            let (events, told) = mpsc::unbounded_channel();
+            let (result, ()) = tokio::join!(vipd_raft::run(cfg, events, rx), leading.follow(told));
+            result.unwrap();
         }));
         self.stop = Some(stop);
     }

@@ -12,6 +12,7 @@
 //!   (per-address Leases of Services spread over nodes that way).
 
 mod calls;
+mod leadership;
 pub mod record;
 pub mod reported;
 pub mod step;
@@ -31,8 +32,7 @@ use calls::{unreachable, Outcome, RenewError};
 use record::{Observation, View};
 use step::{Action, Core, Input, Note};
 
-/// What an election tells its user; shared with the Raft election.
-pub use vipd_raft::Leadership;
+pub use leadership::{follow_raft, Leadership};
 
 /// A Lease election for identity `me`.
 pub struct LeaseElection {

@@ -29,6 +29,7 @@ pub mod allocate;
 pub mod eligibility;
 pub mod guard;
 pub mod informers;
+mod inputs;
 mod leader;
 pub mod model;
 pub mod pass;
@@ -37,15 +38,15 @@ pub mod pools;
 pub mod trim;
 pub mod writer;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::{Api, Client, Resource};
+use k8s_openapi::api::core::v1::Service;
+use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::{ServicesConfig, Subnets};
 use crate::election::LeaseElection;
@@ -53,7 +54,7 @@ use crate::events::Events;
 use crate::status::Status;
 use crate::vips::{Source, VipHandle};
 use address_leases::AddressLeases;
-use guard::{Guard, HostFacts, NodeAddresses, PublishedFacts};
+use guard::HostFacts;
 use informers::Informers;
 use leader::{Grant, Granting, ServicesLeadership};
 use model::{add_ready_nodes, ClassFilter, NodeInfo, ReadyNodes, SvcInfo};
@@ -232,90 +233,8 @@ impl Controller {
         }
     }
 
-    /// Re-reads this host's addresses, gateways and subnets (at most once
-    /// a second; every resync). Failing, the last ones stay.
-    async fn refresh_host_facts(&mut self) {
-        if self
-            .host_read_at
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
-            return;
-        }
-        match self.ctx.netlink.host_facts().await {
-            Ok(h) => {
-                self.host = h;
-                self.host_read_at = Some(Instant::now());
-            }
-            Err(e) => warn!(error = %e, "cannot read this host's addresses for the address guard"),
-        }
-    }
-
-    /// Every address no Service may have, as this node knows them now.
-    fn guard(&self, nodes: &[NodeInfo]) -> Guard {
-        let addrs: Vec<NodeAddresses> = nodes
-            .iter()
-            .map(|n| NodeAddresses {
-                name: n.name.clone(),
-                internal: n.internal.clone(),
-                external: n.external.clone(),
-            })
-            .collect();
-        let published: Vec<PublishedFacts> = self
-            .informers
-            .instances
-            .state()
-            .iter()
-            .filter_map(|l| crate::instance::published_facts(l))
-            .collect();
-        Guard::build(
-            &self.ctx.control_plane_vips,
-            self.ctx.api_server,
-            &addrs,
-            &published,
-            &self.ctx.me,
-            Some(&self.host),
-        )
-    }
-
     fn leader_grant(&self) -> Option<Grant> {
         Grant::in_force(*self.leader_rx.borrow())
-    }
-
-    /// Re-reads the pools when the ConfigMap changed; a bad one is reported
-    /// (Event on the ConfigMap, log) and the last good pools stay.
-    async fn refresh_pools(&mut self) {
-        let cm: Option<Arc<ConfigMap>> = self.informers.pools.state().into_iter().next();
-        let version = cm
-            .as_ref()
-            .and_then(|c| c.metadata.resource_version.clone());
-        if version == self.pools_version {
-            return;
-        }
-        self.pools_version = version;
-        let Some(cm) = cm else {
-            self.pools = Pools::default();
-            return;
-        };
-        let data: BTreeMap<String, String> =
-            cm.data.clone().unwrap_or_default().into_iter().collect();
-        match Pools::parse(&data) {
-            Ok(p) => {
-                info!(configmap = ?self.ctx.config.pool_configmap, "address pools loaded");
-                self.pools = p;
-            }
-            Err(errors) => {
-                let note = format!(
-                    "invalid pool configuration, keeping the last good pools: {}",
-                    errors.join("; ")
-                );
-                warn!(configmap = ?self.ctx.config.pool_configmap, "{note}");
-                if self.leader_grant().is_some() {
-                    self.ctx
-                        .events
-                        .publish(&cm.object_ref(&()), true, "InvalidPoolConfig", note);
-                }
-            }
-        }
     }
 
     async fn reconcile(&mut self) {

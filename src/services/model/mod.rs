@@ -1,12 +1,15 @@
 //! What the Services controller reads from a Service, node and
 //! EndpointSlice, extracted once into plain values the decisions use.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Node, Service, ServiceSpec};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+
+mod nodes;
+
+pub use nodes::{add_ready_nodes, NodeInfo, ReadyNodes};
 
 /// kube-vip's annotations and K3s ServiceLB's labels.
 pub mod keys {
@@ -367,76 +370,6 @@ impl ClassFilter {
         match &s.class {
             None => !self.class_only,
             Some(c) => *c == self.class_name,
-        }
-    }
-}
-
-/// A node's labels and addresses that matter.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NodeInfo {
-    pub name: String,
-    /// The value of `svccontroller.k3s.cattle.io/enablelb`, when the label
-    /// is there (whatever its value: see `eligibility`).
-    pub enablelb: Option<String>,
-    pub lbpool: Option<String>,
-    /// `status.addresses` of type InternalIP and ExternalIP.
-    pub internal: Vec<IpAddr>,
-    pub external: Vec<IpAddr>,
-}
-
-impl NodeInfo {
-    pub fn from_node(n: &Node) -> Option<NodeInfo> {
-        let labels = n.metadata.labels.clone().unwrap_or_default();
-        let of_type = |t: &str| -> Vec<IpAddr> {
-            n.status
-                .as_ref()
-                .and_then(|s| s.addresses.as_ref())
-                .map(|a| {
-                    a.iter()
-                        .filter(|a| a.type_ == t)
-                        .filter_map(|a| a.address.trim().parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        Some(NodeInfo {
-            internal: of_type("InternalIP"),
-            external: of_type("ExternalIP"),
-            name: n.metadata.name.clone()?,
-            enablelb: labels.get(keys::SERVICELB_ENABLE).cloned(),
-            lbpool: labels.get(keys::SERVICELB_POOL).cloned(),
-        })
-    }
-}
-
-/// Nodes with a ready endpoint, per Service.
-pub type ReadyNodes = BTreeMap<SvcKey, BTreeSet<String>>;
-
-/// Adds the ready endpoints' nodes of one EndpointSlice to `out`.
-pub fn add_ready_nodes(slice: &EndpointSlice, out: &mut ReadyNodes) {
-    let Some(ns) = slice.metadata.namespace.clone() else {
-        return;
-    };
-    let Some(svc) = slice
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(keys::SERVICE_NAME_LABEL))
-        .cloned()
-    else {
-        return;
-    };
-    let entry = out
-        .entry(SvcKey {
-            namespace: ns,
-            name: svc,
-        })
-        .or_default();
-    for ep in slice.endpoints.iter().flatten() {
-        // A missing condition means ready (discovery.k8s.io/v1).
-        let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-        if let (true, Some(node)) = (ready, ep.node_name.as_ref()) {
-            entry.insert(node.clone());
         }
     }
 }

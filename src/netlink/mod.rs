@@ -7,7 +7,7 @@
 //! kernel itself removes the address if vipd stops refreshing it (a killed or
 //! frozen leader), before another node can take the VIP over.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::stream::{Stream, StreamExt, TryStreamExt};
@@ -16,11 +16,12 @@ use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, CacheInfo,
 };
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
+use rtnetlink::{Handle, MulticastGroup};
 
-use crate::services::guard::HostFacts;
+mod host;
+
+pub use host::Host;
 
 /// `IFA_PROTO` of every address vipd adds ('V').
 pub const VIPD_ADDR_PROTO: u8 = 86;
@@ -147,109 +148,6 @@ impl Netlink {
         }
     }
 
-    /// The interface of the default route (IPv4 first, then IPv6).
-    pub async fn default_route_interface(&self) -> Result<Option<String>> {
-        for msg in [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        ] {
-            let routes: Vec<RouteMessage> = {
-                let _turn = self.dumping.lock().await;
-                self.handle.route().get(msg).execute().try_collect().await?
-            };
-            for r in routes {
-                if r.header.destination_prefix_length != 0 {
-                    continue;
-                }
-                let oif = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(i) => Some(*i),
-                    RouteAttribute::MultiPath(hops) => hops.first().map(|h| h.interface_index),
-                    _ => None,
-                });
-                if let Some(i) = oif {
-                    if let Some(l) = self.link_by_index(i).await? {
-                        return Ok(Some(l.name));
-                    }
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// What this host's kernel says is not vipd's to take (see
-    /// `services::guard`): every address vipd did not add (but loopback and
-    /// link-local ones), the network and broadcast addresses of their
-    /// subnets, and the default gateways.
-    pub async fn host_facts(&self) -> Result<HostFacts> {
-        let mut names: std::collections::HashMap<u32, String> = Default::default();
-        let mut facts = HostFacts::default();
-        let msgs: Vec<AddressMessage> = {
-            let _turn = self.dumping.lock().await;
-            self.handle.address().get().execute().try_collect().await?
-        };
-        for k in msgs.iter().filter_map(addr_from).filter(|k| !k.ours) {
-            if is_local_only(k.addr) {
-                continue;
-            }
-            let name = match names.get(&k.ifindex) {
-                Some(n) => n.clone(),
-                None => {
-                    let n = self
-                        .link_by_index(k.ifindex)
-                        .await?
-                        .map(|l| l.name)
-                        .unwrap_or_else(|| format!("interface {}", k.ifindex));
-                    names.insert(k.ifindex, n.clone());
-                    n
-                }
-            };
-            facts.add_subnet(k.addr, k.prefix, &name);
-        }
-        for msg in [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        ] {
-            let routes: Vec<RouteMessage> = {
-                let _turn = self.dumping.lock().await;
-                self.handle.route().get(msg).execute().try_collect().await?
-            };
-            for r in routes
-                .iter()
-                .filter(|r| r.header.destination_prefix_length == 0)
-            {
-                let mut oif = None;
-                let mut gateways = Vec::new();
-                for a in &r.attributes {
-                    match a {
-                        RouteAttribute::Oif(i) => oif = Some(*i),
-                        RouteAttribute::Gateway(g) => gateways.extend(route_ip(g)),
-                        RouteAttribute::MultiPath(hops) => {
-                            for h in hops {
-                                for a in &h.attributes {
-                                    if let RouteAttribute::Gateway(g) = a {
-                                        gateways.extend(route_ip(g));
-                                    }
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                let via = match oif {
-                    Some(i) => match self.link_by_index(i).await? {
-                        Some(l) => format!(" of {}", l.name),
-                        None => String::new(),
-                    },
-                    None => String::new(),
-                };
-                for g in gateways.into_iter().filter(|g| !is_local_only(*g)) {
-                    facts.reserve(g, format!("the default gateway{via}"));
-                }
-            }
-        }
-        Ok(facts)
-    }
-
     /// Every address of every interface.
     pub async fn addresses(&self) -> Result<Vec<KernelAddr>> {
         let msgs: Vec<AddressMessage> = {
@@ -335,25 +233,7 @@ pub fn kernel_events() -> Result<impl Stream<Item = KernelEvent> + Unpin + Send>
     })))
 }
 
-/// Loopback and link-local addresses: never a Service's anyway, and
-/// meaningless outside this host or link.
-fn is_local_only(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v) => v.is_loopback() || v.is_link_local(),
-        IpAddr::V6(v) => v.is_loopback() || (v.segments()[0] & 0xffc0) == 0xfe80,
-    }
-}
-
-fn route_ip(a: &rtnetlink::packet_route::route::RouteAddress) -> Option<IpAddr> {
-    use rtnetlink::packet_route::route::RouteAddress;
-    match a {
-        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
-        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
-        _ => None,
-    }
-}
-
-fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+pub(crate) fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.code.map(|c| -c.get()) == Some(errno))
 }
 
@@ -378,7 +258,7 @@ fn link_from(m: &LinkMessage) -> Link {
     link
 }
 
-fn addr_from(m: &AddressMessage) -> Option<KernelAddr> {
+pub(crate) fn addr_from(m: &AddressMessage) -> Option<KernelAddr> {
     // IFA_LOCAL is the address itself on point-to-point links; IFA_ADDRESS
     // otherwise. Prefer Local when both exist (they are equal on Ethernet).
     let mut addr = None;
