@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use vipd::vipctl::report::Report;
 use vipd_testkit::apiserver::env;
 use vipd_testkit::bgp::{lab_router, node_ip, node_ip6, Bird, HealthServer, ROUTER, ROUTER6};
-use vipd_testkit::vipd::{vipctl_status, VipctlStatus, VipdNode};
+use vipd_testkit::vipd::{vipctl_status, wait_until, VipctlStatus, VipdNode};
 
 const VIP: &str = "198.51.100.100";
 const VIP6: &str = "2001:db8:100::100";
@@ -213,8 +213,11 @@ fn the_control_plane_vip_is_ecmp_and_follows_health() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(gobgpds(&nodes[1]), 1, "the stray gobgpd did not start");
+        let running = wait_until(Duration::from_secs(10), || async {
+            gobgpds(&nodes[1]) == 1
+        })
+        .await;
+        assert!(running, "the stray gobgpd did not start");
         nodes[1].start().unwrap();
         bird.wait_next_hops(ip(VIP), &all(3), Duration::from_secs(30))
             .unwrap();
@@ -263,7 +266,13 @@ fn md5_sessions_establish_only_with_the_right_password() {
         .await;
         bird.wait_next_hops(ip(VIP), &[node_ip(0)], Duration::from_secs(30)).unwrap();
         assert!(bird.established("n1"));
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // n2 and the router tried each other: a kernel refused a segment
+        // signed with the wrong password.
+        let tried = wait_until(Duration::from_secs(30), || async {
+            md5_failures(bird.host.ns.name()) + md5_failures(nodes[1].host.ns.name()) > 0
+        })
+        .await;
+        assert!(tried, "n2 never tried to connect");
         assert!(!bird.established("n2"), "a wrong password must not establish");
         assert_eq!(bird.next_hops(ip(VIP)), vec![node_ip(0)]);
 
@@ -472,4 +481,24 @@ fn a_dead_node_is_dropped_by_bfd_not_the_hold_time() {
             .unwrap();
         bird.wait_bfd_up(6, Duration::from_secs(20)).unwrap();
     });
+}
+
+/// TCP segments the kernel of namespace `ns` dropped for a wrong or missing
+/// MD5 signature (TcpExt TCPMD5Failure and TCPMD5NotFound).
+fn md5_failures(ns: &str) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/netstat"])
+        .output()
+        .expect("ip netns exec");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let [names, values] = lines[..] else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(n, _)| matches!(*n, "TCPMD5Failure" | "TCPMD5NotFound"))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum()
 }

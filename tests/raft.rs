@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use vipd_testkit::failover::{Disruption, Outcome, RaftLab};
 use vipd_testkit::probe::{max_holders, HolderSampler};
+use vipd_testkit::vipd::wait_until;
 
 const VIP: &str = "192.0.2.100";
 
@@ -272,10 +273,25 @@ fn the_whole_cluster_restarts() {
         // One restarted follower rejoins without disturbing the leader.
         let leader = c.wait_stable(Duration::from_secs(5)).await.unwrap();
         let f = (leader + 1) % 3;
+        let term = term_of(c, leader);
+        let leader_name = c.nodes[leader].name().to_string();
         c.nodes[f].terminate(Duration::from_secs(5)).unwrap();
         c.nodes[f].start().unwrap();
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Rejoined: it follows the leader (its status says whom it heard)...
+        let follows = wait_until(Duration::from_secs(10), || async {
+            let d = c.nodes[f].status_doc().await;
+            d.and_then(|d| d["elections"][0]["holder"].as_str().map(String::from))
+                .as_deref()
+                == Some(leader_name.as_str())
+        })
+        .await;
+        assert!(
+            follows,
+            "the restarted follower never followed {leader_name}"
+        );
+        // ... and disturbed nothing: same leader, same term.
         assert_eq!(c.wait_stable(Duration::from_secs(5)).await.unwrap(), leader);
+        assert_eq!(term_of(c, leader), term, "the rejoin started an election");
     });
 }
 
@@ -323,11 +339,11 @@ fn inconsistent_peer_lists_are_refused_clearly() {
             .clone();
         std::fs::remove_dir_all(&dir).unwrap();
         c.nodes[f].start().unwrap();
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let log = c.nodes[f].log_tail(200);
         assert!(
-            log.contains("peer lists differ") || log.contains("refused us"),
-            "{log}"
+            c.nodes[f].wait_log("peer lists differ", Duration::from_secs(10))
+                || c.nodes[f].wait_log("refused us", Duration::from_secs(1)),
+            "{}",
+            c.nodes[f].log_tail(200)
         );
         assert_eq!(
             c.wait_stable(Duration::from_secs(5)).await.unwrap(),
@@ -425,7 +441,8 @@ fn a_restarted_node_cannot_vote_twice_in_a_term() {
             serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
         v["term"].as_u64().unwrap()
     };
-    std::thread::sleep(Duration::from_secs(2));
+    // Its Raft runs (the state file is written before it listens).
+    assert!(c.nodes[0].wait_log("Raft election started", Duration::from_secs(10)));
     let term = term_now() + 100;
     let ask = |host: &vipd_testkit::lab::Host, me: &str| {
         // The stand-in's sockets must be opened on the namespace's threads.
@@ -452,7 +469,7 @@ fn a_restarted_node_cannot_vote_twice_in_a_term() {
     // ... and after a crash and restart on the same state directory.
     c.nodes[0].kill();
     c.nodes[0].start().unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(c.nodes[0].wait_log("Raft election started", Duration::from_secs(10)));
     assert!(
         !ask(&c.nodes[2].host, "n3"),
         "after a restart n1 voted twice in term {term}"

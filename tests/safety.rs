@@ -412,8 +412,8 @@ fn no_service_steals_an_address_another_one_holds() {
         lab.nodes[i].start().unwrap();
         lab.wait_announced(x, Duration::from_secs(20)).await;
         // A user edits the older Service: still in use.
-        svcs.patch("older", &PatchParams::default(), &Patch::Merge(json!({ "metadata": { "labels": { "touched": "yes" } } }))).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let touched = svcs.patch("older", &PatchParams::default(), &Patch::Merge(json!({ "metadata": { "labels": { "touched": "yes" } } }))).await.unwrap();
+        lab.wait_passes_over(&touched, Duration::from_secs(20)).await;
         for name in ["older", "newer"] {
             assert!(Lab::ingress(&lab.get(name).await).is_empty(), "{name} took the address");
         }

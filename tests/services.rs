@@ -194,8 +194,10 @@ fn local_policy_follows_ready_endpoints() {
         )
         .await;
         lab.wait_ingress("local", Duration::from_secs(20)).await;
-        // No endpoint anywhere: nobody announces.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // No endpoint anywhere: nobody announces (every vipd has decided
+        // with the ingress written).
+        lab.wait_passes_over(&lab.get("local").await, Duration::from_secs(20))
+            .await;
         assert!(lab.holders(vip).await.is_empty());
         lab.endpoints("local", &["n2"]).await;
         assert_eq!(lab.wait_announced(vip, Duration::from_secs(10)).await, "n2");
@@ -245,7 +247,9 @@ fn class_and_ignore_filtering() {
         lab.wait_ingress("plain", Duration::from_secs(20)).await;
         lab.wait_ingress("ours", Duration::from_secs(10)).await;
         lab.wait_announced(ip("192.0.2.171"), Duration::from_secs(10)).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        for name in ["theirs", "ignored"] {
+            lab.wait_passes_over(&lab.get(name).await, Duration::from_secs(20)).await;
+        }
         assert!(Lab::ingress(&lab.get("theirs").await).is_empty());
         assert!(Lab::ingress(&lab.get("ignored").await).is_empty());
         assert!(lab.holders(ip("192.0.2.173")).await.is_empty());
@@ -387,7 +391,7 @@ fn bad_input_becomes_events_and_the_rest_keeps_working() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         lab.create("after", json!({}), json!({})).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        lab.wait_passes_over(&lab.get("after").await, Duration::from_secs(20)).await;
         assert!(Lab::ingress(&lab.get("after").await).is_empty(), "old pool is full; no new pool was adopted");
         lab.wait_event("after", "PoolExhausted", Duration::from_secs(5)).await;
         // Everything good still works.

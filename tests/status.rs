@@ -11,7 +11,7 @@ use vipd::vipctl::http;
 use vipd::vipctl::report::Report;
 use vipd_testkit::apiserver::env;
 use vipd_testkit::failover::{lease_cluster, VipCluster};
-use vipd_testkit::vipd::{vipctl_status, VipctlStatus};
+use vipd_testkit::vipd::{vipctl_status, wait_until, VipctlStatus};
 
 const VIP4: &str = "192.0.2.100";
 const VIP6: &str = "2001:db8::100";
@@ -104,8 +104,22 @@ fn status_endpoints_tell_the_truth_and_metrics_parse() {
                 assert!(line.contains(part), "{part:?} missing from {line:?}");
             }
         }
-        // Followers learn who leads from the Lease watch; give them a moment.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Followers learn who leads from the Lease watch.
+        let learnt = wait_until(Duration::from_secs(10), || async {
+            for i in 0..3 {
+                let d = doc(&c, i).await;
+                let seen = d
+                    .elections
+                    .iter()
+                    .any(|e| e.lease == lease && e.holder.as_deref() == Some(name.as_str()));
+                if !seen {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        assert!(learnt, "a follower never saw {name} lead");
         for i in 0..3 {
             let d = doc(&c, i).await;
             let e = d
@@ -361,8 +375,16 @@ fn vipctl_status_matches_the_real_state() {
         }))
         .unwrap();
         svcs.create(&Default::default(), &bad).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (code, r) = report(&args);
+        // Once the leader refused it (its Event), the report says so.
+        let t0 = Instant::now();
+        let (code, r) = loop {
+            let (code, r) = report(&args);
+            if r.services.iter().any(|s| s.name == "broken" && s.last_event.is_some()) {
+                break (code, r);
+            }
+            assert!(t0.elapsed() < Duration::from_secs(15), "no Event for the broken Service: {r:#?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert_eq!(code, Some(1));
         let broken = r.services.iter().find(|s| s.name == "broken").unwrap();
         assert_eq!(broken.state, "Pending");
@@ -374,7 +396,12 @@ fn vipctl_status_matches_the_real_state() {
         let follower = (leader + 1) % 3;
         let fns = c.nodes[follower].host.ns.name().to_string();
         vipd_testkit::netns::ip(&["-n", &fns, "addr", "add", &format!("{VIP4}/32"), "dev", "eth0"]).unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Once the follower's vipd saw it appear.
+        let seen = wait_until(Duration::from_secs(10), || async {
+            doc(&c, follower).await.stray_addresses.contains(&ip(VIP4))
+        })
+        .await;
+        assert!(seen, "the follower's vipd never saw the VIP by hand");
         let (code, r) = report(&args);
         assert_eq!(code, Some(1));
         assert_eq!(r.control_plane[0].held_by.len(), 2, "{r:#?}");

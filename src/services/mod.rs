@@ -353,6 +353,11 @@ impl Controller {
         summary.reconcile_errors_by_service = self.writer.failures_by_service();
         summary.watch_events = self.informers.service_events.counts();
         summary.reconciles = self.reconciles;
+        summary.services_version = objects
+            .iter()
+            .filter_map(|o| o.metadata.resource_version.as_deref()?.parse().ok())
+            .max()
+            .unwrap_or(0);
         summary.last_reconcile_ms = self.last_reconcile.as_secs_f64() * 1000.0;
         self.ctx.status.set_services(summary);
     }

@@ -55,6 +55,11 @@ pub struct ServicesSummary {
     pub problems_by_reason: BTreeMap<String, u64>,
     pub reconcile_errors: u64,
     pub reconciles: u64,
+    /// The newest resourceVersion among the Services the last pass read:
+    /// that pass decided on every change up to it (tests wait on this
+    /// rather than on time).
+    #[serde(default)]
+    pub services_version: u64,
     pub last_reconcile_ms: f64,
     /// Failed writes per Service and what failed: (namespace, name, what, count).
     #[serde(default)]

@@ -166,6 +166,36 @@ impl Lab {
         }
     }
 
+    /// Waits until every running vipd finished a Services pass over a cache
+    /// holding `svc` as it is now (its resourceVersion or newer), so what
+    /// the test checks next was decided with the change, not before it.
+    pub async fn wait_passes_over(&self, svc: &Service, timeout: Duration) {
+        let version: u64 = svc
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .expect("a Service read from the API has a numeric resourceVersion");
+        let seen = |d: Option<serde_json::Value>| {
+            d.and_then(|d| d["services"]["services_version"].as_u64())
+                .is_some_and(|v| v >= version)
+        };
+        let all = crate::vipd::wait_until(timeout, || async {
+            for n in self.nodes.iter().filter(|n| n.proc.is_some()) {
+                if !seen(n.status_doc().await) {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        assert!(
+            all,
+            "not every vipd passed over version {version}\n{}",
+            self.logs()
+        );
+    }
+
     pub fn logs(&self) -> String {
         self.nodes
             .iter()

@@ -139,6 +139,19 @@ impl VipdNode {
         }
     }
 
+    /// Waits until the current log has a line containing `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            if text.contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// The last lines of the current log.
     pub fn log_tail(&self, n: usize) -> String {
         crate::process::tail(&self.log_path(), n)
@@ -150,6 +163,34 @@ impl VipdNode {
             self.kernel = Some(NodeKernel::open(&self.host));
         }
         self.kernel.as_ref().expect("opened").holds(ip).await
+    }
+}
+
+/// GET `path` from the vipd status port (2112) on `host`: the body, when it
+/// answered 200 within 2 s.
+pub async fn status_get(host: std::net::Ipv4Addr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect((host, 2112)).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .ok()
+        .flatten()
+}
+
+impl VipdNode {
+    /// This vipd's `/status` document, when it answers.
+    pub async fn status_doc(&self) -> Option<serde_json::Value> {
+        let body = status_get(self.host.v4, "/status").await?;
+        serde_json::from_str(&body).ok()
     }
 }
 

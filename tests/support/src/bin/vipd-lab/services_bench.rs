@@ -70,11 +70,7 @@ use vipd_testkit::process::{rss_kib, rss_split_kib};
 
 /// One value from a vipd's /metrics (its status port, 2112).
 async fn metric(host: std::net::Ipv4Addr, name: &str) -> Option<f64> {
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect((host, 2112)).await.ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok()?;
+    let body = vipd_testkit::vipd::status_get(host, "/metrics").await?;
     body.lines()
         .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1))
