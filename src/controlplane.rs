@@ -56,6 +56,7 @@ pub fn claims(
     vips.iter()
         .map(|a| Claim {
             route: route.clone(),
+            until_silent: false,
             addr: *a,
             prefix: subnets.for_ip(*a),
             interface: interface.to_string(),

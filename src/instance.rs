@@ -114,6 +114,16 @@ pub fn published_facts(l: &Lease) -> Option<PublishedFacts> {
     })
 }
 
+/// Where another vipd's status server listens, from its record: its node
+/// and the host and port of its status URL. None for records without one.
+pub fn status_address(l: &Lease) -> Option<(String, std::net::SocketAddr)> {
+    let node = l.spec.as_ref()?.holder_identity.clone()?;
+    let url = l.metadata.annotations.as_ref()?.get(STATUS_URL)?;
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split('/').next()?;
+    Some((node, authority.parse().ok()?))
+}
+
 /// Keeps this instance's record current until `shutdown`, then deletes it.
 /// `netlink` reads the host facts the record publishes.
 pub async fn run(

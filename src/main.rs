@@ -102,9 +102,11 @@ fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIPD_LOG").unwrap_or_else(|_| {
         // kube's client logs every failed request at ERROR; vipd logs each
         // failure where it is handled, with what it means, so that line is
-        // noise when an API server restarts.
+        // noise when an API server restarts. netlink-proto warns of every
+        // kernel answer that arrives after its requester is gone, which is
+        // every request in flight when vipd exits.
         tracing_subscriber::EnvFilter::new(format!(
-            "{level},kube=warn,kube_client=warn,kube_client::client::builder=off,kube_runtime=warn,tower=warn,hyper=warn,h2=warn,rustls=warn,tonic=warn"
+            "{level},kube=warn,kube_client=warn,kube_client::client::builder=off,kube_runtime=warn,tower=warn,hyper=warn,h2=warn,rustls=warn,tonic=warn,netlink_proto=error"
         ))
     });
     let ansi = colour(

@@ -291,12 +291,15 @@ fn md5_sessions_establish_only_with_the_right_password() {
                 .1;
             assert!(!doc.contains(secret) && !doc.contains("wrong-password"));
         }
-        // n1's status shows its sessions.
-        let doc: vipd::status::StatusDoc =
-            vipd::vipctl::http::get_json(&format!("http://{}:2112/status", nodes[0].host.v4), Duration::from_secs(2))
-                .await
-                .unwrap();
-        assert!(doc.bgp_peers.iter().any(|p| p.address == ROUTER && p.state == "established"), "{:?}", doc.bgp_peers);
+        // n1's status shows its sessions (the speaker's state reaches the
+        // status on its next report).
+        let url = format!("http://{}:2112/status", nodes[0].host.v4);
+        let shown = wait_until(Duration::from_secs(10), || async {
+            let doc: Option<vipd::status::StatusDoc> = vipd::vipctl::http::get_json(&url, Duration::from_secs(2)).await.ok();
+            doc.is_some_and(|d| d.bgp_peers.iter().any(|p| p.address == ROUTER && p.state == "established"))
+        })
+        .await;
+        assert!(shown, "n1's status never showed its session established");
         drop(bird);
     });
 }

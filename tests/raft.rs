@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use vipd_testkit::failover::{Disruption, Outcome, RaftLab};
 use vipd_testkit::probe::{max_holders, HolderSampler};
-use vipd_testkit::vipd::wait_until;
 
 const VIP: &str = "192.0.2.100";
 
@@ -277,17 +276,15 @@ fn the_whole_cluster_restarts() {
         let leader_name = c.nodes[leader].name().to_string();
         c.nodes[f].terminate(Duration::from_secs(5)).unwrap();
         c.nodes[f].start().unwrap();
-        // Rejoined: it follows the leader (its status says whom it heard)...
-        let follows = wait_until(Duration::from_secs(10), || async {
-            let d = c.nodes[f].status_doc().await;
-            d.and_then(|d| d["elections"][0]["holder"].as_str().map(String::from))
-                .as_deref()
-                == Some(leader_name.as_str())
-        })
-        .await;
+        // Rejoined: it follows the leader...
+        let follows = c.nodes[f].wait_log(
+            &format!("following the leader election=raft leader={leader_name}"),
+            Duration::from_secs(10),
+        );
         assert!(
             follows,
-            "the restarted follower never followed {leader_name}"
+            "the restarted follower never followed {leader_name}\n{}",
+            c.nodes[f].log_tail(20)
         );
         // ... and disturbed nothing: same leader, same term.
         assert_eq!(c.wait_stable(Duration::from_secs(5)).await.unwrap(), leader);
@@ -327,7 +324,7 @@ fn inconsistent_peer_lists_are_refused_clearly() {
             .unwrap()
             .wait_exit(Duration::from_secs(10));
         assert_eq!(code, Some(2), "{}", c.nodes[f].log_tail(5));
-        let log = c.nodes[f].log_tail(3);
+        let log = c.nodes[f].log_tail(20);
         assert!(log.contains("peer list changed"), "{log}");
         // With fresh state it runs, but the others refuse it: logged clearly.
         let dir = c.nodes[f]

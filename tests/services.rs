@@ -566,6 +566,104 @@ fn placement_spreads_fails_over_and_hands_back_with_one_lease_per_node() {
     });
 }
 
+/// With placement, the survivors follow each vipd's `/v1/alive` stream: a
+/// killed vipd's addresses move as soon as its stream closes, before its
+/// liveness Lease has expired (without the links they move only after it),
+/// and never on two nodes.
+#[test]
+fn a_killed_vipds_placed_addresses_move_before_its_liveness_lease_expires() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let mut lab = lab(
+            bin(),
+            &[("svc_election", "true"), ("svc_placement", "true")],
+            None,
+        )
+        .await;
+        let addrs: Vec<IpAddr> = (0..6)
+            .map(|i| ip(&format!("192.0.2.{}", 210 + i)))
+            .collect();
+        for (i, a) in addrs.iter().enumerate() {
+            lab.create(
+                &format!("s{i}"),
+                json!({ "kube-vip.io/loadbalancerIPs": a.to_string() }),
+                json!({}),
+            )
+            .await;
+        }
+        let mut by_node: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for a in &addrs {
+            let h = lab.wait_announced(*a, Duration::from_secs(20)).await;
+            by_node.entry(h).or_default().push(*a);
+        }
+        let (victim, moved) = by_node
+            .iter()
+            .next()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .unwrap();
+        let i = lab.nodes.iter().position(|n| n.name() == victim).unwrap();
+        let survivors: Vec<usize> = (0..lab.nodes.len()).filter(|j| *j != i).collect();
+        let link_of = |d: Option<serde_json::Value>, peer: &str| -> String {
+            d.and_then(|d| d["services"]["peer_links"][peer].as_str().map(String::from))
+                .unwrap_or_default()
+        };
+        // Every survivor follows the victim's stream.
+        let linked = vipd_testkit::vipd::wait_until(Duration::from_secs(20), || async {
+            for j in &survivors {
+                if link_of(lab.nodes[*j].status_doc().await, &victim) != "up" {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        assert!(linked, "no survivor links to {victim}\n{}", lab.logs());
+        // When its liveness Lease would expire, by its last renewal.
+        let leases: Api<Lease> = Api::namespaced(lab.admin.clone(), &lab.lease_ns);
+        let spec = leases
+            .get(&format!("vipd-node-{victim}"))
+            .await
+            .unwrap()
+            .spec
+            .unwrap();
+        let renewed = std::time::SystemTime::from(spec.renew_time.unwrap().0);
+        let expires = renewed + Duration::from_secs(spec.lease_duration_seconds.unwrap() as u64);
+
+        lab.nodes[i].kill();
+        let t0 = Instant::now();
+        for a in &moved {
+            loop {
+                let h = lab.holders(*a).await;
+                assert!(h.len() <= 1, "{a} held by {h:?}");
+                if h.len() == 1 && h[0] != victim {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(15),
+                    "{a} did not move off {victim}\n{}",
+                    lab.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let moved_at = std::time::SystemTime::now();
+        eprintln!(
+            "{} addresses moved off {victim} {:?} after SIGKILL",
+            moved.len(),
+            t0.elapsed()
+        );
+        assert!(
+            moved_at < expires,
+            "the addresses moved only {:?} after the victim's liveness Lease expired",
+            moved_at.duration_since(expires).unwrap_or_default()
+        );
+        let shown = link_of(lab.nodes[survivors[0]].status_doc().await, &victim);
+        assert!(shown.starts_with("down"), "{shown:?}");
+    });
+}
+
 #[test]
 fn dual_stack_service_gets_and_announces_both_families() {
     let env = env();

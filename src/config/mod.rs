@@ -224,6 +224,7 @@ fn services_config(r: &Reader) -> ServicesConfig {
         per_address_election: r.bool("svc_election"),
         placement: r.bool("svc_placement"),
         liveness: lease::liveness_timing(r),
+        peer_links: r.bool("svc_peer_links"),
         lease: lease::lease_config(r, "svc_leasename"),
         class_name: r.string_or_default("lb_class_name"),
         class_only: r.bool("lb_class_only"),

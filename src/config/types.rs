@@ -117,6 +117,10 @@ pub struct ServicesConfig {
     pub placement: bool,
     /// The liveness Lease's timing with placement (`svc_liveness_lease`).
     pub liveness: LeaseTiming,
+    /// With placement: follow every other vipd's `/v1/alive` stream, so a
+    /// dead one's addresses move without waiting for its Lease
+    /// (`svc_peer_links`).
+    pub peer_links: bool,
     /// The Services leader's Lease (`svc_leasename` in `cp_namespace`);
     /// per-address Leases live in the same namespace.
     pub lease: LeaseConfig,

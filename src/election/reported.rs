@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 
+use tracing::info;
+
 use super::Leadership;
 use crate::events::Events;
 use crate::status::Status;
@@ -70,6 +72,8 @@ impl<L: Leadership> Leadership for Reported<L> {
 
     fn observed(&mut self, holder: Option<&str>) {
         self.inner.observed(holder);
-        self.status.election(&self.lease, false, holder);
+        if self.status.election(&self.lease, false, holder) && holder != Some(self.me.as_str()) {
+            info!(election = %self.lease, leader = %holder.unwrap_or("nobody"), "following the leader");
+        }
     }
 }

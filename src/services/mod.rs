@@ -33,6 +33,7 @@ mod inputs;
 mod leader;
 pub mod model;
 pub mod pass;
+pub mod peer_links;
 pub mod placement;
 pub mod pools;
 pub mod trim;
@@ -116,6 +117,7 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
             &ctx.config.lease.namespace,
             &ctx.me,
             ctx.config.liveness,
+            ctx.config.peer_links,
             ctx.vips.clone(),
             addr_tx,
         )
@@ -296,11 +298,15 @@ impl Controller {
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
         let live = match (&mut self.placement, &self.informers.liveness) {
-            (Some(p), Some(store)) => Some(p.live(&store.state(), Instant::now())),
+            (Some(p), Some(store)) => {
+                let instances = self.informers.instances.state();
+                Some(p.live(&store.state(), &instances, Instant::now()))
+            }
             _ => None,
         };
         let snapshot = Snapshot {
-            live: live.as_ref(),
+            live: live.as_ref().map(|l| &l.nodes),
+            suspect: live.as_ref().map(|l| &l.suspect),
             wall: &wall,
             infos: &infos,
             served: &served,
@@ -353,6 +359,20 @@ impl Controller {
         summary.reconcile_errors_by_service = self.writer.failures_by_service();
         summary.watch_events = self.informers.service_events.counts();
         summary.reconciles = self.reconciles;
+        if let Some(p) = &self.placement {
+            summary.peer_links = p
+                .links()
+                .into_iter()
+                .map(|(node, l)| {
+                    let state = if l.up {
+                        "up".to_string()
+                    } else {
+                        format!("down: {}", l.why)
+                    };
+                    (node, state)
+                })
+                .collect();
+        }
         summary.services_version = objects
             .iter()
             .filter_map(|o| o.metadata.resource_version.as_deref()?.parse().ok())

@@ -66,6 +66,10 @@ pub struct Snapshot<'a> {
     /// With placement (`svc_placement`): the live nodes. Addresses that
     /// need a node of their own go to the first-ranked live eligible one.
     pub live: Option<&'a BTreeSet<String>>,
+    /// With placement: nodes alive by their Lease but dead by their link
+    /// (not in `live`). An address that would be theirs is added here only
+    /// once nobody answers for it.
+    pub suspect: Option<&'a BTreeSet<String>>,
     pub node: &'a NodeSettings,
     /// Now, as written in a condition's `lastTransitionTime`.
     pub wall: &'a str,
@@ -102,6 +106,20 @@ pub struct Decision {
     pub refused: Vec<AddressPlan>,
 }
 
+/// Whether `plan`'s address is placed here only because a suspect node (see
+/// [`Snapshot::suspect`]) does not count: with it, the address would be its.
+fn from_suspect(
+    plan: &AddressPlan,
+    live: &BTreeSet<String>,
+    suspect: Option<&BTreeSet<String>>,
+) -> bool {
+    let Some(suspect) = suspect.filter(|s| !s.is_empty()) else {
+        return false;
+    };
+    let with: BTreeSet<String> = live.union(suspect).cloned().collect();
+    placed_on(plan.addr, &plan.eligible, &with).is_some_and(|n| suspect.contains(n))
+}
+
 /// Steps 1 of a pass (see the module): the leader's writes, and every
 /// node's claims.
 pub fn decide(s: &Snapshot, mem: &mut Memory, now: Instant) -> Decision {
@@ -124,6 +142,7 @@ pub fn decide(s: &Snapshot, mem: &mut Memory, now: Instant) -> Decision {
     for plan in &plans {
         let claim = Claim {
             route: routes::route_for(s, plan, &by_key, &mut changes),
+            until_silent: false,
             addr: plan.addr,
             prefix: s.node.subnets.for_ip(plan.addr),
             interface: routes::interface_for(s, plan),
@@ -135,6 +154,8 @@ pub fn decide(s: &Snapshot, mem: &mut Memory, now: Instant) -> Decision {
             }
         } else if let (Some(live), true) = (s.live, plan.own_lease(s.node.per_address_election)) {
             if placed_on(plan.addr, &plan.eligible, live) == Some(me) {
+                let mut claim = claim;
+                claim.until_silent = from_suspect(plan, live, s.suspect);
                 placed.push(claim);
             }
         } else if plan.own_lease(s.node.per_address_election) {

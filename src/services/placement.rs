@@ -17,9 +17,15 @@
 //!   node, which sees the same change, withdraws first;
 //! - liveness is judged only on a fresh view: while this node does not see
 //!   its own renewals come back through its watch (API server or watch
-//!   down), nobody is declared dead and the last live set stays.
+//!   down), nobody is declared dead and the last live set stays;
+//! - a dead vipd is known sooner through its link (`peer_links`: its
+//!   `/v1/alive` stream closed or silent, no renewal seen since, and this
+//!   node still linked to another peer); the addresses that moves are added
+//!   only once nobody answers for them, however long that takes, so a peer
+//!   that lives but lost its link keeps what it holds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +40,7 @@ use crate::election::{Leadership, LeaseElection};
 use crate::vips::{Claim, Source, VipHandle};
 
 use super::leader::{Grant, Granting};
+use super::peer_links::{LinkState, PeerLinks};
 
 /// Label on liveness Leases.
 pub const LIVENESS_LABEL: &str = "vipd.dev/liveness";
@@ -66,19 +73,21 @@ impl Liveness {
     }
 
     /// The nodes alive now: holders of a liveness Lease not expired in
-    /// this node's view (`me` counts while `me_alive`). Judged only while
-    /// this node sees its own renewals arrive (within `duration`);
-    /// otherwise the last live set stands, so a broken watch never makes
-    /// this node take every address. Never judged yet (its own Lease not
-    /// seen yet): nobody, so nothing is placed here before the view is
-    /// complete.
+    /// this node's view (`me` counts while `me_alive`), less those whose
+    /// link says they died (see [`Liveness::link_dead`]), which come back
+    /// as `suspect`. The Leases are judged only while this node sees its
+    /// own renewals arrive (within `duration`); otherwise the last live set
+    /// stands, so a broken watch never makes this node take every address.
+    /// Never judged yet (its own Lease not seen yet): nobody, so nothing is
+    /// placed here before the view is complete.
     pub fn live(
         &mut self,
         me: &str,
         me_alive: bool,
         now: Instant,
         duration: Duration,
-    ) -> BTreeSet<String> {
+        links: &BTreeMap<String, LinkState>,
+    ) -> Live {
         let fresh = self
             .seen
             .get(&lease_name(me))
@@ -94,16 +103,55 @@ impl Liveness {
                     .collect(),
             );
         }
-        let Some(mut live) = self.last_live.clone() else {
-            return BTreeSet::new();
+        let Some(mut nodes) = self.last_live.clone() else {
+            return Live::default();
         };
         if me_alive {
-            live.insert(me.to_string());
+            nodes.insert(me.to_string());
         } else {
-            live.remove(me);
+            nodes.remove(me);
         }
-        live
+        let suspect = self.link_dead(me, &nodes, links);
+        nodes.retain(|n| !suspect.contains(n));
+        Live { nodes, suspect }
     }
+
+    /// The Lease-live peers whose link went down after it had been up,
+    /// with no renewal of their Lease seen since, while this node's link
+    /// to some other peer is up (so it is not this node that is cut off).
+    /// A renewal seen after the link went down means the peer lives and
+    /// only the link failed: the Lease decides again.
+    pub fn link_dead(
+        &self,
+        me: &str,
+        live: &BTreeSet<String>,
+        links: &BTreeMap<String, LinkState>,
+    ) -> BTreeSet<String> {
+        let another_up = |node: &str| links.iter().any(|(n, l)| n != node && n != me && l.up);
+        live.iter()
+            .filter(|n| n.as_str() != me)
+            .filter(|n| {
+                let Some(link) = links.get(n.as_str()) else {
+                    return false;
+                };
+                let renewal_seen = self.seen.get(&lease_name(n)).map(|o| o.observed_at);
+                !link.up
+                    && link.was_up
+                    && renewal_seen.is_some_and(|r| r < link.since)
+                    && another_up(n)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// Who is alive for placement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Live {
+    pub nodes: BTreeSet<String>,
+    /// Alive by their Lease, dead by their link: their addresses move, but
+    /// are added elsewhere only once nobody answers for them.
+    pub suspect: BTreeSet<String>,
 }
 
 /// The liveness Lease's election: it grants this node the right to hold
@@ -143,6 +191,8 @@ pub struct Placement {
     /// The liveness Lease's grant, while this node holds it.
     alive: watch::Receiver<Option<Grant>>,
     liveness: Liveness,
+    /// With `svc_peer_links`: the links to the other vipds.
+    links: Option<PeerLinks>,
     /// What was claimed, and under which grant.
     placed: Vec<Claim>,
     placed_term: u64,
@@ -153,15 +203,18 @@ pub struct Placement {
 impl Placement {
     /// Starts renewing this node's liveness Lease in `namespace` with
     /// `timing` (`svc_liveness_lease`); `notify` is told when this node
-    /// becomes or stops being alive.
+    /// becomes or stops being alive, and (with `peer_links`) when a link to
+    /// another vipd goes up or down.
     pub fn start(
         client: Client,
         namespace: &str,
         me: &str,
         timing: LeaseTiming,
+        peer_links: bool,
         vips: VipHandle,
         notify: mpsc::UnboundedSender<()>,
     ) -> Placement {
+        let links = peer_links.then(|| PeerLinks::new(me, notify.clone()));
         let (grant, alive) = watch::channel(None);
         let election = LeaseElection {
             api: Api::<Lease>::namespaced(client, namespace),
@@ -190,6 +243,7 @@ impl Placement {
             vips,
             alive,
             liveness: Liveness::default(),
+            links,
             placed: Vec::new(),
             placed_term: 0,
             task,
@@ -197,12 +251,30 @@ impl Placement {
         }
     }
 
-    /// The live nodes, from the liveness Leases in the cache.
-    pub fn live(&mut self, leases: &[Arc<Lease>], now: Instant) -> BTreeSet<String> {
+    /// The live nodes, from the liveness Leases in the cache and the links
+    /// to the other vipds (whose status servers `instances`, their
+    /// instance records, say where to find).
+    pub fn live(&mut self, leases: &[Arc<Lease>], instances: &[Arc<Lease>], now: Instant) -> Live {
+        let links = match self.links.as_mut() {
+            Some(l) => {
+                let peers: BTreeMap<String, SocketAddr> = instances
+                    .iter()
+                    .filter_map(|r| crate::instance::status_address(r))
+                    .collect();
+                l.follow(&peers);
+                l.view()
+            }
+            None => BTreeMap::new(),
+        };
         self.liveness.update(leases, now);
         let me_alive = self.alive.borrow().is_some();
         self.liveness
-            .live(&self.me, me_alive, now, self.timing.lease_duration)
+            .live(&self.me, me_alive, now, self.timing.lease_duration, &links)
+    }
+
+    /// The links to the other vipds, for the status.
+    pub fn links(&self) -> BTreeMap<String, LinkState> {
+        self.links.as_ref().map(PeerLinks::view).unwrap_or_default()
     }
 
     /// Holds exactly `claims` (the addresses placed here), under this

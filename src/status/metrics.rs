@@ -223,6 +223,17 @@ impl Collector for StatusCollector {
                 "Services reconcile passes with a failed write",
                 &[(vec![], svc.reconcile_errors)],
             )?;
+            let links: Vec<(Labels, i64)> = svc
+                .peer_links
+                .iter()
+                .map(|(node, state)| (l(&[("peer", node)]), (state == "up") as i64))
+                .collect();
+            gauges(
+                &mut enc,
+                "vipd_peer_link_up",
+                "1 while this node follows the peer vipd's /v1/alive stream (placement)",
+                &links,
+            )?;
         }
 
         let peers = s.bgp_peers();

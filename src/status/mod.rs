@@ -60,6 +60,10 @@ pub struct ServicesSummary {
     /// rather than on time).
     #[serde(default)]
     pub services_version: u64,
+    /// With placement and `svc_peer_links`: this node's link to each other
+    /// vipd (`up` or `down: why`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peer_links: BTreeMap<String, String>,
     pub last_reconcile_ms: f64,
     /// Failed writes per Service and what failed: (namespace, name, what, count).
     #[serde(default)]
@@ -187,8 +191,9 @@ impl Status {
         }
     }
 
-    /// Records a change of leadership (or of the observed holder).
-    pub fn election(&self, lease: &str, leading: bool, holder: Option<&str>) {
+    /// Records a change of leadership (or of the observed holder); returns
+    /// whether the holder changed.
+    pub fn election(&self, lease: &str, leading: bool, holder: Option<&str>) -> bool {
         let mut e = self.elections.lock().expect("not poisoned");
         let entry = e.entry(lease.to_string()).or_insert_with(|| ElectionState {
             lease: lease.to_string(),
@@ -202,7 +207,9 @@ impl Status {
             entry.since = SystemTime::now();
         }
         entry.leading = leading;
+        let changed = entry.holder.as_deref() != holder;
         entry.holder = holder.map(String::from);
+        changed
     }
 
     pub fn elections(&self) -> Vec<ElectionState> {

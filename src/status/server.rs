@@ -1,15 +1,19 @@
-//! The local HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`.
+//! The local HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`,
+//! and `/v1/alive` for the other vipds.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use super::{metrics, Status};
@@ -18,6 +22,54 @@ use super::{metrics, Status};
 struct App {
     status: Arc<Status>,
     registry: Arc<Registry>,
+    /// Ends the `/v1/alive` streams at shutdown (peers see it at once).
+    shutdown: watch::Receiver<bool>,
+    /// Bounds the `/v1/alive` streams open at once.
+    streams: Arc<Semaphore>,
+}
+
+/// How often `/v1/alive` says this vipd is alive.
+pub const ALIVE_EVERY: Duration = Duration::from_millis(200);
+/// At most this many `/v1/alive` streams at once (every other vipd of a
+/// large cluster, with room); more are refused with 503.
+const MAX_ALIVE_STREAMS: usize = 512;
+
+/// `/v1/alive`: a line `alive <node> <n>` every [`ALIVE_EVERY`] for as
+/// long as this vipd runs. The other vipds' placement follows it
+/// (`services::peer_links`): the stream ends the moment this process dies
+/// (its kernel closes the socket) or stops, and goes silent when the node
+/// does, so they need not wait for its liveness Lease to expire.
+async fn alive(State(app): State<App>) -> Response {
+    let Ok(permit) = app.streams.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many streams\n").into_response();
+    };
+    let node = app.status.node.clone();
+    let beats = futures::stream::unfold(
+        (0u64, app.shutdown.clone(), permit),
+        move |(n, mut stop, permit)| {
+            let line = format!("alive {node} {n}\n");
+            async move {
+                if n > 0 {
+                    tokio::select! {
+                        _ = tokio::time::sleep(ALIVE_EVERY) => {}
+                        _ = stop.wait_for(|s| *s) => return None,
+                    }
+                }
+                if *stop.borrow() {
+                    return None;
+                }
+                Some((Ok::<_, Infallible>(line), (n + 1, stop, permit)))
+            }
+        },
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(beats),
+    )
+        .into_response()
 }
 
 async fn metrics_page(State(app): State<App>) -> Response {
@@ -53,14 +105,20 @@ async fn status_doc(State(app): State<App>) -> Json<super::StatusDoc> {
     Json(app.status.document())
 }
 
-fn router(status: Arc<Status>) -> Router {
+fn router(status: Arc<Status>, shutdown: watch::Receiver<bool>) -> Router {
     let registry = Arc::new(metrics::registry(status.clone()));
     Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status_doc))
-        .with_state(App { status, registry })
+        .route("/v1/alive", get(alive))
+        .with_state(App {
+            status,
+            registry,
+            shutdown,
+            streams: Arc::new(Semaphore::new(MAX_ALIVE_STREAMS)),
+        })
 }
 
 /// Serves until `shutdown`. A port that is taken is logged, not fatal: the
@@ -73,11 +131,12 @@ pub async fn serve(addr: SocketAddr, status: Arc<Status>, mut shutdown: watch::R
             return;
         }
     };
-    info!(%addr, "serving /metrics /healthz /readyz /status");
+    info!(%addr, "serving /metrics /healthz /readyz /status /v1/alive");
+    let app = router(status, shutdown.clone());
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, router(status))
+    if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
     {

@@ -148,6 +148,7 @@ mod tests {
             prefix: 32,
             interface: "eth0".into(),
             route: Default::default(),
+            until_silent: false,
         }
     }
 

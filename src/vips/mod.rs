@@ -69,6 +69,10 @@ pub struct Claim {
     pub interface: String,
     /// Communities and local preference when announced by BGP.
     pub route: vipd_bgp::RouteAttrs,
+    /// With a probing source: added only once no other host answers for
+    /// it, however long that takes (never after `probe::patience`): the
+    /// host it comes from may still be alive.
+    pub until_silent: bool,
 }
 
 /// An address this node holds now.

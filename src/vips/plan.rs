@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Claim, Source};
 use crate::netlink::KernelAddr;
@@ -189,6 +189,23 @@ pub fn plan(
     p
 }
 
+/// Whether an address another host still answers for is taken anyway
+/// after `waited` of checking: once `patience` has passed (that host's copy
+/// should have expired), unless a claim on it is `until_silent` (the host
+/// it comes from may still be alive: never taken while it answers).
+pub fn takes_anyway(
+    claims: &BTreeMap<Source, ClaimSet>,
+    addr: IpAddr,
+    waited: Duration,
+    patience: Duration,
+) -> bool {
+    let until_silent = claims
+        .values()
+        .flat_map(|set| &set.claims)
+        .any(|c| c.addr == addr && c.until_silent);
+    !until_silent && waited >= patience
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +214,7 @@ mod tests {
     fn claim(addr: &str, iface: &str) -> Claim {
         Claim {
             route: Default::default(),
+            until_silent: false,
             addr: addr.parse().unwrap(),
             prefix: 32,
             interface: iface.into(),
@@ -412,6 +430,7 @@ mod yield_tests {
                 prefix: 32,
                 interface: "eth0".into(),
                 route: Default::default(),
+                until_silent: false,
             }],
             hold_until: Some(if live {
                 now + std::time::Duration::from_secs(5)
@@ -480,5 +499,26 @@ mod yield_tests {
         let mut both = one(set("192.0.2.100", false, true));
         both.insert(Source::ServicesLeader, set("192.0.2.100", true, true));
         assert!(!yields_to_another(now, &both, vip));
+    }
+
+    #[test]
+    fn an_address_claimed_until_silent_is_never_taken_while_another_host_answers() {
+        let patience = Duration::from_secs(3);
+        let mut claims = BTreeMap::from([(Source::ServicesPlaced, set("192.0.2.10", true, true))]);
+        let addr: IpAddr = "192.0.2.10".parse().unwrap();
+        assert!(!takes_anyway(
+            &claims,
+            addr,
+            Duration::from_secs(1),
+            patience
+        ));
+        assert!(takes_anyway(&claims, addr, patience, patience));
+        claims.get_mut(&Source::ServicesPlaced).unwrap().claims[0].until_silent = true;
+        assert!(!takes_anyway(
+            &claims,
+            addr,
+            Duration::from_secs(600),
+            patience
+        ));
     }
 }

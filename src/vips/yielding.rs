@@ -2,6 +2,7 @@
 //! another node announces it while this node cannot confirm its claim, and
 //! checking that no other host holds an address before adding it.
 
+use super::plan::takes_anyway;
 use super::*;
 
 impl Owner {
@@ -31,14 +32,16 @@ impl Owner {
     }
 
     /// A probe round for `addr` ended: clear it when nobody answered, else
-    /// ask again (and after `probe::patience`, take it anyway).
+    /// ask again (and after `probe::patience`, take it anyway, unless it is
+    /// claimed `until_silent`).
     pub(super) async fn on_probed(&mut self, addr: IpAddr) {
         let Some(p) = self.probes.get(&addr) else {
             return;
         };
         let waited = p.since.elapsed();
         let patience = probe::patience(self.config.lifetime);
-        if !p.answered_this_round() || waited >= patience {
+        let out_of_patience = takes_anyway(&self.claims, addr, waited, patience);
+        if !p.answered_this_round() || out_of_patience {
             if p.answered_this_round() {
                 let mac = p.answered.map(|(_, m)| mac_text(m)).unwrap_or_default();
                 warn!(%addr, other = %mac, waited = ?waited, "another host still answers for this address after its lifetime could have ended: taking it over (is it configured there by hand, or is its vip_addr_lifetime 0?)");

@@ -88,6 +88,7 @@ struct World {
     guard: Guard,
     leading: bool,
     live: Option<BTreeSet<String>>,
+    suspect: Option<BTreeSet<String>>,
     node: NodeSettings,
 }
 
@@ -107,6 +108,7 @@ impl World {
             guard: guard(),
             leading: true,
             live: None,
+            suspect: None,
             node: settings(false, false),
         }
     }
@@ -123,6 +125,7 @@ impl World {
             guard: &self.guard,
             leading: self.leading,
             live: self.live.as_ref(),
+            suspect: self.suspect.as_ref(),
             node: &self.node,
         };
         let d = decide(&s, mem, Instant::now());
@@ -319,6 +322,7 @@ fn assignment_exhaustion_conflict_and_release() {
         guard: &w2.guard,
         leading: true,
         live: None,
+        suspect: None,
         node: &w2.node,
     };
     let d = decide(&s, &mut mem, Instant::now());
@@ -504,6 +508,50 @@ fn placement_claims_what_ranks_here_among_live_nodes_and_nothing_competes_by_lea
     w.node = settings(false, false);
     let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
     assert!(d.placed.is_empty() && d.leader_claims.len() == 30);
+}
+
+#[test]
+fn addresses_moved_by_a_link_alone_are_claimed_until_silent() {
+    let addrs: Vec<String> = (1..=30).map(|i| format!("192.0.2.{}", 150 + i)).collect();
+    let infos: Vec<_> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| svc(&format!("s{i}"), json!({}), &[a.as_str()]))
+        .collect();
+    let mut w = World::new(infos);
+    w.node = settings(false, true);
+    let all: BTreeSet<String> = ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
+    let placed_with = |live: &BTreeSet<String>| -> BTreeSet<IpAddr> {
+        addrs
+            .iter()
+            .map(|a| a.parse::<IpAddr>().unwrap())
+            .filter(|a| {
+                crate::services::eligibility::placed_on(
+                    *a,
+                    &crate::services::eligibility::Eligible::Any,
+                    live,
+                ) == Some(ME)
+            })
+            .collect()
+    };
+    let mine_before = placed_with(&all);
+    // n3 is dead by its Lease: what moves here is claimed as usual.
+    let two: BTreeSet<String> = ["n1", "n2"].iter().map(|s| s.to_string()).collect();
+    w.live = Some(two.clone());
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(d.placed.iter().all(|c| !c.until_silent));
+    // n3 is dead by its link only: the same addresses move here, those
+    // that were n3's claimed until silent, n1's own as usual.
+    w.suspect = Some(["n3".to_string()].into());
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    let moved: BTreeSet<IpAddr> = placed_with(&two)
+        .difference(&mine_before)
+        .copied()
+        .collect();
+    assert!(!moved.is_empty(), "nothing of n3's moved to n1");
+    for c in &d.placed {
+        assert_eq!(c.until_silent, moved.contains(&c.addr), "{}", c.addr);
+    }
 }
 
 type StatusWrite = (Option<Ingress>, Vec<(&'static str, Condition)>);

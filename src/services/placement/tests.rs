@@ -17,6 +17,23 @@ fn lease(node: &str, holder: &str, rv: &str) -> Arc<Lease> {
     Arc::new(l)
 }
 
+fn no_links() -> BTreeMap<String, LinkState> {
+    BTreeMap::new()
+}
+
+fn link(up: bool, since: Instant, was_up: bool) -> LinkState {
+    LinkState {
+        up,
+        since,
+        was_up,
+        why: if up {
+            String::new()
+        } else {
+            "closed by the peer".into()
+        },
+    }
+}
+
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -33,7 +50,10 @@ fn a_node_that_stops_renewing_is_dead_one_lease_duration_after_its_last_renewal_
         ],
         t0,
     );
-    assert_eq!(l.live("n1", true, t0, D), set(&["n1", "n2", "n3"]));
+    assert_eq!(
+        l.live("n1", true, t0, D, &no_links()).nodes,
+        set(&["n1", "n2", "n3"])
+    );
     // n1 and n2 renew; n3 does not.
     let t1 = t0 + Duration::from_secs(3);
     l.update(
@@ -44,9 +64,15 @@ fn a_node_that_stops_renewing_is_dead_one_lease_duration_after_its_last_renewal_
         ],
         t1,
     );
-    assert_eq!(l.live("n1", true, t1, D), set(&["n1", "n2", "n3"]));
+    assert_eq!(
+        l.live("n1", true, t1, D, &no_links()).nodes,
+        set(&["n1", "n2", "n3"])
+    );
     let t2 = t0 + D;
-    assert_eq!(l.live("n1", true, t2, D), set(&["n1", "n2"]));
+    assert_eq!(
+        l.live("n1", true, t2, D, &no_links()).nodes,
+        set(&["n1", "n2"])
+    );
 }
 
 #[test]
@@ -59,7 +85,8 @@ fn a_released_liveness_lease_is_dead_at_once() {
         t0 + Duration::from_millis(100),
     );
     assert_eq!(
-        l.live("n1", true, t0 + Duration::from_millis(100), D),
+        l.live("n1", true, t0 + Duration::from_millis(100), D, &no_links())
+            .nodes,
         set(&["n1"])
     );
 }
@@ -69,17 +96,29 @@ fn nobody_is_declared_dead_while_this_node_does_not_see_its_own_renewals() {
     let t0 = Instant::now();
     let mut l = Liveness::default();
     l.update(&[lease("n1", "n1", "1"), lease("n2", "n2", "1")], t0);
-    assert_eq!(l.live("n1", true, t0, D), set(&["n1", "n2"]));
+    assert_eq!(
+        l.live("n1", true, t0, D, &no_links()).nodes,
+        set(&["n1", "n2"])
+    );
     // The watch stalls: nothing changes for 10 s, n1's own renewals
     // included. n2 is not declared dead, n1 still counts while it holds
     // its own Lease (holding on API loss).
     let later = t0 + Duration::from_secs(10);
-    assert_eq!(l.live("n1", true, later, D), set(&["n1", "n2"]));
+    assert_eq!(
+        l.live("n1", true, later, D, &no_links()).nodes,
+        set(&["n1", "n2"])
+    );
     // Not alive itself: it places nothing on itself.
-    assert_eq!(l.live("n1", false, later, D), set(&["n2"]));
+    assert_eq!(
+        l.live("n1", false, later, D, &no_links()).nodes,
+        set(&["n2"])
+    );
     // Its renewals come back: the view is fresh again, n2 is judged.
     l.update(&[lease("n1", "n1", "9"), lease("n2", "n2", "1")], later);
-    assert_eq!(l.live("n1", true, later, D), set(&["n1"]));
+    assert_eq!(
+        l.live("n1", true, later, D, &no_links()).nodes,
+        set(&["n1"])
+    );
 }
 
 #[test]
@@ -124,7 +163,7 @@ fn nothing_is_placed_here_before_this_nodes_own_lease_is_seen() {
     let mut l = Liveness::default();
     // n1 just took its liveness Lease; its watch shows only the others.
     l.update(&[lease("n2", "n2", "1"), lease("n3", "n3", "1")], t0);
-    assert!(l.live("n1", true, t0, D).is_empty());
+    assert!(l.live("n1", true, t0, D, &no_links()).nodes.is_empty());
     l.update(
         &[
             lease("n1", "n1", "1"),
@@ -133,5 +172,89 @@ fn nothing_is_placed_here_before_this_nodes_own_lease_is_seen() {
         ],
         t0,
     );
-    assert_eq!(l.live("n1", true, t0, D), set(&["n1", "n2", "n3"]));
+    assert_eq!(
+        l.live("n1", true, t0, D, &no_links()).nodes,
+        set(&["n1", "n2", "n3"])
+    );
+}
+
+#[test]
+fn a_peer_whose_link_closed_after_its_last_renewal_is_dead_before_its_lease_expires() {
+    let t0 = Instant::now();
+    let mut l = Liveness::default();
+    let three = [
+        lease("n1", "n1", "1"),
+        lease("n2", "n2", "1"),
+        lease("n3", "n3", "1"),
+    ];
+    l.update(&three, t0);
+    // n3's vipd dies 100 ms after its renewal was seen: its stream closes.
+    let down = t0 + Duration::from_millis(100);
+    let links = BTreeMap::from([
+        ("n2".to_string(), link(true, t0, true)),
+        ("n3".to_string(), link(false, down, true)),
+    ]);
+    let now = down + Duration::from_millis(10);
+    let live = l.live("n1", true, now, D, &links);
+    assert_eq!(live.nodes, set(&["n1", "n2"]));
+    assert_eq!(live.suspect, set(&["n3"]));
+    // Without links the Lease alone keeps n3 alive for its duration.
+    assert_eq!(
+        l.live("n1", true, now, D, &no_links()).nodes,
+        set(&["n1", "n2", "n3"])
+    );
+}
+
+#[test]
+fn a_link_alone_never_declares_a_death_the_lease_contradicts_or_this_node_cannot_judge() {
+    let t0 = Instant::now();
+    let mut l = Liveness::default();
+    l.update(
+        &[
+            lease("n1", "n1", "1"),
+            lease("n2", "n2", "1"),
+            lease("n3", "n3", "1"),
+        ],
+        t0,
+    );
+    let down = t0 + Duration::from_millis(100);
+    let now = down + Duration::from_millis(10);
+    let all = set(&["n1", "n2", "n3"]);
+    // Never up (its status port unreachable from here): the Lease decides.
+    let never = BTreeMap::from([
+        ("n2".to_string(), link(true, t0, true)),
+        ("n3".to_string(), link(false, down, false)),
+    ]);
+    assert_eq!(l.live("n1", true, now, D, &never).nodes, all);
+    // Every link down: it is this node that is cut off, not the others.
+    let alone = BTreeMap::from([
+        ("n2".to_string(), link(false, down, true)),
+        ("n3".to_string(), link(false, down, true)),
+    ]);
+    let live = l.live("n1", true, now, D, &alone);
+    assert_eq!(live.nodes, all);
+    assert!(live.suspect.is_empty());
+    // n3's link broke, but its Lease was renewed after that: it lives.
+    let broken = BTreeMap::from([
+        ("n2".to_string(), link(true, t0, true)),
+        ("n3".to_string(), link(false, down, true)),
+    ]);
+    let renewed = down + Duration::from_millis(500);
+    l.update(
+        &[
+            lease("n1", "n1", "2"),
+            lease("n2", "n2", "2"),
+            lease("n3", "n3", "2"),
+        ],
+        renewed,
+    );
+    let live = l.live("n1", true, renewed, D, &broken);
+    assert_eq!(live.nodes, all);
+    assert!(live.suspect.is_empty());
+    // This node is never its own suspect.
+    let me_down = BTreeMap::from([
+        ("n1".to_string(), link(false, down, true)),
+        ("n2".to_string(), link(true, t0, true)),
+    ]);
+    assert!(l.live("n1", true, renewed, D, &me_down).suspect.is_empty());
 }
