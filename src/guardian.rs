@@ -11,6 +11,7 @@
 //! takes the guardian too; then the kernel lifetime remains.
 
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
@@ -53,6 +54,7 @@ pub struct Guardian {
     child: Child,
     stdin: Option<ChildStdin>,
     last: Option<Option<u64>>,
+    last_drop: Option<Vec<IpAddr>>,
 }
 
 impl Guardian {
@@ -68,7 +70,28 @@ impl Guardian {
             child,
             stdin,
             last: None,
+            last_drop: None,
         })
+    }
+
+    /// The addresses to remove the moment vipd dies, not at the deadline:
+    /// others take them over at once (placement following peer links).
+    pub fn set_drop_on_death(&mut self, addrs: Vec<IpAddr>) {
+        if self.last_drop.as_ref() == Some(&addrs) {
+            return;
+        }
+        let list: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
+        self.write(&format!("drop {}\n", list.join(",")));
+        self.last_drop = Some(addrs);
+    }
+
+    fn write(&mut self, line: &str) {
+        if let Some(s) = self.stdin.as_mut() {
+            if let Err(e) = s.write_all(line.as_bytes()) {
+                warn!(error = %e, "the guardian is gone; addresses rely on their kernel lifetime alone");
+                self.stdin = None;
+            }
+        }
     }
 
     /// Sets the deadline: `Some(remaining)` from now, or None (no deadline).
@@ -87,14 +110,10 @@ impl Guardian {
             Some(ns) => format!("until {ns}\n"),
             None => "none\n".to_string(),
         };
-        if let Some(s) = self.stdin.as_mut() {
-            if let Err(e) = s.write_all(line.as_bytes()) {
-                warn!(error = %e, "the guardian is gone; addresses rely on their kernel lifetime alone");
-                self.stdin = None;
-                return;
-            }
+        self.write(&line);
+        if self.stdin.is_some() {
+            self.last = Some(at);
         }
-        self.last = Some(at);
     }
 }
 
@@ -106,8 +125,9 @@ impl Drop for Guardian {
     }
 }
 
-/// Removes every address carrying vipd's mark.
-fn remove_ours() {
+/// Removes every address carrying vipd's mark (only those of `only`, when
+/// given).
+fn remove_ours(only: Option<&[IpAddr]>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -120,7 +140,8 @@ fn remove_ours() {
         let Ok(addrs) = nl.addresses().await else {
             return;
         };
-        for k in addrs.into_iter().filter(|k| k.ours) {
+        let chosen = |a: &IpAddr| only.is_none_or(|o| o.contains(a));
+        for k in addrs.into_iter().filter(|k| k.ours && chosen(&k.addr)) {
             let _ = nl.del_address(k.ifindex, k.addr, k.prefix).await;
             eprintln!("vipd guard: removed {} (vipd stopped renewing it)", k.addr);
         }
@@ -128,13 +149,15 @@ fn remove_ours() {
 }
 
 /// `vipd guard`: runs until vipd's end of the pipe closes. When vipd is
-/// gone, the addresses stay until the last deadline it gave (its lead was
-/// guaranteed until then), then go.
+/// gone, the addresses of the last `drop` line go at once (others take
+/// them over without waiting), the rest stay until the last deadline it
+/// gave (its lead was guaranteed until then), then go.
 pub fn run_guard() -> ! {
     // Held until exit: a new vipd waits for this guardian to be done.
     let _lock = bind_lock();
     let fd = io::stdin().as_raw_fd();
     let mut deadline: Option<u64> = None;
+    let mut drop_on_death: Vec<IpAddr> = Vec::new();
     let mut pending = String::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -143,7 +166,7 @@ pub fn run_guard() -> ! {
             Some(d) => {
                 let now = mono_ns();
                 if now >= d {
-                    remove_ours();
+                    remove_ours(None);
                     deadline = None;
                     continue;
                 }
@@ -164,7 +187,7 @@ pub fn run_guard() -> ! {
             if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            remove_ours();
+            remove_ours(None);
             std::process::exit(1);
         }
         // SAFETY: reading into our own buffer from stdin's descriptor.
@@ -175,13 +198,16 @@ pub fn run_guard() -> ! {
             }
             r if r <= 0 => {
                 // vipd is gone (killed, crashed, or stopped cleanly).
+                if !drop_on_death.is_empty() {
+                    remove_ours(Some(&drop_on_death));
+                }
                 if let Some(d) = deadline {
                     let now = mono_ns();
                     if d > now {
                         std::thread::sleep(Duration::from_nanos(d - now));
                     }
                 }
-                remove_ours();
+                remove_ours(None);
                 std::process::exit(0);
             }
             k => {
@@ -192,6 +218,8 @@ pub fn run_guard() -> ! {
                     let line = line.trim();
                     if line == "none" {
                         deadline = None;
+                    } else if let Some(list) = line.strip_prefix("drop ") {
+                        drop_on_death = list.split(',').filter_map(|a| a.parse().ok()).collect();
                     } else if let Some(ns) =
                         line.strip_prefix("until ").and_then(|v| v.parse().ok())
                     {

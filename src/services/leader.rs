@@ -34,6 +34,8 @@ pub(crate) struct Granting {
     pub(crate) source: Source,
     /// Add an address only once no other host answers for it.
     pub(crate) probe_first: bool,
+    /// The guardian removes the addresses the moment vipd dies.
+    pub(crate) drop_on_death: bool,
     pub(crate) grant: watch::Sender<Option<Grant>>,
     pub(crate) vips: VipHandle,
 }
@@ -42,7 +44,12 @@ impl Granting {
     pub(crate) async fn started(&mut self, hold_until: Instant) {
         let term = self
             .vips
-            .grant(self.source.clone(), hold_until, self.probe_first)
+            .grant(
+                self.source.clone(),
+                hold_until,
+                self.probe_first,
+                self.drop_on_death,
+            )
             .await;
         self.grant.send_replace(Some(Grant { term, hold_until }));
     }

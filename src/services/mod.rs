@@ -161,6 +161,9 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
     let leadership = ServicesLeadership(Granting {
         source: Source::ServicesLeader,
         probe_first: false,
+        // Nobody may take them before the Lease expires: a dead vipd's
+        // node keeps serving them until then.
+        drop_on_death: false,
         grant,
         vips: c.ctx.vips.clone(),
     });

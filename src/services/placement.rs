@@ -230,6 +230,9 @@ impl Placement {
                 // A newly placed address may still be on the node it
                 // comes from: added only once nobody answers for it.
                 probe_first: true,
+                // Followed by the others' links, a dead vipd's addresses
+                // are taken over at once: gone from its node at once too.
+                drop_on_death: peer_links,
                 grant,
                 vips: vips.clone(),
             },

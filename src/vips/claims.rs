@@ -4,14 +4,15 @@
 
 use super::*;
 
-/// Grants `source` a new term until `hold_until`, withdrawing whatever it
-/// claimed before; returns the term.
+/// Grants `source` a new term until `hold_until` (probing first, dropped
+/// on death: see `ClaimSet`), withdrawing whatever it claimed before;
+/// returns the term.
 fn grant(
     claims: &mut BTreeMap<Source, ClaimSet>,
     last_term: &mut u64,
     source: Source,
     hold_until: Instant,
-    probe_first: bool,
+    (probe_first, drop_on_death): (bool, bool),
 ) -> u64 {
     *last_term += 1;
     let set = ClaimSet {
@@ -20,6 +21,7 @@ fn grant(
         confirmed: true,
         probe_first,
         term: Some(*last_term),
+        drop_on_death,
     };
     claims.insert(source, set);
     *last_term
@@ -62,6 +64,7 @@ impl Owner {
                 source,
                 hold_until,
                 probe_first,
+                drop_on_death,
                 done,
             } => {
                 let term = grant(
@@ -69,7 +72,7 @@ impl Owner {
                     &mut self.next_term,
                     source,
                     hold_until,
-                    probe_first,
+                    (probe_first, drop_on_death),
                 );
                 self.converge().await;
                 let _ = done.send(term);
@@ -166,7 +169,13 @@ mod tests {
         let leader = Source::ServicesLeader;
         let until = Instant::now() + Duration::from_secs(5);
 
-        let first = grant(&mut claims, &mut last, leader.clone(), until, false);
+        let first = grant(
+            &mut claims,
+            &mut last,
+            leader.clone(),
+            until,
+            (false, false),
+        );
         assert!(set_granted(
             &mut claims,
             &leader,
@@ -189,7 +198,13 @@ mod tests {
             vec![claim("192.0.2.11")]
         ));
         assert!(!claims.contains_key(&leader));
-        let second = grant(&mut claims, &mut last, leader.clone(), until, false);
+        let second = grant(
+            &mut claims,
+            &mut last,
+            leader.clone(),
+            until,
+            (false, false),
+        );
         assert_ne!(first, second);
         assert!(!set_granted(
             &mut claims,
@@ -216,7 +231,7 @@ mod tests {
         let mut last = 0;
         let placed = Source::ServicesPlaced;
         let until = Instant::now() + Duration::from_secs(5);
-        let t = grant(&mut claims, &mut last, placed.clone(), until, true);
+        let t = grant(&mut claims, &mut last, placed.clone(), until, (true, false));
         assert!(set_granted(
             &mut claims,
             &placed,
@@ -224,7 +239,13 @@ mod tests {
             vec![claim("192.0.2.20")]
         ));
         // Another source's grant does not end this one.
-        let other = grant(&mut claims, &mut last, Source::ServicesLeader, until, false);
+        let other = grant(
+            &mut claims,
+            &mut last,
+            Source::ServicesLeader,
+            until,
+            (false, false),
+        );
         assert_ne!(other, t);
         assert!(set_granted(
             &mut claims,
@@ -233,7 +254,7 @@ mod tests {
             vec![claim("192.0.2.21")]
         ));
         // Granted again (a new Lease term): the old addresses are gone.
-        let t2 = grant(&mut claims, &mut last, placed.clone(), until, true);
+        let t2 = grant(&mut claims, &mut last, placed.clone(), until, (true, false));
         assert!(addrs(&claims, &placed).is_empty());
         assert!(claims[&placed].probe_first);
         assert_eq!(claims[&placed].term, Some(t2));

@@ -134,6 +134,7 @@ pub(super) enum Command {
         source: Source,
         hold_until: Instant,
         probe_first: bool,
+        drop_on_death: bool,
         done: oneshot::Sender<u64>,
     },
     /// The addresses of a granted source, decided in `term`. Answers
@@ -195,6 +196,7 @@ impl VipHandle {
             confirmed: true,
             probe_first,
             term: None,
+            drop_on_death: false,
         };
         if self.tx.send(Command::Set { source, set, done }).is_ok() {
             let _ = wait.await;
@@ -207,12 +209,22 @@ impl VipHandle {
     /// addresses themselves come from [`VipHandle::claim_granted`], so the
     /// election and the code deciding the addresses each write one thing.
     /// Returns the term the addresses must be claimed in.
-    pub async fn grant(&self, source: Source, hold_until: Instant, probe_first: bool) -> u64 {
+    /// With `drop_on_death`, the guardian removes the addresses the
+    /// moment vipd dies rather than at the deadline (others take over at
+    /// once).
+    pub async fn grant(
+        &self,
+        source: Source,
+        hold_until: Instant,
+        probe_first: bool,
+        drop_on_death: bool,
+    ) -> u64 {
         let (done, wait) = oneshot::channel();
         let cmd = Command::Grant {
             source,
             hold_until,
             probe_first,
+            drop_on_death,
             done,
         };
         if self.tx.send(cmd).is_ok() {

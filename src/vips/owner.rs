@@ -101,6 +101,20 @@ impl Owner {
             .filter(|t| *t > now)
             .min();
         g.set(deadline.map(|d| d - now));
+        // Addresses every claim on which lets them go at vipd's death.
+        let mut drop: BTreeMap<IpAddr, bool> = BTreeMap::new();
+        for set in self.claims.values() {
+            for c in &set.claims {
+                let d = drop.entry(c.addr).or_insert(true);
+                *d &= set.drop_on_death;
+            }
+        }
+        g.set_drop_on_death(
+            drop.into_iter()
+                .filter(|(_, d)| *d)
+                .map(|(a, _)| a)
+                .collect(),
+        );
     }
 
     /// The earliest claim deadline still ahead.

@@ -25,6 +25,9 @@ pub struct ClaimSet {
     /// set under that term only, so a list decided in an earlier term is
     /// refused instead of outliving the lead it was decided under.
     pub term: Option<u64>,
+    /// The addresses go the moment vipd dies (the guardian does not wait
+    /// for `hold_until`): other nodes take them over at once.
+    pub drop_on_death: bool,
 }
 
 impl ClaimSet {
@@ -248,6 +251,7 @@ mod tests {
                         probe_first: false,
                         confirmed: true,
                         term: None,
+                        drop_on_death: false,
                         claims: c,
                         hold_until: h,
                     },
@@ -424,6 +428,7 @@ mod yield_tests {
         let now = Instant::now();
         ClaimSet {
             term: None,
+            drop_on_death: false,
             probe_first: false,
             claims: vec![Claim {
                 addr: addr.parse().unwrap(),
