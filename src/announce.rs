@@ -34,6 +34,7 @@ pub struct AnnounceStats {
 /// for milliseconds more).
 pub fn spawn(
     link: &Link,
+    sender: Arc<Sender>,
     addr: IpAddr,
     schedule: Schedule,
     stats: Arc<AnnounceStats>,
@@ -43,15 +44,7 @@ pub fn spawn(
         warn!(interface = %link.name, %addr, "interface has no MAC address: nothing to announce on it");
         return None;
     };
-    let (ifindex, ifname) = (link.index, link.name.clone());
-    let sender = match Sender::open(ifindex) {
-        Ok(s) => s,
-        Err(e) => {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            warn!(interface = %ifname, %addr, error = %e, "cannot open a raw socket (is CAP_NET_RAW granted?)");
-            return None;
-        }
-    };
+    let ifname = link.name.clone();
     let mac = MacAddr::new(mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
     let frame = build_announcement(addr, mac);
     let probe = build_probe(addr, mac);

@@ -145,7 +145,7 @@ pub const SETTINGS: &[Setting] = &[
     s("vip_addr_lifetime", "addressLifetime", "kernel lifetime of held addresses, refreshed while leading; 0 = permanent (vipd default: lease duration - 2s, at least 1s; Raft: 1s)"),
     // Kubernetes client, observability.
     s("k8s_config_file", "k8sConfigPath", "kubeconfig (default: /etc/kubernetes/admin.conf if present, else $KUBECONFIG or ~/.kube/config, else in-cluster)"),
-    s("prometheus_server", "prometheusHTTPServer", "address of /metrics, /healthz, /readyz, /status (empty = off)").or(STATUS_SERVER),
+    s("prometheus_server", "prometheusHTTPServer", "address of /metrics, /healthz, /readyz, /status and /v1/alive (empty = off)").or(STATUS_SERVER),
     s("health_check_port", "healthCheckPort", "extra port serving /healthz only (0 = off)").or("0"),
     s("vip_loglevel", "log", "log level: error, warn, info, debug, trace or kube-vip's number").or("info"),
     s("vip_logformat", "logFormat", "text or json").or("text"),

@@ -94,25 +94,32 @@ impl Owner {
                 Err(e) => error!(addr = %k.addr, error = %e, "cannot remove address"),
             }
         }
-        for (addr, iface, prefix) in &p.add {
-            let Some(link) = links.get(iface) else {
-                continue;
-            };
-            match self
-                .netlink
-                .put_address(link.index, *addr, *prefix, self.config.lifetime)
-                .await
-            {
+        // Added all at once (a takeover adds hundreds), then recorded in order.
+        let lifetime = self.config.lifetime;
+        let adding: Vec<_> = p
+            .add
+            .iter()
+            .filter_map(|(addr, iface, prefix)| {
+                let link = links.get(iface)?;
+                let nl = &self.netlink;
+                Some(async move {
+                    let r = nl.put_address(link.index, *addr, *prefix, lifetime).await;
+                    (link, *addr, iface, *prefix, r)
+                })
+            })
+            .collect();
+        for (link, addr, iface, prefix, result) in futures::future::join_all(adding).await {
+            match result {
                 Ok(()) => {
                     info!(%addr, interface = %iface, "address added");
                     self.have.push(KernelAddr {
                         ifindex: link.index,
-                        addr: *addr,
-                        prefix: *prefix,
+                        addr,
+                        prefix,
                         ours: true,
                     });
-                    self.since.insert(*addr, SystemTime::now());
-                    self.start_announcer(link, *addr);
+                    self.since.insert(addr, SystemTime::now());
+                    self.start_announcer(link, addr);
                 }
                 Err(e) => error!(%addr, interface = %iface, error = %e, "cannot add address"),
             }

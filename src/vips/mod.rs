@@ -339,6 +339,7 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         probes: HashMap::new(),
         cleared: HashSet::new(),
         probe_tx,
+        senders: HashMap::new(),
     };
     owner.refresh_kernel_view().await?;
     let stale: Vec<KernelAddr> = owner.have.iter().filter(|k| k.ours).copied().collect();

@@ -39,6 +39,8 @@ pub(super) struct Owner {
     /// Addresses checked: nobody else answered (or it was taken anyway).
     pub(super) cleared: HashSet<IpAddr>,
     pub(super) probe_tx: mpsc::UnboundedSender<IpAddr>,
+    /// One raw socket per interface for announcements and probes.
+    pub(super) senders: HashMap<u32, Arc<vipd_arp::Sender>>,
 }
 
 impl Owner {
@@ -74,7 +76,13 @@ impl Owner {
                 }
                 Some(ev) = events.next() => self.on_kernel_event(ev).await,
                 Some(c) = conflicts.recv() => self.on_conflict(c).await,
-                Some(a) = probed.recv() => self.on_probed(a).await,
+                Some(a) = probed.recv() => {
+                    let mut ended = vec![a];
+                    while let Ok(more) = probed.try_recv() {
+                        ended.push(more);
+                    }
+                    self.on_probed(ended).await
+                }
                 _ = refresh.tick() => {
                     if let Err(e) = self.refresh_kernel_view().await {
                         warn!(error = %e, "cannot read addresses");
@@ -196,12 +204,39 @@ impl Owner {
             &self.claims,
             addr,
         )));
-        if let Some(task) =
-            announce::spawn(link, addr, schedule, self.stats.clone(), probing.clone())
-        {
-            self.announcers.insert(addr, Announcer { task, probing });
+        if let Some(sender) = self.sender(link) {
+            let stats = self.stats.clone();
+            if let Some(task) =
+                announce::spawn(link, sender, addr, schedule, stats, probing.clone())
+            {
+                self.announcers.insert(addr, Announcer { task, probing });
+            }
         }
         self.ensure_watcher(link);
+    }
+
+    /// The raw socket announcements and probes leave `link` through, one
+    /// per interface (a socket per address would be a thousand descriptors,
+    /// and closing each costs the kernel a network-wide synchronisation:
+    /// a vipd holding a thousand addresses would take seconds to die).
+    pub(super) fn sender(&mut self, link: &Link) -> Option<Arc<vipd_arp::Sender>> {
+        if let Some(s) = self.senders.get(&link.index) {
+            return Some(s.clone());
+        }
+        match vipd_arp::Sender::open(link.index) {
+            Ok(s) => {
+                let s = Arc::new(s);
+                self.senders.insert(link.index, s.clone());
+                Some(s)
+            }
+            Err(e) => {
+                self.stats
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(interface = %link.name, error = %e, "cannot open a raw socket (is CAP_NET_RAW granted?)");
+                None
+            }
+        }
     }
 
     /// Listens on `link` for other hosts announcing or answering for the

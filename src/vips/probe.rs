@@ -11,6 +11,7 @@
 //! other host's copy should have expired by then), with a warning.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -59,16 +60,17 @@ impl Probe {
 /// address when the round's window has passed.
 pub fn round(
     link: &Link,
+    sender: Option<Arc<Sender>>,
     addr: IpAddr,
     delay: Duration,
     done: mpsc::UnboundedSender<IpAddr>,
 ) -> JoinHandle<()> {
-    let (ifindex, ifname, mac) = (link.index, link.name.clone(), link.mac);
+    let (ifname, mac) = (link.name.clone(), link.mac);
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         let started = tokio::time::Instant::now();
-        match (mac, Sender::open(ifindex)) {
-            (Some(m), Ok(sender)) => {
+        match (mac, sender) {
+            (Some(m), Some(sender)) => {
                 let frame = build_probe(addr, MacAddr::new(m[0], m[1], m[2], m[3], m[4], m[5]));
                 for i in 0..FRAMES {
                     if let Err(e) = sender.send(&frame) {
@@ -80,9 +82,7 @@ pub fn round(
                 }
             }
             // Nothing can be asked: the round ends unanswered.
-            (_, Err(e)) => {
-                debug!(%addr, interface = %ifname, error = %e, "cannot open a raw socket to probe")
-            }
+            (_, None) => debug!(%addr, interface = %ifname, "no raw socket to probe with"),
             (None, _) => {}
         }
         tokio::time::sleep_until(started + WINDOW).await;

@@ -31,12 +31,25 @@ impl Owner {
         }
     }
 
-    /// A probe round for `addr` ended: clear it when nobody answered, else
-    /// ask again (and after `probe::patience`, take it anyway, unless it is
-    /// claimed `until_silent`).
-    pub(super) async fn on_probed(&mut self, addr: IpAddr) {
+    /// Probe rounds ended (all those that ended together: a node taking
+    /// over a dead one's addresses checks hundreds at once): each address is
+    /// cleared when nobody answered, else asked again (and after
+    /// `probe::patience` taken anyway, unless claimed `until_silent`); the
+    /// kernel converges once for all the cleared ones.
+    pub(super) async fn on_probed(&mut self, addrs: Vec<IpAddr>) {
+        let mut cleared = false;
+        for addr in addrs {
+            cleared |= self.probe_ended(addr).await;
+        }
+        if cleared {
+            self.converge().await;
+        }
+    }
+
+    /// One ended round; true when `addr` is cleared (to be added).
+    async fn probe_ended(&mut self, addr: IpAddr) -> bool {
         let Some(p) = self.probes.get(&addr) else {
-            return;
+            return false;
         };
         let waited = p.since.elapsed();
         let patience = probe::patience(self.config.lifetime);
@@ -52,14 +65,14 @@ impl Owner {
             }
             self.probes.remove(&addr);
             self.cleared.insert(addr);
-            self.converge().await;
-            return;
+            return true;
         }
         if waited < probe::RETRY * 2 {
             let mac = p.answered.map(|(_, m)| mac_text(m)).unwrap_or_default();
             info!(%addr, other = %mac, "another host still answers for this address (a holder whose vipd died with its guardian): waiting until its kernel lets it go");
         }
         self.probe_round(addr, probe::RETRY).await;
+        false
     }
 
     /// Starts (or restarts) checking `addr` after `delay`.
@@ -72,7 +85,8 @@ impl Owner {
             return;
         };
         self.ensure_watcher(&link);
-        let task = probe::round(&link, addr, delay, self.probe_tx.clone());
+        let sender = self.sender(&link);
+        let task = probe::round(&link, sender, addr, delay, self.probe_tx.clone());
         let round = Instant::now() + delay;
         match self.probes.get_mut(&addr) {
             Some(p) => {

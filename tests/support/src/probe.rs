@@ -523,7 +523,15 @@ pub async fn takeover_in_kernels(
     while since.elapsed() < limit {
         // Per address: on how many nodes, and on a node other than `dead`.
         let mut seen: std::collections::BTreeMap<IpAddr, (usize, bool)> = Default::default();
-        for k in kernels {
+        // The survivors first, the dead node last: after its death it only
+        // loses addresses, so one it still has when read last was there
+        // while the survivors were read too. Read first, it could show an
+        // address it dropped a millisecond later as doubled.
+        let order = kernels
+            .iter()
+            .filter(|k| k.name != dead)
+            .chain(kernels.iter().filter(|k| k.name == dead));
+        for k in order {
             for (a, _) in k.addresses().await {
                 if addrs.contains(&a) {
                     let e = seen.entry(a).or_default();

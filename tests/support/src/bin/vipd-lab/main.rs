@@ -144,8 +144,9 @@ enum Bench {
         /// Seconds the writes are counted over.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
-        /// Which modes, in order: placement, lease (comma separated).
-        #[arg(long, default_value = "placement,lease")]
+        /// Which modes, in order: placement, placement-nolinks, lease
+        /// (comma separated).
+        #[arg(long, default_value = "placement,placement-nolinks,lease")]
         modes: String,
     },
 }

@@ -74,15 +74,25 @@ pub async fn run(vipd: PathBuf, services: usize, window: Duration, modes: String
     println!("{services} Services, svc_election, 3 nodes; Lease writes counted by the API server over {window:?} once settled.\n");
     println!("| mode | Lease writes/s (cluster) | per node | Leases | takeover after SIGKILL of an announcer (kernels) | addresses on two nodes at once (max in a 20 ms sample) | RSS per node, MiB (anon + file) |");
     println!("|---|---|---|---|---|---|---|");
-    for (mode, placement) in [
-        ("placement (svc_placement)", true),
-        ("a Lease per address", false),
+    for (mode, key, placement, links) in [
+        (
+            "placement (svc_placement), peer links",
+            "placement",
+            true,
+            true,
+        ),
+        (
+            "placement, svc_peer_links=false",
+            "placement-nolinks",
+            true,
+            false,
+        ),
+        ("a Lease per address", "lease", false, false),
     ] {
-        let key = if placement { "placement" } else { "lease" };
         if !modes.split(',').any(|m| m.trim() == key) {
             continue;
         }
-        let row = one(&vipd, services, window, placement).await?;
+        let row = one(&vipd, services, window, placement, links).await?;
         println!("| {mode} | {row} |");
     }
     Ok(())
@@ -93,6 +103,7 @@ async fn one(
     services: usize,
     window: Duration,
     placement: bool,
+    links: bool,
 ) -> Result<String> {
     let env = env();
     let admin = env.admin().await;
@@ -112,9 +123,10 @@ async fn one(
         ("svc_namespace", &ns),
         ("svc_pool_configmap", &pools),
         ("svc_election", "true"),
-        ("vip_loglevel", "warn"),
+        ("vip_loglevel", "info"),
     ];
     settings.push(("svc_placement", if placement { "true" } else { "false" }));
+    settings.push(("svc_peer_links", if links { "true" } else { "false" }));
     let mut nodes = vipd_nodes(
         env,
         3,
