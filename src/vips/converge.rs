@@ -94,7 +94,7 @@ impl Owner {
                 Err(e) => error!(addr = %k.addr, error = %e, "cannot remove address"),
             }
         }
-        // Added all at once (a takeover adds hundreds), then recorded in order.
+        // Added many at once (a takeover adds hundreds), then recorded.
         let lifetime = self.config.lifetime;
         let adding: Vec<_> = p
             .add
@@ -108,7 +108,12 @@ impl Owner {
                 })
             })
             .collect();
-        for (link, addr, iface, prefix, result) in futures::future::join_all(adding).await {
+        // At most 64 in flight: the kernel's answers must fit the socket.
+        let added: Vec<_> = futures::stream::iter(adding)
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        for (link, addr, iface, prefix, result) in added {
             match result {
                 Ok(()) => {
                     info!(%addr, interface = %iface, "address added");
