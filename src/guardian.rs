@@ -5,10 +5,13 @@
 //! stalled node) cannot notice that its lead ran out; the kernel's address
 //! lifetime catches both, but only in whole seconds. The guardian is a small
 //! child process (`vipd guard`) that the address owner keeps told of the
-//! earliest claim deadline. When vipd dies (its end of the pipe closes) or a
-//! deadline passes without a newer one, the guardian deletes every address
-//! carrying vipd's mark, within milliseconds. Killing the whole container
-//! takes the guardian too; then the kernel lifetime remains.
+//! earliest claim deadline, and of the addresses that may go the moment
+//! vipd dies (placed addresses others take over at once). When a deadline
+//! passes without a newer one, the guardian deletes every address carrying
+//! vipd's mark, within milliseconds; when vipd dies (its end of the pipe
+//! closes), it deletes those at once and the others a little before the
+//! last deadline. Killing the whole container takes the guardian too; then
+//! the kernel lifetime remains.
 
 use std::io::{self, Write};
 
@@ -175,8 +178,8 @@ fn early(left: u64) -> u64 {
 
 /// `vipd guard`: runs until vipd's end of the pipe closes. When vipd is
 /// gone, the addresses of the last `drop` line go at once (others take
-/// them over without waiting), the rest stay until the last deadline it
-/// gave (its lead was guaranteed until then), then go.
+/// them over without waiting), the rest stay until just before the last
+/// deadline it gave (its lead was guaranteed until then; see [`early`]).
 pub fn run_guard() -> ! {
     // Held until exit: a new vipd waits for this guardian to be done.
     let _lock = bind_lock();

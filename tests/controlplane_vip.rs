@@ -161,7 +161,20 @@ fn failover(disruption: Disruption, vips: &'static [&'static str], limit: Durati
         let hosts: Vec<&vipd_testkit::lab::Host> = c.nodes.iter().map(|n| &n.host).collect();
         let sampler = HolderSampler::start(&hosts, vips[0], Duration::from_millis(10));
         c.restore(disruption, old).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Sampled until it follows the new holder, and a little after.
+        let follows = format!(
+            "following the leader election={lease_ns}/plndr-cp-lock leader={}",
+            o.new
+        );
+        assert!(
+            c.nodes[old]
+                .wait_for_log(&follows, Duration::from_secs(15))
+                .await,
+            "the old holder never followed {}\n{}",
+            o.new,
+            c.nodes[old].log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let samples = sampler.finish().await;
         assert!(
             max_holders(&samples) <= 1,

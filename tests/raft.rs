@@ -64,7 +64,17 @@ fn failover(n: usize, what: Disruption, limit: Duration) {
         let hosts: Vec<&vipd_testkit::lab::Host> = c.nodes.iter().map(|n| &n.host).collect();
         let sampler = HolderSampler::start(&hosts, vip(), Duration::from_millis(10));
         c.restore(what, old).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Sampled until it follows the new leader, and a little after.
+        let follows = format!("following the leader election=raft leader={}", o.new);
+        assert!(
+            c.nodes[old]
+                .wait_for_log(&follows, Duration::from_secs(15))
+                .await,
+            "the old leader never followed {}\n{}",
+            o.new,
+            c.nodes[old].log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let samples = sampler.finish().await;
         assert!(
             max_holders(&samples) <= 1,

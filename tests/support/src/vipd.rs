@@ -152,6 +152,19 @@ impl VipdNode {
         false
     }
 
+    /// [`VipdNode::wait_log`] for async code (does not block its thread).
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            if text.contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     /// The last lines of the current log.
     pub fn log_tail(&self, n: usize) -> String {
         crate::process::tail(&self.log_path(), n)
