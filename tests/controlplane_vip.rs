@@ -11,7 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use vipd_testkit::apiserver::env;
 use vipd_testkit::failover::{lease_cluster, Disruption, Outcome, VipCluster};
-use vipd_testkit::probe::{max_holders, HolderSampler};
+use vipd_testkit::probe::max_holders;
 use vipd_testkit::vipd::wait_until;
 
 const VIP4: &str = "192.0.2.100";
@@ -158,24 +158,11 @@ fn failover(disruption: Disruption, vips: &'static [&'static str], limit: Durati
         check_all_vips_on(&mut c, &vips, &o.new).await;
         // The old holder comes back (restarted, or its link up again) as a
         // follower: the holder does not change and never doubles.
-        let hosts: Vec<&vipd_testkit::lab::Host> = c.nodes.iter().map(|n| &n.host).collect();
-        let sampler = HolderSampler::start(&hosts, vips[0], Duration::from_millis(10));
-        c.restore(disruption, old).await.unwrap();
-        // Sampled until it follows the new holder, and a little after.
-        let follows = format!(
-            "following the leader election={lease_ns}/plndr-cp-lock leader={}",
-            o.new
-        );
-        assert!(
-            c.nodes[old]
-                .wait_for_log(&follows, Duration::from_secs(15))
-                .await,
-            "the old holder never followed {}\n{}",
-            o.new,
-            c.nodes[old].log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let samples = sampler.finish().await;
+        let election = format!("{lease_ns}/plndr-cp-lock");
+        let samples = c
+            .restore_sampled(disruption, old, vips[0], &election, &o.new)
+            .await
+            .unwrap();
         assert!(
             max_holders(&samples) <= 1,
             "two holders after the old holder came back"

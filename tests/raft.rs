@@ -61,21 +61,10 @@ fn failover(n: usize, what: Disruption, limit: Duration) {
             .unwrap();
         check(&o, limit);
         // The old leader comes back: never two holders, no flapping back.
-        let hosts: Vec<&vipd_testkit::lab::Host> = c.nodes.iter().map(|n| &n.host).collect();
-        let sampler = HolderSampler::start(&hosts, vip(), Duration::from_millis(10));
-        c.restore(what, old).await.unwrap();
-        // Sampled until it follows the new leader, and a little after.
-        let follows = format!("following the leader election=raft leader={}", o.new);
-        assert!(
-            c.nodes[old]
-                .wait_for_log(&follows, Duration::from_secs(15))
-                .await,
-            "the old leader never followed {}\n{}",
-            o.new,
-            c.nodes[old].log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let samples = sampler.finish().await;
+        let samples = c
+            .restore_sampled(what, old, vip(), "raft", &o.new)
+            .await
+            .unwrap();
         assert!(
             max_holders(&samples) <= 1,
             "two holders after the old leader came back"

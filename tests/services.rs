@@ -414,11 +414,9 @@ fn bad_input_becomes_events_and_the_rest_keeps_working() {
     });
 }
 
-/// Addresses that need a node of their own, spread over the nodes; one
-/// announcer dies and its addresses move to the others, never on two nodes.
-/// Returns the lab, the victim and the addresses that moved.
-async fn spread_then_kill_one(settings: &[(&str, &str)], base: u8) -> (Lab, String, Vec<IpAddr>) {
-    let mut lab = lab(bin(), settings, None).await;
+/// Six Services with annotated addresses from `base`, each waited for
+/// until it is announced; by announcing node.
+async fn spread(lab: &mut Lab, base: u8) -> BTreeMap<String, Vec<IpAddr>> {
     let addrs: Vec<IpAddr> = (0..6)
         .map(|i| ip(&format!("192.0.2.{}", base + i)))
         .collect();
@@ -435,6 +433,15 @@ async fn spread_then_kill_one(settings: &[(&str, &str)], base: u8) -> (Lab, Stri
         let h = lab.wait_announced(*a, Duration::from_secs(20)).await;
         by_node.entry(h).or_default().push(*a);
     }
+    by_node
+}
+
+/// Addresses that need a node of their own, spread over the nodes; one
+/// announcer dies and its addresses move to the others, never on two nodes.
+/// Returns the lab, the victim and the addresses that moved.
+async fn spread_then_kill_one(settings: &[(&str, &str)], base: u8) -> (Lab, String, Vec<IpAddr>) {
+    let mut lab = lab(bin(), settings, None).await;
+    let by_node = spread(&mut lab, base).await;
     assert!(by_node.len() >= 2, "addresses not spread: {by_node:?}");
     // One announcer dies: its addresses move to the others.
     let (victim, moved) = by_node
@@ -582,22 +589,7 @@ fn a_killed_vipds_placed_addresses_move_before_its_liveness_lease_expires() {
             None,
         )
         .await;
-        let addrs: Vec<IpAddr> = (0..6)
-            .map(|i| ip(&format!("192.0.2.{}", 210 + i)))
-            .collect();
-        for (i, a) in addrs.iter().enumerate() {
-            lab.create(
-                &format!("s{i}"),
-                json!({ "kube-vip.io/loadbalancerIPs": a.to_string() }),
-                json!({}),
-            )
-            .await;
-        }
-        let mut by_node: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-        for a in &addrs {
-            let h = lab.wait_announced(*a, Duration::from_secs(20)).await;
-            by_node.entry(h).or_default().push(*a);
-        }
+        let by_node = spread(&mut lab, 210).await;
         let (victim, moved) = by_node
             .iter()
             .next()

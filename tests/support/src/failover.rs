@@ -232,6 +232,35 @@ impl VipCluster {
     }
 
     /// Undoes a disruption of node `i` and waits for a stable cluster.
+    /// Restores node `i` after `what` while sampling who holds `vip`, until
+    /// its log says it follows `new` in `election` (`raft`, or the Lease's
+    /// `namespace/name`) and half a second more: the samples of its return.
+    pub async fn restore_sampled(
+        &mut self,
+        what: Disruption,
+        i: usize,
+        vip: IpAddr,
+        election: &str,
+        new: &str,
+    ) -> Result<Vec<crate::probe::HolderSample>> {
+        let hosts: Vec<&Host> = self.nodes.iter().map(|n| &n.host).collect();
+        let sampler = HolderSampler::start(&hosts, vip, Duration::from_millis(10));
+        self.restore(what, i).await?;
+        let follows = format!("following the leader election={election} leader={new}");
+        if !self.nodes[i]
+            .wait_for_log(&follows, Duration::from_secs(15))
+            .await
+        {
+            bail!(
+                "{} never followed {new}\n{}",
+                self.nodes[i].name(),
+                self.nodes[i].log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(sampler.finish().await)
+    }
+
     pub async fn restore(&mut self, what: Disruption, i: usize) -> Result<()> {
         match what {
             Disruption::Kill => self.nodes[i].start()?,
