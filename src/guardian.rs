@@ -59,6 +59,7 @@ pub struct Guardian {
     child: Child,
     stdin: Option<ChildStdin>,
     last: Option<Option<u64>>,
+    last_death: Option<Option<u64>>,
     last_drop: Option<Vec<IpAddr>>,
 }
 
@@ -75,6 +76,7 @@ impl Guardian {
             child,
             stdin,
             last: None,
+            last_death: None,
             last_drop: None,
         })
     }
@@ -88,6 +90,35 @@ impl Guardian {
         let list: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
         self.write(&format!("drop {}\n", list.join(",")));
         self.last_drop = Some(addrs);
+    }
+
+    /// Sets until when the addresses may stay if vipd dies now (see
+    /// `vips::plan::at_death`); None: the deadline decides.
+    pub fn set_at_death(&mut self, remaining: Option<Duration>) {
+        // Zero: at once (0 is always past, and the same every time).
+        let at = remaining.map(|r| {
+            if r.is_zero() {
+                0
+            } else {
+                mono_ns() + r.as_nanos() as u64
+            }
+        });
+        let same = match (self.last_death, at) {
+            (Some(None), None) => true,
+            (Some(Some(a)), Some(b)) => a.abs_diff(b) < 1_000_000,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let line = match at {
+            Some(ns) => format!("death {ns}\n"),
+            None => "death none\n".to_string(),
+        };
+        self.write(&line);
+        if self.stdin.is_some() {
+            self.last_death = Some(at);
+        }
     }
 
     fn write(&mut self, line: &str) {
@@ -186,6 +217,7 @@ pub fn run_guard() -> ! {
     let fd = io::stdin().as_raw_fd();
     let mut deadline: Option<u64> = None;
     let mut drop_on_death: Vec<IpAddr> = Vec::new();
+    let mut death: Option<u64> = None;
     let mut pending = String::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -229,7 +261,11 @@ pub fn run_guard() -> ! {
                 if !drop_on_death.is_empty() {
                     remove_ours(Some(&drop_on_death));
                 }
-                if let Some(d) = deadline {
+                let until = match (deadline, death) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if let Some(d) = until {
                     let now = mono_ns();
                     if d > now {
                         std::thread::sleep(Duration::from_nanos(early(d - now)));
@@ -246,6 +282,12 @@ pub fn run_guard() -> ! {
                     let line = line.trim();
                     if line == "none" {
                         deadline = None;
+                    } else if line == "death none" {
+                        death = None;
+                    } else if let Some(ns) =
+                        line.strip_prefix("death ").and_then(|v| v.parse().ok())
+                    {
+                        death = Some(ns);
                     } else if let Some(list) = line.strip_prefix("drop ") {
                         drop_on_death = list.split(',').filter_map(|a| a.parse().ok()).collect();
                     } else if let Some(ns) =

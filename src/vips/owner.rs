@@ -109,6 +109,7 @@ impl Owner {
             .filter(|t| *t > now)
             .min();
         g.set(deadline.map(|d| d - now));
+        g.set_at_death(plan::at_death(&self.claims, now).map(|d| d.saturating_duration_since(now)));
         // Addresses every claim on which lets them go at vipd's death.
         let mut drop: BTreeMap<IpAddr, bool> = BTreeMap::new();
         for set in self.claims.values() {

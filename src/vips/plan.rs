@@ -192,6 +192,18 @@ pub fn plan(
     p
 }
 
+/// Until when a dead vipd's addresses may stay (the guardian's deadline at
+/// its death): each confirmed claim's deadline; a claim held on without a
+/// renewed Lease (`confirmed` false) guarantees nothing once vipd cannot
+/// watch for another announcer, so its addresses go at once (`now`).
+pub fn at_death(claims: &BTreeMap<Source, ClaimSet>, now: Instant) -> Option<Instant> {
+    claims
+        .values()
+        .filter(|c| !c.claims.is_empty())
+        .filter_map(|c| c.hold_until.map(|t| if c.confirmed { t } else { now }))
+        .min()
+}
+
 /// Whether an address another host still answers for is taken anyway
 /// after `waited` of checking: once `patience` has passed (that host's copy
 /// should have expired), unless a claim on it is `until_silent` (the host
@@ -525,5 +537,19 @@ mod yield_tests {
             Duration::from_secs(600),
             patience
         ));
+    }
+
+    #[test]
+    fn a_dead_vipd_holding_on_without_a_renewed_lease_loses_its_addresses_at_once() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(3);
+        let mut claims = BTreeMap::from([(Source::ControlPlane, set("192.0.2.10", true, true))]);
+        claims.get_mut(&Source::ControlPlane).unwrap().hold_until = Some(later);
+        assert_eq!(at_death(&claims, now), Some(later));
+        // Holding on through an API server that does not answer it: the
+        // others may see the Lease expire before this hold ends.
+        claims.get_mut(&Source::ControlPlane).unwrap().confirmed = false;
+        assert_eq!(at_death(&claims, now), Some(now));
+        assert_eq!(at_death(&BTreeMap::new(), now), None);
     }
 }

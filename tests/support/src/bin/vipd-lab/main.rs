@@ -126,6 +126,10 @@ enum Bench {
         /// Services created at once (IPv6, from a pool).
         #[arg(long, default_value_t = 1000)]
         burst: usize,
+        /// Extra vipd settings, `name=value` (repeatable), e.g.
+        /// `--set svc_peer_links=false`.
+        #[arg(long = "set")]
+        set: Vec<String>,
     },
     /// Services created and deleted in waves (svc_election): memory before,
     /// at the peak and after; per-address Leases left behind.
@@ -196,8 +200,13 @@ fn main() {
             what: Bench::Failover { rounds, nodes },
         } => run_interruptible(bench_failover(vipd, rounds, nodes)),
         Cmd::Bench {
-            what: Bench::Services { sequential, burst },
-        } => run_interruptible(services_bench::run(vipd, sequential, burst)),
+            what:
+                Bench::Services {
+                    sequential,
+                    burst,
+                    set,
+                },
+        } => run_interruptible(services_bench::run(vipd, sequential, burst, set)),
         Cmd::Bench {
             what: Bench::Churn { services, wave },
         } => run_interruptible(churn_bench::run(vipd, services, wave)),

@@ -77,7 +77,7 @@ async fn metric(host: std::net::Ipv4Addr, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
+pub async fn run(vipd: PathBuf, sequential: usize, burst: usize, set: Vec<String>) -> Result<()> {
     if sequential == 0 || burst == 0 || burst > 8000 {
         bail!("--sequential must be at least 1 and --burst 1 to 8000");
     }
@@ -115,12 +115,18 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize) -> Result<()> {
     cms.create(&PostParams::default(), &cm).await?;
     let pools = format!("{ns}/kubevip");
     let level = std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".into());
-    let settings: Vec<(&str, &str)> = vec![
+    let mut settings: Vec<(&str, &str)> = vec![
         ("cp_namespace", &lease_ns),
         ("svc_namespace", &ns),
         ("svc_pool_configmap", &pools),
         ("vip_loglevel", &level),
     ];
+    for kv in &set {
+        let Some(pair) = kv.split_once('=') else {
+            bail!("--set {kv:?}: expected name=value");
+        };
+        settings.push(pair);
+    }
     let mut nodes = vipd_nodes(
         env,
         3,
