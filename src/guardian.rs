@@ -103,12 +103,7 @@ impl Guardian {
                 mono_ns() + r.as_nanos() as u64
             }
         });
-        let same = match (self.last_death, at) {
-            (Some(None), None) => true,
-            (Some(Some(a)), Some(b)) => a.abs_diff(b) < 1_000_000,
-            _ => false,
-        };
-        if same {
+        if !differs(self.last_death, at) {
             return;
         }
         let line = match at {
@@ -133,13 +128,7 @@ impl Guardian {
     /// Sets the deadline: `Some(remaining)` from now, or None (no deadline).
     pub fn set(&mut self, remaining: Option<Duration>) {
         let at = remaining.map(|r| mono_ns() + r.as_nanos() as u64);
-        // Deadlines within 1 ms of the last sent are not worth a write.
-        let same = match (self.last, at) {
-            (Some(None), None) => true,
-            (Some(Some(a)), Some(b)) => a.abs_diff(b) < 1_000_000,
-            _ => false,
-        };
-        if same {
+        if !differs(self.last, at) {
             return;
         }
         let line = match at {
@@ -150,6 +139,16 @@ impl Guardian {
         if self.stdin.is_some() {
             self.last = Some(at);
         }
+    }
+}
+
+/// Whether instant `at` is worth telling after `last` was (instants within
+/// 1 ms of the last sent are not worth a write).
+fn differs(last: Option<Option<u64>>, at: Option<u64>) -> bool {
+    !match (last, at) {
+        (Some(None), None) => true,
+        (Some(Some(a)), Some(b)) => a.abs_diff(b) < 1_000_000,
+        _ => false,
     }
 }
 
@@ -305,7 +304,18 @@ pub fn run_guard() -> ! {
 
 #[cfg(test)]
 mod tests {
-    use super::early;
+    use super::{differs, early};
+
+    #[test]
+    fn only_instants_that_moved_by_a_millisecond_or_changed_kind_are_told() {
+        let ms = 1_000_000;
+        assert!(differs(None, None));
+        assert!(!differs(Some(None), None));
+        assert!(differs(Some(None), Some(5 * ms)));
+        assert!(!differs(Some(Some(5 * ms)), Some(5 * ms + ms / 2)));
+        assert!(differs(Some(Some(5 * ms)), Some(7 * ms)));
+        assert!(differs(Some(Some(5 * ms)), None));
+    }
 
     #[test]
     fn a_dead_vipds_addresses_go_a_little_before_its_deadline() {
