@@ -436,6 +436,38 @@ async fn spread(lab: &mut Lab, base: u8) -> BTreeMap<String, Vec<IpAddr>> {
     by_node
 }
 
+/// Waits until every address of `moved` is held by one node other than
+/// `victim` (and, with `answered`, answers from it), never by two, within
+/// `limit` of now, looking every `every`.
+async fn wait_moved_off(
+    lab: &mut Lab,
+    victim: &str,
+    moved: &[IpAddr],
+    answered: bool,
+    limit: Duration,
+    every: Duration,
+) {
+    let t0 = Instant::now();
+    for a in moved {
+        loop {
+            let h = lab.holders(*a).await;
+            assert!(h.len() <= 1, "{a} held by {h:?}");
+            if h.len() == 1
+                && h[0] != victim
+                && (!answered || lab.answer(*a, 80).as_deref() == Some(h[0].as_str()))
+            {
+                break;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "{a} did not move off {victim}\n{}",
+                lab.logs()
+            );
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
 /// Addresses that need a node of their own, spread over the nodes; one
 /// announcer dies and its addresses move to the others, never on two nodes.
 /// Returns the lab, the victim and the addresses that moved.
@@ -452,24 +484,15 @@ async fn spread_then_kill_one(settings: &[(&str, &str)], base: u8) -> (Lab, Stri
     let i = lab.nodes.iter().position(|n| n.name() == victim).unwrap();
     lab.nodes[i].kill();
     let t0 = Instant::now();
-    for a in &moved {
-        loop {
-            let h = lab.holders(*a).await;
-            assert!(h.len() <= 1, "{a} held by {h:?}");
-            if h.len() == 1
-                && h[0] != victim
-                && lab.answer(*a, 80).as_deref() == Some(h[0].as_str())
-            {
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(12),
-                "{a} did not move off {victim}\n{}",
-                lab.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    wait_moved_off(
+        &mut lab,
+        &victim,
+        &moved,
+        answered,
+        Duration::from_secs(12),
+        Duration::from_millis(50),
+    )
+    .await;
     eprintln!(
         "{} addresses moved off {victim} within {:?}",
         moved.len(),
@@ -625,21 +648,15 @@ fn a_killed_vipds_placed_addresses_move_before_its_liveness_lease_expires() {
 
         lab.nodes[i].kill();
         let t0 = Instant::now();
-        for a in &moved {
-            loop {
-                let h = lab.holders(*a).await;
-                assert!(h.len() <= 1, "{a} held by {h:?}");
-                if h.len() == 1 && h[0] != victim {
-                    break;
-                }
-                assert!(
-                    t0.elapsed() < Duration::from_secs(15),
-                    "{a} did not move off {victim}\n{}",
-                    lab.logs()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        wait_moved_off(
+            &mut lab,
+            &victim,
+            &moved,
+            false,
+            Duration::from_secs(15),
+            Duration::from_millis(10),
+        )
+        .await;
         let moved_at = std::time::SystemTime::now();
         eprintln!(
             "{} addresses moved off {victim} {:?} after SIGKILL",
