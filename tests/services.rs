@@ -488,7 +488,7 @@ async fn spread_then_kill_one(settings: &[(&str, &str)], base: u8) -> (Lab, Stri
         &mut lab,
         &victim,
         &moved,
-        answered,
+        true,
         Duration::from_secs(12),
         Duration::from_millis(50),
     )
