@@ -172,7 +172,7 @@ pub async fn start(
                 name: lease.name.clone(),
                 me: p.me.to_string(),
                 timing: lease.timing,
-                acquire_delay: Duration::ZERO,
+                acquire_delay: crate::election::fixed_delay(Duration::ZERO),
                 labels: Default::default(),
             };
             info!(

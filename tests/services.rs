@@ -602,7 +602,6 @@ fn placement_spreads_fails_over_and_hands_back_with_one_lease_per_node() {
 /// and never on two nodes.
 #[test]
 fn a_killed_vipds_placed_addresses_move_before_its_liveness_lease_expires() {
-    use k8s_openapi::api::coordination::v1::Lease;
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
@@ -620,31 +619,10 @@ fn a_killed_vipds_placed_addresses_move_before_its_liveness_lease_expires() {
             .unwrap();
         let i = lab.nodes.iter().position(|n| n.name() == victim).unwrap();
         let survivors: Vec<usize> = (0..lab.nodes.len()).filter(|j| *j != i).collect();
-        let link_of = |d: Option<serde_json::Value>, peer: &str| -> String {
-            d.and_then(|d| d["services"]["peer_links"][peer].as_str().map(String::from))
-                .unwrap_or_default()
-        };
         // Every survivor follows the victim's stream.
-        let linked = vipd_testkit::vipd::wait_until(Duration::from_secs(20), || async {
-            for j in &survivors {
-                if link_of(lab.nodes[*j].status_doc().await, &victim) != "up" {
-                    return false;
-                }
-            }
-            true
-        })
-        .await;
-        assert!(linked, "no survivor links to {victim}\n{}", lab.logs());
+        wait_linked(&lab, &victim, &survivors).await;
         // When its liveness Lease would expire, by its last renewal.
-        let leases: Api<Lease> = Api::namespaced(lab.admin.clone(), &lab.lease_ns);
-        let spec = leases
-            .get(&format!("vipd-node-{victim}"))
-            .await
-            .unwrap()
-            .spec
-            .unwrap();
-        let renewed = std::time::SystemTime::from(spec.renew_time.unwrap().0);
-        let expires = renewed + Duration::from_secs(spec.lease_duration_seconds.unwrap() as u64);
+        let (_, expires) = lease_expiry(&lab, &format!("vipd-node-{victim}")).await;
 
         lab.nodes[i].kill();
         let t0 = Instant::now();
@@ -670,6 +648,95 @@ fn a_killed_vipds_placed_addresses_move_before_its_liveness_lease_expires() {
         );
         let shown = link_of(lab.nodes[survivors[0]].status_doc().await, &victim);
         assert!(shown.starts_with("down"), "{shown:?}");
+    });
+}
+
+/// A Lease's holder and when it expires by its last renewal.
+async fn lease_expiry(lab: &Lab, name: &str) -> (String, std::time::SystemTime) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let leases: Api<Lease> = Api::namespaced(lab.admin.clone(), &lab.lease_ns);
+    let spec = leases.get(name).await.unwrap().spec.unwrap();
+    let renewed = std::time::SystemTime::from(spec.renew_time.unwrap().0);
+    let expires = renewed + Duration::from_secs(spec.lease_duration_seconds.unwrap() as u64);
+    (spec.holder_identity.unwrap_or_default(), expires)
+}
+
+/// Waits until every survivor's status shows its link to `peer` up.
+async fn wait_linked(lab: &Lab, peer: &str, survivors: &[usize]) {
+    let linked = vipd_testkit::vipd::wait_until(Duration::from_secs(20), || async {
+        for j in survivors {
+            if link_of(lab.nodes[*j].status_doc().await, peer) != "up" {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(linked, "no survivor links to {peer}\n{}", lab.logs());
+}
+
+fn link_of(d: Option<serde_json::Value>, peer: &str) -> String {
+    d.and_then(|d| d["services"]["peer_links"][peer].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// Leader mode (no `svc_election`): the Services leader holds every
+/// address. When it is killed, its heir (one survivor, the same for all)
+/// holds them as soon as the leader's link closes, before its Lease has
+/// expired (without the heir: only after), never on two nodes; the others
+/// leave the Lease to the heir, so the addresses do not move again.
+#[test]
+fn a_killed_services_leaders_addresses_move_to_its_heir_before_its_lease_expires() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let mut lab = lab(bin(), &[], None).await;
+        let by_node = spread(&mut lab, 220).await;
+        assert_eq!(by_node.len(), 1, "leader mode, one holder: {by_node:?}");
+        let (victim, moved) = by_node.into_iter().next().unwrap();
+        let i = lab.nodes.iter().position(|n| n.name() == victim).unwrap();
+        let survivors: Vec<usize> = (0..lab.nodes.len()).filter(|j| *j != i).collect();
+        wait_linked(&lab, &victim, &survivors).await;
+        let (holder, expires) = lease_expiry(&lab, "plndr-svcs-lock").await;
+        assert_eq!(holder, victim);
+
+        lab.nodes[i].kill();
+        let t0 = Instant::now();
+        wait_moved_off(
+            &mut lab,
+            &victim,
+            &moved,
+            false,
+            Duration::from_secs(15),
+            Duration::from_millis(10),
+        )
+        .await;
+        let moved_at = std::time::SystemTime::now();
+        eprintln!(
+            "{} addresses moved off {victim} {:?} after SIGKILL",
+            moved.len(),
+            t0.elapsed()
+        );
+        assert!(
+            moved_at < expires,
+            "the addresses moved only {:?} after the leader's Lease expired",
+            moved_at.duration_since(expires).unwrap_or_default()
+        );
+        let heir = lab.holders(moved[0]).await.remove(0);
+        // The heir takes the Lease once it is free; the addresses stay.
+        let led = vipd_testkit::vipd::wait_until(Duration::from_secs(15), || async {
+            lease_expiry(&lab, "plndr-svcs-lock").await.0 == heir
+        })
+        .await;
+        assert!(
+            led,
+            "{heir} did not become the Services leader\n{}",
+            lab.logs()
+        );
+        for a in &moved {
+            assert_eq!(lab.holders(*a).await, vec![heir.clone()], "{a}");
+            assert_eq!(lab.answer(*a, 80).as_deref(), Some(heir.as_str()), "{a}");
+        }
     });
 }
 

@@ -41,10 +41,16 @@ pub struct LeaseElection {
     pub me: String,
     pub timing: LeaseTiming,
     /// How long to wait after the Lease is seen free before trying to take
-    /// it (a rank times a stagger, so the preferred node wins the race).
-    pub acquire_delay: Duration,
+    /// it (a rank times a stagger, so the preferred node wins the race); it
+    /// may change while the election runs (see [`fixed_delay`]).
+    pub acquire_delay: watch::Receiver<Duration>,
     /// Labels put on the Lease when this node creates it.
     pub labels: BTreeMap<String, String>,
+}
+
+/// An acquire delay that never changes.
+pub fn fixed_delay(delay: Duration) -> watch::Receiver<Duration> {
+    watch::channel(delay).1
 }
 
 /// Where an election learns about its Lease.
@@ -174,7 +180,7 @@ impl LeaseElection {
     ) {
         let mut obs: Option<Observation> = None;
         observe(initial, &mut obs);
-        let mut core = Core::new(&self.me, self.timing, self.acquire_delay);
+        let mut core = Core::new(&self.me, self.timing, *self.acquire_delay.borrow());
         let mut renew_tick = tokio::time::interval(self.timing.retry_period);
         renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -191,6 +197,7 @@ impl LeaseElection {
                     .as_ref()
                     .map(|o| record::view(o, &self.me, now, self.timing.lease_duration))
                     .unwrap_or(View::Free);
+                core.set_acquire_delay(*self.acquire_delay.borrow());
                 core.step(Input::Follow(view), now)
             };
             let wake = self

@@ -120,6 +120,12 @@ impl Core {
         self.leading.is_some()
     }
 
+    /// How long to wait after the Lease is seen free, from now on (counted
+    /// from when it was first seen free).
+    pub fn set_acquire_delay(&mut self, delay: Duration) {
+        self.acquire_delay = delay;
+    }
+
     pub fn call_timeout(&self) -> Duration {
         call_timeout(&self.timing)
     }

@@ -214,7 +214,7 @@ impl AddressLeases {
                 name: name.clone(),
                 me: self.me.clone(),
                 timing: self.timing,
-                acquire_delay: want.delay,
+                acquire_delay: crate::election::fixed_delay(want.delay),
                 labels: BTreeMap::from([
                     (ADDRESS_LEASE_LABEL.to_string(), "true".to_string()),
                     (

@@ -124,7 +124,7 @@ pub fn plan_addresses(
 
 /// FNV-1a then murmur3's 64-bit finalizer: the same on every node and every
 /// vipd version, and well mixed even for names that differ in one byte.
-fn stable_hash(parts: &[&[u8]]) -> u64 {
+pub(super) fn stable_hash(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for b in *p {

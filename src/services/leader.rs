@@ -92,24 +92,41 @@ pub(crate) async fn claim_under(
     }
 }
 
-pub(super) struct ServicesLeadership(pub(super) Granting);
+pub(super) struct ServicesLeadership {
+    pub(super) granting: Granting,
+    pub(super) me: String,
+    /// Who last held the Lease (a Lease seen expired keeps its last holder
+    /// until another one is seen: its heir stands in meanwhile).
+    pub(super) leader_seen: watch::Sender<Option<String>>,
+}
 
 impl Leadership for ServicesLeadership {
     async fn started(&mut self, hold_until: Instant) {
         info!("became the Services leader: allocating and announcing Service addresses");
-        self.0.started(hold_until).await;
+        self.leader_seen.send_replace(Some(self.me.clone()));
+        self.granting.started(hold_until).await;
     }
 
     fn renewed(&mut self, hold_until: Instant) {
-        self.0.renewed(hold_until, true);
+        self.granting.renewed(hold_until, true);
     }
 
     fn holding(&mut self, hold_until: Instant) {
-        self.0.renewed(hold_until, false);
+        self.granting.renewed(hold_until, false);
     }
 
     async fn stopped(&mut self) {
-        self.0.stopped().await;
+        self.granting.stopped().await;
         info!("no longer the Services leader");
+    }
+
+    fn observed(&mut self, leader: Option<&str>) {
+        if let Some(l) = leader {
+            self.leader_seen.send_if_modified(|seen| {
+                let changed = seen.as_deref() != Some(l);
+                *seen = Some(l.to_string());
+                changed
+            });
+        }
     }
 }

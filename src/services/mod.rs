@@ -28,6 +28,7 @@ pub mod address_leases;
 pub mod allocate;
 pub mod eligibility;
 pub mod guard;
+pub mod heir;
 pub mod informers;
 mod inputs;
 mod leader;
@@ -56,6 +57,7 @@ use crate::status::Status;
 use crate::vips::{Source, VipHandle};
 use address_leases::AddressLeases;
 use guard::HostFacts;
+use heir::StandIn;
 use informers::Informers;
 use leader::{Grant, Granting, ServicesLeadership};
 use model::{add_ready_nodes, ClassFilter, NodeInfo, ReadyNodes, SvcInfo};
@@ -93,12 +95,14 @@ pub struct Context {
 pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
     let informers = Informers::start(&ctx.client, &ctx.config, &ctx.instance_namespace);
     let (grant, grant_rx) = watch::channel(None);
+    let (acquire_delay, acquire_delay_rx) = watch::channel(Duration::ZERO);
+    let (leader_seen_tx, leader_seen) = watch::channel(None);
     let election = LeaseElection {
         api: Api::namespaced(ctx.election_client.clone(), &ctx.config.lease.namespace),
         name: ctx.config.lease.name.clone(),
         me: ctx.me.clone(),
         timing: ctx.config.lease.timing,
-        acquire_delay: Duration::ZERO,
+        acquire_delay: acquire_delay_rx,
         labels: Default::default(),
     };
     let (addr_tx, addr_rx) = mpsc::unbounded_channel();
@@ -141,6 +145,9 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         settings,
         informers,
         leader_rx: grant_rx,
+        leader_seen,
+        acquire_delay,
+        stand_in: StandIn::Nobody,
         address_leases,
         placement,
         writer,
@@ -158,15 +165,22 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
     info!("Services: waiting for the first lists of Services, EndpointSlices, Nodes and pools");
     c.informers.ready().await;
     info!("Services: caches ready");
-    let leadership = ServicesLeadership(Granting {
-        source: Source::ServicesLeader,
-        probe_first: false,
-        // Nobody may take them before the Lease expires: a dead vipd's
-        // node keeps serving them until then.
-        drop_on_death: false,
-        grant,
-        vips: c.ctx.vips.clone(),
-    });
+    let heir_follows_links = c.placement.is_some() && c.ctx.config.peer_links;
+    let leadership = ServicesLeadership {
+        granting: Granting {
+            source: Source::ServicesLeader,
+            probe_first: false,
+            // Followed by the others' links, a dead leader's addresses are
+            // taken over by its heir at once: gone from its node at once
+            // too. Otherwise nobody takes them before the Lease expires,
+            // and its node keeps serving them until then.
+            drop_on_death: heir_follows_links,
+            grant,
+            vips: c.ctx.vips.clone(),
+        },
+        me: c.ctx.me.clone(),
+        leader_seen: leader_seen_tx,
+    };
     let election_task = tokio::spawn(election.run(leadership, shutdown.clone()));
     c.run(addr_rx, shutdown).await;
     let _ = election_task.await;
@@ -178,6 +192,13 @@ struct Controller {
     informers: Informers,
     /// The Services leader's grant, while this node leads.
     leader_rx: watch::Receiver<Option<Grant>>,
+    /// Who last held the Services leader's Lease, as this node saw it.
+    leader_seen: watch::Receiver<Option<String>>,
+    /// How long this node waits to take a free Services Lease (its heir's
+    /// head start, see `heir`).
+    acquire_delay: watch::Sender<Duration>,
+    /// This node's part as of the last pass, for the log.
+    stand_in: StandIn,
     address_leases: AddressLeases,
     /// With `svc_placement`: this node's liveness and placed addresses.
     placement: Option<Placement>,
@@ -224,6 +245,7 @@ impl Controller {
                     continue;
                 }
                 _ = self.leader_rx.changed() => {}
+                _ = self.leader_seen.changed() => {}
                 Some(()) = addr_rx.recv() => {}
                 _ = resync.tick() => {
                     self.host_read_at = None;
@@ -236,6 +258,40 @@ impl Controller {
         if let Some(p) = self.placement.take() {
             p.shutdown().await;
         }
+    }
+
+    /// This node's part while the Services leader may be dead (ARP/NDP
+    /// only: with BGP every eligible node announces anyway); sets the
+    /// election's head start and logs every change.
+    fn stand_in(&mut self, live: Option<&placement::Live>) -> StandIn {
+        let leader = self.leader_seen.borrow().clone();
+        let part = match live {
+            Some(l) if self.ctx.bgp.is_none() => {
+                heir::stand_in(&self.settings.me, leader.as_deref(), l)
+            }
+            _ => StandIn::Nobody,
+        };
+        self.acquire_delay.send_if_modified(|d| {
+            let changed = *d != part.acquire_delay();
+            *d = part.acquire_delay();
+            changed
+        });
+        if part != self.stand_in {
+            let leader = leader.unwrap_or_default();
+            match part {
+                StandIn::Heir { until_silent } => info!(
+                    %leader,
+                    by = if until_silent { "link" } else { "liveness Lease" },
+                    "the Services leader is dead: holding its addresses as its heir until its Lease runs out"
+                ),
+                StandIn::Other => {
+                    info!(%leader, "the Services leader is dead: leaving its Lease to its heir first")
+                }
+                StandIn::Nobody => info!(%leader, "no longer standing in for the Services leader"),
+            }
+            self.stand_in = part;
+        }
+        part
     }
 
     fn leader_grant(&self) -> Option<Grant> {
@@ -307,9 +363,11 @@ impl Controller {
             }
             _ => None,
         };
+        let stand_in = self.stand_in(live.as_ref());
         let snapshot = Snapshot {
             live: live.as_ref().map(|l| &l.nodes),
             suspect: live.as_ref().map(|l| &l.suspect),
+            stand_in,
             wall: &wall,
             infos: &infos,
             served: &served,

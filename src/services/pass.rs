@@ -28,6 +28,7 @@ mod routes;
 use super::address_leases::{Want, STAGGER};
 use super::eligibility::{placed_on, plan_addresses, rank, AddressPlan};
 use super::guard::Guard;
+use super::heir::StandIn;
 use super::model::{conditions, keys, NodeInfo, ReadyNodes, SvcInfo, SvcKey};
 use super::pools::Pools;
 use super::writer::Change;
@@ -70,6 +71,9 @@ pub struct Snapshot<'a> {
     /// (not in `live`). An address that would be theirs is added here only
     /// once nobody answers for it.
     pub suspect: Option<&'a BTreeSet<String>>,
+    /// This node's part while the Services leader may be dead: as its heir
+    /// it holds the leader's addresses (see `heir`).
+    pub stand_in: StandIn,
     pub node: &'a NodeSettings,
     /// Now, as written in a condition's `lastTransitionTime`.
     pub wall: &'a str,
@@ -99,7 +103,8 @@ pub struct Decision {
     pub bgp_claims: Vec<Claim>,
     /// Addresses this node competes for under a Lease of their own.
     pub wants: BTreeMap<IpAddr, Want>,
-    /// With placement: the addresses placed on this node.
+    /// With placement: the addresses placed on this node (and, as the
+    /// heir of a dead Services leader, the leader's).
     pub placed: Vec<Claim>,
     /// The addresses to announce, and those the guard refuses.
     pub plans: Vec<AddressPlan>,
@@ -169,6 +174,11 @@ pub fn decide(s: &Snapshot, mem: &mut Memory, now: Instant) -> Decision {
                     },
                 );
             }
+        } else if let StandIn::Heir { until_silent } = s.stand_in {
+            placed.push(Claim {
+                until_silent,
+                ..claim
+            });
         } else {
             leader_claims.push(claim);
         }

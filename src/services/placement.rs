@@ -45,17 +45,20 @@ use super::peer_links::{LinkState, PeerLinks};
 /// Label on liveness Leases.
 pub const LIVENESS_LABEL: &str = "vipd.dev/liveness";
 
+const LEASE_PREFIX: &str = "vipd-node-";
+
 /// A node's liveness Lease.
 pub fn lease_name(node: &str) -> String {
-    format!("vipd-node-{node}")
+    format!("{LEASE_PREFIX}{node}")
 }
 
 /// Every node's liveness Lease as this node saw it (pure).
 #[derive(Debug, Default)]
 pub struct Liveness {
     seen: BTreeMap<String, Observation>,
-    /// The last live set judged on a fresh view (None: never judged).
-    last_live: Option<BTreeSet<String>>,
+    /// The last live set judged on a fresh view, and the nodes whose Lease
+    /// was expired or released in it (None: never judged).
+    last_live: Option<(BTreeSet<String>, BTreeSet<String>)>,
 }
 
 impl Liveness {
@@ -93,27 +96,38 @@ impl Liveness {
             .get(&lease_name(me))
             .is_some_and(|o| now < o.observed_at + duration);
         if fresh {
-            self.last_live = Some(
-                self.seen
-                    .values()
-                    .filter_map(|o| match record::view(o, "", now, duration) {
-                        View::Theirs { holder, .. } => Some(holder),
-                        _ => None,
-                    })
-                    .collect(),
-            );
+            let (mut held, mut expired) = (BTreeSet::new(), BTreeSet::new());
+            for (name, o) in &self.seen {
+                match record::view(o, "", now, duration) {
+                    View::Theirs { holder, .. } => {
+                        held.insert(holder);
+                    }
+                    _ => {
+                        if let Some(node) = name.strip_prefix(LEASE_PREFIX) {
+                            expired.insert(node.to_string());
+                        }
+                    }
+                }
+            }
+            expired.retain(|n| !held.contains(n));
+            self.last_live = Some((held, expired));
         }
-        let Some(mut nodes) = self.last_live.clone() else {
+        let Some((mut nodes, mut expired)) = self.last_live.clone() else {
             return Live::default();
         };
         if me_alive {
             nodes.insert(me.to_string());
+            expired.remove(me);
         } else {
             nodes.remove(me);
         }
         let suspect = self.link_dead(me, &nodes, links);
         nodes.retain(|n| !suspect.contains(n));
-        Live { nodes, suspect }
+        Live {
+            nodes,
+            suspect,
+            expired,
+        }
     }
 
     /// The Lease-live peers whose link went down after it had been up,
@@ -152,6 +166,9 @@ pub struct Live {
     /// Alive by their Lease, dead by their link: their addresses move, but
     /// are added elsewhere only once nobody answers for them.
     pub suspect: BTreeSet<String>,
+    /// Nodes whose liveness Lease this node sees expired or released: dead
+    /// by their Lease (a node without a liveness Lease is in no set).
+    pub expired: BTreeSet<String>,
 }
 
 /// The liveness Lease's election: it grants this node the right to hold
@@ -221,7 +238,7 @@ impl Placement {
             name: lease_name(me),
             me: me.to_string(),
             timing,
-            acquire_delay: Duration::ZERO,
+            acquire_delay: crate::election::fixed_delay(Duration::ZERO),
             labels: [(LIVENESS_LABEL.to_string(), String::new())].into(),
         };
         let leadership = LivenessLeadership {

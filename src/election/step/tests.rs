@@ -93,6 +93,27 @@ fn a_ranked_node_waits_its_delay_from_the_moment_the_lease_was_first_free() {
     );
 }
 
+/// The Services leader's heir gets a head start: the others' delay is set
+/// while the dead leader's Lease runs out, and lifted when the heir dies.
+#[test]
+fn a_delay_set_while_following_applies_to_the_next_free_spell_and_can_be_lifted() {
+    let t0 = Instant::now();
+    let mut c = Core::new("n2", TIMING, Duration::ZERO);
+    let exp = t0 + ms(3000);
+    c.step(Input::Follow(theirs("n1", exp)), t0);
+    c.set_acquire_delay(ms(1000));
+    assert_eq!(
+        c.step(Input::Follow(View::Free), exp),
+        vec![Action::Observed(None), Action::WaitUntil(exp + ms(1000))]
+    );
+    // The heir died too: no more waiting.
+    c.set_acquire_delay(Duration::ZERO);
+    assert_eq!(
+        c.step(Input::Follow(View::Free), exp + ms(100)),
+        vec![Action::Acquire]
+    );
+}
+
 #[test]
 fn a_409_or_404_on_acquire_decides_again_at_once() {
     let t0 = Instant::now();

@@ -89,6 +89,7 @@ struct World {
     leading: bool,
     live: Option<BTreeSet<String>>,
     suspect: Option<BTreeSet<String>>,
+    stand_in: StandIn,
     node: NodeSettings,
 }
 
@@ -109,6 +110,7 @@ impl World {
             leading: true,
             live: None,
             suspect: None,
+            stand_in: StandIn::Nobody,
             node: settings(false, false),
         }
     }
@@ -126,6 +128,7 @@ impl World {
             leading: self.leading,
             live: self.live.as_ref(),
             suspect: self.suspect.as_ref(),
+            stand_in: self.stand_in,
             node: &self.node,
         };
         let d = decide(&s, mem, Instant::now());
@@ -323,6 +326,7 @@ fn assignment_exhaustion_conflict_and_release() {
         leading: true,
         live: None,
         suspect: None,
+        stand_in: StandIn::Nobody,
         node: &w2.node,
     };
     let d = decide(&s, &mut mem, Instant::now());
@@ -552,6 +556,45 @@ fn addresses_moved_by_a_link_alone_are_claimed_until_silent() {
     for c in &d.placed {
         assert_eq!(c.until_silent, moved.contains(&c.addr), "{}", c.addr);
     }
+}
+
+/// Leader mode: the heir of a dead Services leader holds the leader's
+/// addresses under its own liveness (placed), added only once silent when
+/// the death is known by a link alone; nobody else claims them.
+#[test]
+fn the_heir_of_a_dead_leader_holds_its_addresses_as_placed_ones() {
+    let infos = vec![
+        svc(
+            "a",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.150" }),
+            &["192.0.2.150"],
+        ),
+        svc(
+            "b",
+            json!({ "kube-vip.io/loadbalancerIPs": "192.0.2.151" }),
+            &["192.0.2.151"],
+        ),
+    ];
+    let mut w = World::new(infos);
+    w.leading = false;
+    w.live = Some(["n1", "n2"].iter().map(|s| s.to_string()).collect());
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(d.placed.is_empty());
+    assert_eq!(d.leader_claims.len(), 2);
+    w.stand_in = StandIn::Heir { until_silent: true };
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(d.leader_claims.is_empty());
+    let placed: Vec<(IpAddr, bool)> = d.placed.iter().map(|c| (c.addr, c.until_silent)).collect();
+    assert_eq!(
+        placed,
+        vec![
+            ("192.0.2.150".parse().unwrap(), true),
+            ("192.0.2.151".parse().unwrap(), true)
+        ]
+    );
+    w.stand_in = StandIn::Other;
+    let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(d.placed.is_empty());
 }
 
 type StatusWrite = (Option<Ingress>, Vec<(&'static str, Condition)>);

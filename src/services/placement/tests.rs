@@ -69,10 +69,10 @@ fn a_node_that_stops_renewing_is_dead_one_lease_duration_after_its_last_renewal_
         set(&["n1", "n2", "n3"])
     );
     let t2 = t0 + D;
-    assert_eq!(
-        l.live("n1", true, t2, D, &no_links()).nodes,
-        set(&["n1", "n2"])
-    );
+    let live = l.live("n1", true, t2, D, &no_links());
+    assert_eq!(live.nodes, set(&["n1", "n2"]));
+    // Dead by its Lease, which the Services leader's heir reads.
+    assert_eq!(live.expired, set(&["n3"]));
 }
 
 #[test]
@@ -84,11 +84,9 @@ fn a_released_liveness_lease_is_dead_at_once() {
         &[lease("n1", "n1", "1"), lease("n2", "", "2")],
         t0 + Duration::from_millis(100),
     );
-    assert_eq!(
-        l.live("n1", true, t0 + Duration::from_millis(100), D, &no_links())
-            .nodes,
-        set(&["n1"])
-    );
+    let live = l.live("n1", true, t0 + Duration::from_millis(100), D, &no_links());
+    assert_eq!(live.nodes, set(&["n1"]));
+    assert_eq!(live.expired, set(&["n2"]));
 }
 
 #[test]
@@ -113,12 +111,12 @@ fn nobody_is_declared_dead_while_this_node_does_not_see_its_own_renewals() {
         l.live("n1", false, later, D, &no_links()).nodes,
         set(&["n2"])
     );
+    assert!(l.live("n1", true, later, D, &no_links()).expired.is_empty());
     // Its renewals come back: the view is fresh again, n2 is judged.
     l.update(&[lease("n1", "n1", "9"), lease("n2", "n2", "1")], later);
-    assert_eq!(
-        l.live("n1", true, later, D, &no_links()).nodes,
-        set(&["n1"])
-    );
+    let live = l.live("n1", true, later, D, &no_links());
+    assert_eq!(live.nodes, set(&["n1"]));
+    assert_eq!(live.expired, set(&["n2"]));
 }
 
 #[test]
