@@ -8,8 +8,10 @@
 //! its liveness Lease seen since) or by its liveness Lease. Then one live
 //! node, the *heir* (the same on every node that sees the same live nodes),
 //! holds the leader's addresses under its own liveness, as it holds placed
-//! addresses: added only once nobody answers for them, and, when the death
-//! is known by the link alone, never "taken anyway". The Lease is still
+//! addresses, but added only once nobody answers for them and never
+//! "taken anyway": the leader's claims are fenced by its Services Lease,
+//! not by its liveness, so only silence proves it let them go (its
+//! guardian removes them at its death). The Lease is still
 //! taken only once free; the others wait [`HEAD_START`] longer before they
 //! try, so the heir, which already holds the addresses, becomes the leader
 //! and they do not move twice.
@@ -31,8 +33,9 @@ pub enum StandIn {
     #[default]
     Nobody,
     /// This node is the heir: it holds the leader's addresses, added only
-    /// once nobody answers for them (`until_silent`: and never before).
-    Heir { until_silent: bool },
+    /// once nobody answers for them (known dead `by_link`, or by its
+    /// liveness Lease).
+    Heir { by_link: bool },
     /// Another live node is the heir: this node lets it take the Lease.
     Other,
 }
@@ -71,9 +74,7 @@ pub fn stand_in(me: &str, leader: Option<&str>, live: &Live) -> StandIn {
         return StandIn::Nobody;
     }
     match heir(&live.nodes) {
-        Some(h) if h == me => StandIn::Heir {
-            until_silent: by_link,
-        },
+        Some(h) if h == me => StandIn::Heir { by_link },
         Some(_) => StandIn::Other,
         None => StandIn::Nobody,
     }
@@ -102,12 +103,12 @@ mod tests {
         let other = if h == "n1" { "n2" } else { "n1" };
         assert_eq!(
             stand_in(&h, Some("n3"), &view),
-            StandIn::Heir { until_silent: true }
+            StandIn::Heir { by_link: true }
         );
         assert_eq!(stand_in(other, Some("n3"), &view), StandIn::Other);
         assert_eq!(StandIn::Other.acquire_delay(), HEAD_START);
         assert_eq!(
-            StandIn::Heir { until_silent: true }.acquire_delay(),
+            StandIn::Heir { by_link: true }.acquire_delay(),
             Duration::ZERO
         );
         // The heir does not depend on the order nodes are listed in, nor
@@ -116,14 +117,12 @@ mod tests {
     }
 
     #[test]
-    fn a_leader_dead_by_its_lease_is_stood_in_for_and_taken_over_after_a_probe() {
+    fn a_leader_dead_by_its_liveness_lease_is_stood_in_for_too() {
         let view = live(&["n1", "n2"], &[], &["n3"]);
         let h = heir(&view.nodes).unwrap();
         assert_eq!(
             stand_in(h, Some("n3"), &view),
-            StandIn::Heir {
-                until_silent: false
-            }
+            StandIn::Heir { by_link: false }
         );
     }
 

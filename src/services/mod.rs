@@ -279,9 +279,9 @@ impl Controller {
         if part != self.stand_in {
             let leader = leader.unwrap_or_default();
             match part {
-                StandIn::Heir { until_silent } => info!(
+                StandIn::Heir { by_link } => info!(
                     %leader,
-                    by = if until_silent { "link" } else { "liveness Lease" },
+                    by = if by_link { "link" } else { "liveness Lease" },
                     "the Services leader is dead: holding its addresses as its heir until its Lease runs out"
                 ),
                 StandIn::Other => {

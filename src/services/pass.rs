@@ -174,9 +174,11 @@ pub fn decide(s: &Snapshot, mem: &mut Memory, now: Instant) -> Decision {
                     },
                 );
             }
-        } else if let StandIn::Heir { until_silent } = s.stand_in {
+        } else if let StandIn::Heir { .. } = s.stand_in {
+            // Fenced by the leader's Lease, not its liveness: only silence
+            // says it let them go.
             placed.push(Claim {
-                until_silent,
+                until_silent: true,
                 ..claim
             });
         } else {

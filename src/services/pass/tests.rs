@@ -559,8 +559,8 @@ fn addresses_moved_by_a_link_alone_are_claimed_until_silent() {
 }
 
 /// Leader mode: the heir of a dead Services leader holds the leader's
-/// addresses under its own liveness (placed), added only once silent when
-/// the death is known by a link alone; nobody else claims them.
+/// addresses under its own liveness (placed), added only once silent
+/// however its death is known; nobody else claims them.
 #[test]
 fn the_heir_of_a_dead_leader_holds_its_addresses_as_placed_ones() {
     let infos = vec![
@@ -581,7 +581,7 @@ fn the_heir_of_a_dead_leader_holds_its_addresses_as_placed_ones() {
     let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
     assert!(d.placed.is_empty());
     assert_eq!(d.leader_claims.len(), 2);
-    w.stand_in = StandIn::Heir { until_silent: true };
+    w.stand_in = StandIn::Heir { by_link: false };
     let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
     assert!(d.leader_claims.is_empty());
     let placed: Vec<(IpAddr, bool)> = d.placed.iter().map(|c| (c.addr, c.until_silent)).collect();
