@@ -195,7 +195,31 @@ fn arp_socket(ifindex: u32) -> io::Result<Socket> {
     };
     sock.bind(&addr)?;
     sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+    large_receive_buffer(&sock);
     Ok(sock)
+}
+
+/// Room for the answers of a takeover's probes (hundreds of addresses,
+/// three frames each, all answered at once): a frame dropped because the
+/// socket was full is an answer unheard, and an unanswered probe clears
+/// its address. Beyond `net.core.rmem_max` with CAP_NET_ADMIN.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+fn large_receive_buffer(sock: &Socket) {
+    let size = RECEIVE_BUFFER as libc::c_int;
+    // SAFETY: setsockopt with an int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let _ = sock.set_recv_buffer_size(RECEIVE_BUFFER);
+    }
 }
 
 fn na_socket(ifname: &str) -> io::Result<Socket> {
@@ -218,6 +242,7 @@ fn na_socket(ifname: &str) -> io::Result<Socket> {
         return Err(io::Error::last_os_error());
     }
     sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+    large_receive_buffer(&sock);
     Ok(sock)
 }
 

@@ -81,6 +81,11 @@ impl Owner {
                     while let Ok(more) = probed.try_recv() {
                         ended.push(more);
                     }
+                    // Answers already heard count for the rounds that
+                    // end now, whichever channel the select read first.
+                    while let Ok(c) = conflicts.try_recv() {
+                        self.on_conflict(c).await;
+                    }
                     self.on_probed(ended).await
                 }
                 _ = refresh.tick() => {

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::debug;
 use vipd_arp::{build_probe, MacAddr, Sender};
 
+use super::conflict::HeldSet;
 use crate::netlink::Link;
 
 /// How long a round waits for an answer after its first frame. A host on
@@ -58,13 +59,21 @@ impl Probe {
 
 /// Starts a round for `addr` on `link` after `delay`; `done` gets the
 /// address when the round's window has passed.
+///
+/// The address is in `watched` (the conflict watchers' set) before the
+/// round is started: an answer the watchers drop because the address was
+/// not watched yet reads as silence, and the address would be added while
+/// another host still holds it (a takeover starts hundreds of rounds in one
+/// converge, which publishes its watched set only at its end).
 pub fn round(
     link: &Link,
     sender: Option<Arc<Sender>>,
     addr: IpAddr,
     delay: Duration,
+    watched: &HeldSet,
     done: mpsc::UnboundedSender<IpAddr>,
 ) -> JoinHandle<()> {
+    watched.write().expect("not poisoned").insert(addr);
     let (ifname, mac) = (link.name.clone(), link.mac);
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
@@ -88,4 +97,27 @@ pub fn round(
         tokio::time::sleep_until(started + WINDOW).await;
         let _ = done.send(addr);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_round_watches_its_address_before_it_asks() {
+        let link = Link {
+            index: 1,
+            name: "lo".into(),
+            mac: None,
+            up: true,
+        };
+        let watched = HeldSet::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let addr: IpAddr = "192.0.2.10".parse().unwrap();
+        let task = round(&link, None, addr, Duration::from_secs(60), &watched, tx);
+        // Watched already, though the round has not begun.
+        assert!(watched.read().unwrap().contains(&addr));
+        task.abort();
+        assert!(rx.try_recv().is_err());
+    }
 }

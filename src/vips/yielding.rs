@@ -86,7 +86,14 @@ impl Owner {
         };
         self.ensure_watcher(&link);
         let sender = self.sender(&link);
-        let task = probe::round(&link, sender, addr, delay, self.probe_tx.clone());
+        let task = probe::round(
+            &link,
+            sender,
+            addr,
+            delay,
+            &self.held_set,
+            self.probe_tx.clone(),
+        );
         let round = Instant::now() + delay;
         match self.probes.get_mut(&addr) {
             Some(p) => {
