@@ -47,7 +47,19 @@ pub struct Probe {
     pub round: Instant,
     /// The last answer heard: when, from which MAC.
     pub answered: Option<(Instant, [u8; 6])>,
+    /// Rounds in a row nobody answered, up to the last one that ended.
+    pub silent_rounds: u32,
     pub task: JoinHandle<()>,
+}
+
+/// Whether silence clears an address: `silent_rounds` rounds in a row went
+/// unanswered, two once another host has answered (`answered_before`). A
+/// host answering hundreds of probes at once (a takeover of a dead node's
+/// addresses, its guardian removing them one by one) can answer one round
+/// too late for its window; one silent round after answers proves less
+/// than two.
+pub fn silent_enough(answered_before: bool, silent_rounds: u32) -> bool {
+    silent_rounds >= if answered_before { 2 } else { 1 }
 }
 
 impl Probe {
@@ -102,6 +114,14 @@ pub fn round(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_silent_round_clears_but_two_after_an_answer() {
+        assert!(!silent_enough(false, 0));
+        assert!(silent_enough(false, 1));
+        assert!(!silent_enough(true, 1));
+        assert!(silent_enough(true, 2));
+    }
 
     #[tokio::test]
     async fn a_round_watches_its_address_before_it_asks() {
