@@ -214,11 +214,16 @@ pub fn takes_anyway(
     waited: Duration,
     patience: Duration,
 ) -> bool {
-    let until_silent = claims
+    !until_silent(claims, addr) && waited >= patience
+}
+
+/// Whether a claim on `addr` takes it over from a node that may still hold
+/// it (`Claim::until_silent`).
+pub fn until_silent(claims: &BTreeMap<Source, ClaimSet>, addr: IpAddr) -> bool {
+    claims
         .values()
         .flat_map(|set| &set.claims)
-        .any(|c| c.addr == addr && c.until_silent);
-    !until_silent && waited >= patience
+        .any(|c| c.addr == addr && c.until_silent)
 }
 
 #[cfg(test)]

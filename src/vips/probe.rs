@@ -47,19 +47,23 @@ pub struct Probe {
     pub round: Instant,
     /// The last answer heard: when, from which MAC.
     pub answered: Option<(Instant, [u8; 6])>,
-    /// Rounds in a row nobody answered, up to the last one that ended.
-    pub silent_rounds: u32,
     pub task: JoinHandle<()>,
 }
 
-/// Whether silence clears an address: `silent_rounds` rounds in a row went
-/// unanswered, two once another host has answered (`answered_before`). A
-/// host answering hundreds of probes at once (a takeover of a dead node's
-/// addresses, its guardian removing them one by one) can answer one round
-/// too late for its window; one silent round after answers proves less
-/// than two.
-pub fn silent_enough(answered_before: bool, silent_rounds: u32) -> bool {
-    silent_rounds >= if answered_before { 2 } else { 1 }
+/// How long an address must have gone unanswered before it is added when
+/// another host is known to have held it: it answered a probe, or the
+/// claim takes it over from a node that had it (`until_silent`). A host
+/// answering hundreds of probes at once (a takeover of a dead node's
+/// addresses while its guardian removes them one by one, both cores busy)
+/// can answer later than a round's window: one silent round proves little.
+pub const QUIET: Duration = Duration::from_millis(100);
+
+/// Whether silence clears an address: the round that ended went
+/// unanswered and, when another host is known to have held the address
+/// (`cautious`), nobody answered for `QUIET` (`quiet_for`: since the last
+/// answer, or since checking began).
+pub fn silent_enough(answered_this_round: bool, quiet_for: Duration, cautious: bool) -> bool {
+    !answered_this_round && (!cautious || quiet_for >= QUIET)
 }
 
 impl Probe {
@@ -116,11 +120,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_silent_round_clears_but_two_after_an_answer() {
-        assert!(!silent_enough(false, 0));
-        assert!(silent_enough(false, 1));
-        assert!(!silent_enough(true, 1));
-        assert!(silent_enough(true, 2));
+    fn one_silent_round_clears_a_fresh_address_but_a_held_one_needs_quiet() {
+        let round = WINDOW;
+        assert!(silent_enough(false, round, false));
+        assert!(!silent_enough(true, round, false));
+        // Known to have been held elsewhere: one silent round is not enough.
+        assert!(!silent_enough(false, round, true));
+        assert!(!silent_enough(
+            false,
+            QUIET - Duration::from_millis(1),
+            true
+        ));
+        assert!(silent_enough(false, QUIET, true));
+        assert!(!silent_enough(true, QUIET * 10, true));
     }
 
     #[tokio::test]

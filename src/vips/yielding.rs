@@ -2,7 +2,7 @@
 //! another node announces it while this node cannot confirm its claim, and
 //! checking that no other host holds an address before adding it.
 
-use super::plan::takes_anyway;
+use super::plan::{takes_anyway, until_silent};
 use super::*;
 
 impl Owner {
@@ -48,18 +48,15 @@ impl Owner {
 
     /// One ended round; true when `addr` is cleared (to be added).
     async fn probe_ended(&mut self, addr: IpAddr) -> bool {
-        let Some(p) = self.probes.get_mut(&addr) else {
+        let Some(p) = self.probes.get(&addr) else {
             return false;
         };
-        if p.answered_this_round() {
-            p.silent_rounds = 0;
-        } else {
-            p.silent_rounds += 1;
-        }
         let waited = p.since.elapsed();
         let patience = probe::patience(self.config.lifetime);
         let out_of_patience = takes_anyway(&self.claims, addr, waited, patience);
-        if probe::silent_enough(p.answered.is_some(), p.silent_rounds) || out_of_patience {
+        let quiet_for = p.answered.map_or(p.since, |(at, _)| at).elapsed();
+        let cautious = p.answered.is_some() || until_silent(&self.claims, addr);
+        if probe::silent_enough(p.answered_this_round(), quiet_for, cautious) || out_of_patience {
             if p.answered_this_round() {
                 let mac = p.answered.map(|(_, m)| mac_text(m)).unwrap_or_default();
                 warn!(%addr, other = %mac, waited = ?waited, "another host still answers for this address after its lifetime could have ended: taking it over (is it configured there by hand, or is its vip_addr_lifetime 0?)");
@@ -113,7 +110,6 @@ impl Owner {
                         since: Instant::now(),
                         round,
                         answered: None,
-                        silent_rounds: 0,
                         task,
                     },
                 );
