@@ -125,6 +125,7 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    vipd::memory::one_arena();
     let m = cli().get_matches();
     match m.subcommand() {
         Some(("manager", sub)) => {
