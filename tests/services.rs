@@ -624,31 +624,44 @@ fn a_killed_vipds_placed_addresses_move_before_its_liveness_lease_expires() {
         // When its liveness Lease would expire, by its last renewal.
         let (_, expires) = lease_expiry(&lab, &format!("vipd-node-{victim}")).await;
 
-        lab.nodes[i].kill();
-        let t0 = Instant::now();
-        wait_moved_off(
-            &mut lab,
-            &victim,
-            &moved,
-            false,
-            Duration::from_secs(15),
-            Duration::from_millis(10),
-        )
-        .await;
-        let moved_at = std::time::SystemTime::now();
-        eprintln!(
-            "{} addresses moved off {victim} {:?} after SIGKILL",
-            moved.len(),
-            t0.elapsed()
-        );
-        assert!(
-            moved_at < expires,
-            "the addresses moved only {:?} after the victim's liveness Lease expired",
-            moved_at.duration_since(expires).unwrap_or_default()
-        );
+        kill_and_wait_moved_before(&mut lab, i, &moved, expires, "victim's liveness Lease").await;
         let shown = link_of(lab.nodes[survivors[0]].status_doc().await, &victim);
         assert!(shown.starts_with("down"), "{shown:?}");
     });
+}
+
+/// Kills node `i`'s vipd and waits until `moved` are off it (never on two
+/// nodes), which must happen before `expires`, when `lease` would expire.
+async fn kill_and_wait_moved_before(
+    lab: &mut Lab,
+    i: usize,
+    moved: &[IpAddr],
+    expires: std::time::SystemTime,
+    lease: &str,
+) {
+    let victim = lab.nodes[i].name().to_string();
+    lab.nodes[i].kill();
+    let t0 = Instant::now();
+    wait_moved_off(
+        lab,
+        &victim,
+        moved,
+        false,
+        Duration::from_secs(15),
+        Duration::from_millis(10),
+    )
+    .await;
+    let moved_at = std::time::SystemTime::now();
+    eprintln!(
+        "{} addresses moved off {victim} {:?} after SIGKILL",
+        moved.len(),
+        t0.elapsed()
+    );
+    assert!(
+        moved_at < expires,
+        "the addresses moved only {:?} after the {lease} expired",
+        moved_at.duration_since(expires).unwrap_or_default()
+    );
 }
 
 /// A Lease's holder and when it expires by its last renewal.
@@ -700,28 +713,7 @@ fn a_killed_services_leaders_addresses_move_to_its_heir_before_its_lease_expires
         let (holder, expires) = lease_expiry(&lab, "plndr-svcs-lock").await;
         assert_eq!(holder, victim);
 
-        lab.nodes[i].kill();
-        let t0 = Instant::now();
-        wait_moved_off(
-            &mut lab,
-            &victim,
-            &moved,
-            false,
-            Duration::from_secs(15),
-            Duration::from_millis(10),
-        )
-        .await;
-        let moved_at = std::time::SystemTime::now();
-        eprintln!(
-            "{} addresses moved off {victim} {:?} after SIGKILL",
-            moved.len(),
-            t0.elapsed()
-        );
-        assert!(
-            moved_at < expires,
-            "the addresses moved only {:?} after the leader's Lease expired",
-            moved_at.duration_since(expires).unwrap_or_default()
-        );
+        kill_and_wait_moved_before(&mut lab, i, &moved, expires, "leader's Lease").await;
         let heir = lab.holders(moved[0]).await.remove(0);
         // The heir takes the Lease once it is free; the addresses stay.
         let led = vipd_testkit::vipd::wait_until(Duration::from_secs(15), || async {
