@@ -98,76 +98,65 @@ pub fn watch(
         tx.send(Conflict { addr, mac: from }).is_ok()
     };
     if let Some(sock) = arp {
-        let (tx, report) = (tx.clone(), report.clone());
-        std::thread::Builder::new()
-            .name(format!("arp-watch-{ifname}"))
-            .spawn(move || {
-                let mut buf = [MaybeUninit::<u8>::uninit(); 128];
-                loop {
-                    match sock.recv(&mut buf) {
-                        Ok(n) => {
-                            // SAFETY: recv initialised the first n bytes.
-                            let frame: Vec<u8> = buf[..n]
-                                .iter()
-                                .map(|b| unsafe { b.assume_init() })
-                                .collect();
-                            if let Some((ip, from)) = arp_sender(&frame) {
-                                if !report(IpAddr::V4(ip), from, &tx) {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            if tx.is_closed() {
-                                return;
-                            }
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
-                    }
-                }
-            })
-            .expect("spawn a thread");
+        let parse = |frame: &[u8]| arp_sender(frame).map(|(ip, from)| (IpAddr::V4(ip), from));
+        read_on(
+            format!("arp-watch-{ifname}"),
+            sock,
+            parse,
+            report.clone(),
+            tx.clone(),
+        );
     }
     if let Some(sock) = na {
-        std::thread::Builder::new()
-            .name("na-watch".into())
-            .spawn(move || {
-                let mut buf = [MaybeUninit::<u8>::uninit(); 256];
-                loop {
-                    match sock.recv(&mut buf) {
-                        Ok(n) => {
-                            // SAFETY: recv initialised the first n bytes.
-                            let msg: Vec<u8> = buf[..n]
-                                .iter()
-                                .map(|b| unsafe { b.assume_init() })
-                                .collect();
-                            if let Some((ip, from)) = na_target(&msg) {
-                                if !report(IpAddr::V6(ip), from, &tx) {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            if tx.is_closed() {
+        let parse = |msg: &[u8]| na_target(msg).map(|(ip, from)| (IpAddr::V6(ip), from));
+        read_on("na-watch".into(), sock, parse, report, tx);
+    }
+}
+
+/// Reads `sock` on a thread named `name` until `tx` closes: every message
+/// `parse` reads as an announcement of an address from a MAC goes to
+/// `report`.
+fn read_on(
+    name: String,
+    sock: Socket,
+    parse: impl Fn(&[u8]) -> Option<(IpAddr, [u8; 6])> + Send + 'static,
+    report: impl Fn(IpAddr, [u8; 6], &mpsc::UnboundedSender<Conflict>) -> bool + Send + 'static,
+    tx: mpsc::UnboundedSender<Conflict>,
+) {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            // An ARP frame or an NA with its options fits.
+            let mut buf = [MaybeUninit::<u8>::uninit(); 256];
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => {
+                        // SAFETY: recv initialised the first n bytes.
+                        let msg: Vec<u8> = buf[..n]
+                            .iter()
+                            .map(|b| unsafe { b.assume_init() })
+                            .collect();
+                        if let Some((ip, from)) = parse(&msg) {
+                            if !report(ip, from, &tx) {
                                 return;
                             }
                         }
-                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
                     }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        if tx.is_closed() {
+                            return;
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
-            })
-            .expect("spawn a thread");
-    }
+            }
+        })
+        .expect("spawn a thread");
 }
 
 fn arp_socket(ifindex: u32) -> io::Result<Socket> {
