@@ -74,6 +74,44 @@ pub(super) fn liveness_timing(r: &Reader) -> LeaseTiming {
     }
 }
 
+/// The Services leader's Lease timing. With placement and peer links
+/// (`links`) the Lease decides only who writes allocations and status: a
+/// dead leader's addresses move to its heir as soon as its link or liveness
+/// says it died (`services::heir`), whatever the Lease. Then it lasts
+/// `svc_leader_lease` (10 s), is renewed every quarter (2.5 s: with the
+/// liveness Lease's renewal every 2 s, the leader writes one Lease a second
+/// at most) and given up after three quarters. Without links, or when the
+/// operator set the `vip_*` timing (kube-vip's one timing for every Lease),
+/// that timing (`vip`), unless `svc_leader_lease` is set too.
+pub(super) fn leader_timing(r: &Reader, links: bool, vip: LeaseTiming) -> LeaseTiming {
+    let vip_given = ["vip_leaseduration", "vip_renewdeadline", "vip_retryperiod"]
+        .iter()
+        .any(|k| r.given(k).is_some());
+    let own_given = r.given("svc_leader_lease").is_some();
+    if !own_given && (!links || vip_given) {
+        return vip;
+    }
+    let fallback = Duration::from_secs(10);
+    let d = r.duration("svc_leader_lease", fallback);
+    let d = if !r.all_good(&["svc_leader_lease"]) {
+        fallback
+    } else if d < Duration::from_secs(2) || d.subsec_nanos() != 0 {
+        r.bad(
+            "svc_leader_lease",
+            "Leases count whole seconds: at least 2s, in whole seconds",
+        );
+        fallback
+    } else {
+        d
+    };
+    LeaseTiming {
+        lease_duration: d,
+        renew_deadline: d * 3 / 4,
+        retry_period: d / 4,
+        hold_on_api_loss: vip.hold_on_api_loss,
+    }
+}
+
 /// `vip_leaseduration`, `vip_renewdeadline`, `vip_retryperiod`,
 /// `vip_hold_on_api_loss`, checked together.
 pub(super) fn timing(r: &Reader) -> LeaseTiming {

@@ -219,13 +219,19 @@ fn services_config(r: &Reader) -> ServicesConfig {
             (String::new(), String::new())
         }
     };
+    let lease = lease::lease_config(r, "svc_leasename");
     ServicesConfig {
         namespace,
         per_address_election: r.bool("svc_election"),
         placement: r.bool("svc_placement"),
         liveness: lease::liveness_timing(r),
         peer_links: r.bool("svc_peer_links"),
-        lease: lease::lease_config(r, "svc_leasename"),
+        leader_timing: lease::leader_timing(
+            r,
+            r.bool("svc_placement") && r.bool("svc_peer_links"),
+            lease.timing,
+        ),
+        lease,
         class_name: r.string_or_default("lb_class_name"),
         class_only: r.bool("lb_class_only"),
         pool_configmap,

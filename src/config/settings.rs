@@ -91,6 +91,7 @@ pub const SETTINGS: &[Setting] = &[
     s("svc_namespace", "serviceNamespace", "serve Services of this namespace only (default: all)"),
     s("svc_leasename", "servicesLeaseName", "Lease of the Services leader").or(SVC_LEASE),
     s("svc_liveness_lease", "servicesLivenessLease", "with svc_placement: how long a node's liveness Lease lasts (a dead node's addresses move this long after its last renewal); renewed every half of it, at least 1 s apart (vipd)").or("4s"),
+    s("svc_leader_lease", "servicesLeaderLease", "with svc_placement and svc_peer_links: how long the Services leader's Lease lasts; renewed every quarter of it, given up after three quarters. It decides only who writes allocations and status: a dead leader's addresses move to its heir within a second (vipd; without links, or with vip_leaseduration, vip_renewdeadline or vip_retryperiod set, the Services leader uses those, as kube-vip does)").or("10s"),
     b("svc_peer_links", "servicesPeerLinks", "with svc_placement: follow every other vipd's /v1/alive stream on its status port, so the addresses of a vipd that dies or drops off the network move within a second instead of a liveness Lease later; they are added only once nobody answers for them, so a vipd that lives but lost its link keeps them (vipd)").or("true"),
     b("lb_class_only", "lbClassOnly", "serve only Services whose loadBalancerClass is lb_class_name"),
     s("lb_class_name", "lbClassName", "loadBalancerClass vipd serves").or("kube-vip.io/kube-vip-class"),

@@ -231,6 +231,33 @@ fn services_settings() {
     assert_eq!(s.class_name, "kube-vip.io/kube-vip-class");
     assert!(!s.class_only && !s.per_address_election && s.namespace.is_none());
     assert!(c.control_plane.is_none());
+    // With placement and links, the Services leader's Lease is its own:
+    // 10 s, renewed every 2.5 s, given up after 7.5 s (at most one write a
+    // second with the liveness Lease); per-address Leases keep vipd's.
+    assert_eq!(s.leader_timing.lease_duration, Duration::from_secs(10));
+    assert_eq!(s.leader_timing.retry_period, Duration::from_millis(2500));
+    assert_eq!(s.leader_timing.renew_deadline, Duration::from_millis(7500));
+    assert_eq!(s.lease.timing.lease_duration, Duration::from_secs(4));
+    // Without links, or with kube-vip's timing set, that timing.
+    for extra in [
+        ("svc_peer_links", "false"),
+        ("svc_placement", "false"),
+        ("vip_retryperiod", "1"),
+    ] {
+        let l = layers(&[("vip_arp", "true"), ("svc_enable", "true"), extra]);
+        let s = Config::from_layers(&l, "h").unwrap().services.unwrap();
+        assert_eq!(s.leader_timing, s.lease.timing, "{extra:?}");
+    }
+    // Set on its own: used, even without links.
+    let l = layers(&[
+        ("vip_arp", "true"),
+        ("svc_enable", "true"),
+        ("svc_peer_links", "false"),
+        ("svc_leader_lease", "20s"),
+    ]);
+    let s2 = Config::from_layers(&l, "h").unwrap().services.unwrap();
+    assert_eq!(s2.leader_timing.lease_duration, Duration::from_secs(20));
+    assert_eq!(s2.leader_timing.retry_period, Duration::from_secs(5));
     // Placement by default: a liveness Lease of 4 s renewed every 2 s
     // (half a write a second per node), given up after 3 s.
     assert!(s.placement);
@@ -281,6 +308,8 @@ fn services_settings() {
         ("svc_leasename", "X"),
         ("svc_liveness_lease", "1s"),
         ("svc_liveness_lease", "2500ms"),
+        ("svc_leader_lease", "1s"),
+        ("svc_leader_lease", "9500ms"),
         ("svc_placement", "sometimes"),
     ] {
         let l = layers(&[("vip_arp", "true"), ("svc_enable", "true"), (k, v)]);

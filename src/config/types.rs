@@ -122,8 +122,11 @@ pub struct ServicesConfig {
     /// (`svc_peer_links`).
     pub peer_links: bool,
     /// The Services leader's Lease (`svc_leasename` in `cp_namespace`);
-    /// per-address Leases live in the same namespace.
+    /// per-address Leases live in the same namespace, with its timing.
     pub lease: LeaseConfig,
+    /// The Services leader's own Lease timing (`svc_leader_lease`, see
+    /// `lease::leader_timing`).
+    pub leader_timing: LeaseTiming,
     pub class_name: String,
     pub class_only: bool,
     /// The pools ConfigMap, namespace and name.

@@ -101,7 +101,7 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         api: Api::namespaced(ctx.election_client.clone(), &ctx.config.lease.namespace),
         name: ctx.config.lease.name.clone(),
         me: ctx.me.clone(),
-        timing: ctx.config.lease.timing,
+        timing: ctx.config.leader_timing,
         acquire_delay: acquire_delay_rx,
         labels: Default::default(),
     };
