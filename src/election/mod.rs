@@ -189,7 +189,15 @@ impl LeaseElection {
             let actions = if core.leading() {
                 tokio::select! {
                     _ = renew_tick.tick() => core.step(Input::RenewDue, Instant::now()),
-                    ev = events.next() => { observe(ev, &mut obs); continue; }
+                    ev = events.next() => {
+                        let news = ev.is_some();
+                        observe(ev, &mut obs);
+                        if news && obs.as_ref().is_some_and(|o| o.lease.is_none()) {
+                            core.step(Input::LeaseGone, Instant::now())
+                        } else {
+                            continue;
+                        }
+                    }
                     _ = shutdown.changed() => continue,
                 }
             } else {

@@ -21,6 +21,10 @@ pub enum Input {
     Follow(View),
     /// The leader's renew timer fired.
     RenewDue,
+    /// The leader saw its own Lease deleted (by hand, an etcd restore):
+    /// renew (recreate it) now, not at the next renewal, while the
+    /// followers still wait out its term.
+    LeaseGone,
     /// A renewal that started at this instant succeeded.
     Renewed(Instant),
     /// The Lease names another holder (or none): a 409 whose re-read shows
@@ -139,7 +143,7 @@ impl Core {
     pub fn step(&mut self, input: Input, now: Instant) -> Vec<Action> {
         match input {
             Input::Follow(view) => self.follow(view, now),
-            Input::RenewDue => self.renew_due(now),
+            Input::RenewDue | Input::LeaseGone => self.renew_due(now),
             Input::Renewed(started) => self.renewed(started),
             Input::RenewLost(holder) => self.lost(holder),
             Input::RenewFailed { unreachable } => self.renew_failed(unreachable, now),

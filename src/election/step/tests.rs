@@ -114,6 +114,21 @@ fn a_delay_set_while_following_applies_to_the_next_free_spell_and_can_be_lifted(
     );
 }
 
+/// A leader renews at once when it sees its Lease deleted, whenever its
+/// next renewal is due; a follower ignores it (it waits out the term).
+#[test]
+fn a_leader_whose_lease_is_deleted_renews_at_once() {
+    let t0 = Instant::now();
+    let mut c = leader(t0);
+    let now = t0 + ms(100);
+    assert!(matches!(
+        c.step(Input::LeaseGone, now).as_slice(),
+        [Action::Renew { .. }]
+    ));
+    let mut f = Core::new("n2", TIMING, Duration::ZERO);
+    assert_eq!(f.step(Input::LeaseGone, now), vec![]);
+}
+
 #[test]
 fn a_409_or_404_on_acquire_decides_again_at_once() {
     let t0 = Instant::now();
