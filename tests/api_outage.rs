@@ -86,12 +86,23 @@ fn a_frozen_api_server_takes_no_address_down_with_per_address_leases() {
 /// `vip_hold_on_api_loss=false` keeps the strict behaviour: the holder
 /// gives the addresses up at its renew deadline, so a frozen API server
 /// takes them down (what every node did before holding was the default).
+/// The Services leader's Lease is given the VIP's timing (renew deadline
+/// 3 s instead of its default 7.5 s), so both deadlines fall within the
+/// 8 s freeze.
 #[test]
 fn strict_mode_drops_the_addresses_at_the_renew_deadline() {
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
-        let (nodes, _ns) = cluster(env, bin(), &[("vip_hold_on_api_loss", "false")]).await;
+        let (nodes, _ns) = cluster(
+            env,
+            bin(),
+            &[
+                ("vip_hold_on_api_loss", "false"),
+                ("svc_leader_lease", "4s"),
+            ],
+        )
+        .await;
         let o = freeze_api(env, &nodes, Duration::from_secs(8)).await;
         eprintln!(
             "frozen 8 s (strict): VIP outage {:?}, Service outage {:?}",
