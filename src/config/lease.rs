@@ -47,6 +47,23 @@ pub(super) fn lease_config(r: &Reader, name_key: &str) -> LeaseConfig {
     }
 }
 
+/// A Lease duration setting `key`: whole seconds, at least 2 (else
+/// recorded as bad, and `fallback`).
+fn lease_seconds(r: &Reader, key: &str, fallback: Duration) -> Duration {
+    let d = r.duration(key, fallback);
+    if !r.all_good(&[key]) {
+        fallback
+    } else if d < Duration::from_secs(2) || d.subsec_nanos() != 0 {
+        r.bad(
+            key,
+            "Leases count whole seconds: at least 2s, in whole seconds",
+        );
+        fallback
+    } else {
+        d
+    }
+}
+
 /// `svc_liveness_lease`: with placement, a node's liveness Lease lasts this
 /// long (4 s by default: a dead node's addresses move 2 to 4 s after its
 /// death), is renewed every half of it (at least 1 s: one write a second
@@ -54,18 +71,7 @@ pub(super) fn lease_config(r: &Reader, name_key: &str) -> LeaseConfig {
 /// sooner, but in the lab a write storm on the API server (2 cores) made
 /// 1.5 s renewals time out.
 pub(super) fn liveness_timing(r: &Reader) -> LeaseTiming {
-    let d = r.duration("svc_liveness_lease", Duration::from_secs(4));
-    let d = if !r.all_good(&["svc_liveness_lease"]) {
-        Duration::from_secs(4)
-    } else if d < Duration::from_secs(2) || d.subsec_nanos() != 0 {
-        r.bad(
-            "svc_liveness_lease",
-            "Leases count whole seconds: at least 2s, in whole seconds",
-        );
-        Duration::from_secs(4)
-    } else {
-        d
-    };
+    let d = lease_seconds(r, "svc_liveness_lease", Duration::from_secs(4));
     LeaseTiming {
         lease_duration: d,
         renew_deadline: d * 3 / 4,
@@ -91,19 +97,7 @@ pub(super) fn leader_timing(r: &Reader, links: bool, vip: LeaseTiming) -> LeaseT
     if !own_given && (!links || vip_given) {
         return vip;
     }
-    let fallback = Duration::from_secs(10);
-    let d = r.duration("svc_leader_lease", fallback);
-    let d = if !r.all_good(&["svc_leader_lease"]) {
-        fallback
-    } else if d < Duration::from_secs(2) || d.subsec_nanos() != 0 {
-        r.bad(
-            "svc_leader_lease",
-            "Leases count whole seconds: at least 2s, in whole seconds",
-        );
-        fallback
-    } else {
-        d
-    };
+    let d = lease_seconds(r, "svc_leader_lease", Duration::from_secs(10));
     LeaseTiming {
         lease_duration: d,
         renew_deadline: d * 3 / 4,
