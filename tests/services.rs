@@ -436,6 +436,17 @@ async fn spread(lab: &mut Lab, base: u8) -> BTreeMap<String, Vec<IpAddr>> {
     by_node
 }
 
+/// The first node of `by_node` (addresses by holder): its index in the
+/// lab, its name and its addresses.
+fn first_holder(
+    lab: &Lab,
+    by_node: &BTreeMap<String, Vec<IpAddr>>,
+) -> (usize, String, Vec<IpAddr>) {
+    let (victim, moved) = by_node.iter().next().expect("a holder");
+    let i = lab.nodes.iter().position(|n| n.name() == victim).unwrap();
+    (i, victim.clone(), moved.clone())
+}
+
 /// Waits until every address of `moved` is held by one node other than
 /// `victim` (and, with `answered`, answers from it), never by two, within
 /// `limit` of now, looking every `every`.
@@ -476,12 +487,7 @@ async fn spread_then_kill_one(settings: &[(&str, &str)], base: u8) -> (Lab, Stri
     let by_node = spread(&mut lab, base).await;
     assert!(by_node.len() >= 2, "addresses not spread: {by_node:?}");
     // One announcer dies: its addresses move to the others.
-    let (victim, moved) = by_node
-        .iter()
-        .next()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .unwrap();
-    let i = lab.nodes.iter().position(|n| n.name() == victim).unwrap();
+    let (i, victim, moved) = first_holder(&lab, &by_node);
     lab.nodes[i].kill();
     let t0 = Instant::now();
     wait_moved_off(
@@ -612,12 +618,7 @@ fn a_killed_vipds_placed_addresses_move_before_its_liveness_lease_expires() {
         )
         .await;
         let by_node = spread(&mut lab, 210).await;
-        let (victim, moved) = by_node
-            .iter()
-            .next()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .unwrap();
-        let i = lab.nodes.iter().position(|n| n.name() == victim).unwrap();
+        let (i, victim, moved) = first_holder(&lab, &by_node);
         let survivors: Vec<usize> = (0..lab.nodes.len()).filter(|j| *j != i).collect();
         // Every survivor follows the victim's stream.
         wait_linked(&lab, &victim, &survivors).await;
@@ -706,8 +707,7 @@ fn a_killed_services_leaders_addresses_move_to_its_heir_before_its_lease_expires
         let mut lab = lab(bin(), &[], None).await;
         let by_node = spread(&mut lab, 220).await;
         assert_eq!(by_node.len(), 1, "leader mode, one holder: {by_node:?}");
-        let (victim, moved) = by_node.into_iter().next().unwrap();
-        let i = lab.nodes.iter().position(|n| n.name() == victim).unwrap();
+        let (i, victim, moved) = first_holder(&lab, &by_node);
         let survivors: Vec<usize> = (0..lab.nodes.len()).filter(|j| *j != i).collect();
         wait_linked(&lab, &victim, &survivors).await;
         let (holder, expires) = lease_expiry(&lab, "plndr-svcs-lock").await;
