@@ -103,16 +103,27 @@ impl Guardian {
                 mono_ns() + r.as_nanos() as u64
             }
         });
-        if !differs(self.last_death, at) {
-            return;
-        }
         let line = match at {
             Some(ns) => format!("death {ns}\n"),
             None => "death none\n".to_string(),
         };
+        self.tell(at, line, |g| &mut g.last_death);
+    }
+
+    /// Writes `line`, which says instant `at`, unless the last one `last`
+    /// recorded says the same (see [`differs`]); records it once written.
+    fn tell(
+        &mut self,
+        at: Option<u64>,
+        line: String,
+        last: impl Fn(&mut Guardian) -> &mut Option<Option<u64>>,
+    ) {
+        if !differs(*last(self), at) {
+            return;
+        }
         self.write(&line);
         if self.stdin.is_some() {
-            self.last_death = Some(at);
+            *last(self) = Some(at);
         }
     }
 
@@ -128,17 +139,11 @@ impl Guardian {
     /// Sets the deadline: `Some(remaining)` from now, or None (no deadline).
     pub fn set(&mut self, remaining: Option<Duration>) {
         let at = remaining.map(|r| mono_ns() + r.as_nanos() as u64);
-        if !differs(self.last, at) {
-            return;
-        }
         let line = match at {
             Some(ns) => format!("until {ns}\n"),
             None => "none\n".to_string(),
         };
-        self.write(&line);
-        if self.stdin.is_some() {
-            self.last = Some(at);
-        }
+        self.tell(at, line, |g| &mut g.last);
     }
 }
 
