@@ -220,6 +220,16 @@ fn empty_prometheus_server_turns_it_off() {
     );
 }
 
+/// The Services settings with `extra` on top of ARP mode and Services on.
+fn services_with(extra: &[(&str, &str)]) -> crate::config::ServicesConfig {
+    let mut all = vec![("vip_arp", "true"), ("svc_enable", "true")];
+    all.extend_from_slice(extra);
+    Config::from_layers(&layers(&all), "h")
+        .unwrap()
+        .services
+        .unwrap()
+}
+
 #[test]
 fn services_settings() {
     let l = layers(&[("vip_arp", "true"), ("svc_enable", "true")]);
@@ -244,18 +254,11 @@ fn services_settings() {
         ("svc_placement", "false"),
         ("vip_retryperiod", "1"),
     ] {
-        let l = layers(&[("vip_arp", "true"), ("svc_enable", "true"), extra]);
-        let s = Config::from_layers(&l, "h").unwrap().services.unwrap();
+        let s = services_with(&[extra]);
         assert_eq!(s.leader_timing, s.lease.timing, "{extra:?}");
     }
     // Set on its own: used, even without links.
-    let l = layers(&[
-        ("vip_arp", "true"),
-        ("svc_enable", "true"),
-        ("svc_peer_links", "false"),
-        ("svc_leader_lease", "20s"),
-    ]);
-    let s2 = Config::from_layers(&l, "h").unwrap().services.unwrap();
+    let s2 = services_with(&[("svc_peer_links", "false"), ("svc_leader_lease", "20s")]);
     assert_eq!(s2.leader_timing.lease_duration, Duration::from_secs(20));
     assert_eq!(s2.leader_timing.retry_period, Duration::from_secs(5));
     // Placement by default: a liveness Lease of 4 s renewed every 2 s
@@ -264,13 +267,7 @@ fn services_settings() {
     assert_eq!(s.liveness.lease_duration, Duration::from_secs(4));
     assert_eq!(s.liveness.retry_period, Duration::from_secs(2));
     assert_eq!(s.liveness.renew_deadline, Duration::from_secs(3));
-    let l = layers(&[
-        ("vip_arp", "true"),
-        ("svc_enable", "true"),
-        ("svc_liveness_lease", "6"),
-        ("svc_placement", "false"),
-    ]);
-    let s = Config::from_layers(&l, "h").unwrap().services.unwrap();
+    let s = services_with(&[("svc_liveness_lease", "6"), ("svc_placement", "false")]);
     assert!(!s.placement);
     assert_eq!(
         (
