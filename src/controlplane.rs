@@ -85,9 +85,9 @@ impl Leadership for VipLeadership {
             .await;
     }
 
-    async fn started_after_handover(&mut self, hold_until: Instant) {
-        // The old leader withdrew the VIP before handing over: nothing to
-        // wait for on the wire.
+    async fn started_unopposed(&mut self, hold_until: Instant) {
+        // Nobody else can hold the VIP (see `LeaderEvent::Started`):
+        // nothing to wait for on the wire.
         self.vips
             .claim(
                 Source::ControlPlane,

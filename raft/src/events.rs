@@ -12,11 +12,15 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaderEvent {
     /// This node leads and may hold the VIP until `hold_until` unless
-    /// renewed. `after_handover`: the previous leader handed leadership
-    /// over on purpose (it withdrew the VIP first, so nobody else holds it).
+    /// renewed. `unopposed`: nobody else can hold the VIP, so there is
+    /// nothing to wait for on the wire: the previous leader handed
+    /// leadership over on purpose (it withdrew the VIP first), or this
+    /// node's own hold lapsed and came back within the same term (another
+    /// leader would have needed the vote of a node that has acknowledged
+    /// this term since).
     Started {
         hold_until: Instant,
-        after_handover: bool,
+        unopposed: bool,
     },
     /// Still leading: may hold until `hold_until`.
     Renewed { hold_until: Instant },

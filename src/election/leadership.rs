@@ -12,9 +12,10 @@ use vipd_raft::{LeaderEvent, Told};
 pub trait Leadership: Send {
     /// This node leads and may hold until `hold_until` unless renewed.
     fn started(&mut self, hold_until: Instant) -> impl Future<Output = ()> + Send;
-    /// The same, after the previous leader handed leadership over on
-    /// purpose (it withdrew the VIP before it did, so nobody else holds it).
-    fn started_after_handover(&mut self, hold_until: Instant) -> impl Future<Output = ()> + Send {
+    /// The same, when nobody else can hold the VIP (the previous leader
+    /// handed leadership over on purpose and withdrew it first, or this
+    /// node's own hold lapsed and came back within one Raft term).
+    fn started_unopposed(&mut self, hold_until: Instant) -> impl Future<Output = ()> + Send {
         self.started(hold_until)
     }
     /// Still leading: may hold until `hold_until`.
@@ -42,8 +43,8 @@ pub async fn follow_raft<L: Leadership>(
         match event {
             LeaderEvent::Started {
                 hold_until,
-                after_handover: true,
-            } => leadership.started_after_handover(hold_until).await,
+                unopposed: true,
+            } => leadership.started_unopposed(hold_until).await,
             LeaderEvent::Started { hold_until, .. } => leadership.started(hold_until).await,
             LeaderEvent::Renewed { hold_until } => leadership.renewed(hold_until),
             LeaderEvent::Stopped => leadership.stopped().await,

@@ -48,8 +48,8 @@ impl<L: Leadership> Leadership for Reported<L> {
         self.report_started();
     }
 
-    async fn started_after_handover(&mut self, hold_until: Instant) {
-        self.inner.started_after_handover(hold_until).await;
+    async fn started_unopposed(&mut self, hold_until: Instant) {
+        self.inner.started_unopposed(hold_until).await;
         self.report_started();
     }
 
