@@ -412,7 +412,7 @@ impl Controller {
                     .await;
             }
         }
-        let mut changes = pass::announcements(&snapshot, &decision.plans, &announced);
+        let mut changes = pass::announcements(&snapshot, &decision, &announced);
         let mut summary = pass::summary(&snapshot, &self.memory, &decision, &announced);
         changes.extend(decision.changes);
         self.writer.apply(changes).await;

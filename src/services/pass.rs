@@ -109,6 +109,48 @@ pub struct Decision {
     /// The addresses to announce, and those the guard refuses.
     pub plans: Vec<AddressPlan>,
     pub refused: Vec<AddressPlan>,
+    /// Leader: the Services whose `status.loadBalancer.ingress` this pass
+    /// writes, as they will read once written. The pass plans and
+    /// announces from these at once rather than a pass later, when the
+    /// watch brings the write back, and its vipHost and Announced writes
+    /// then go out with the assignment's (see `writer::coalesce`).
+    pub written: BTreeMap<SvcKey, SvcInfo>,
+}
+
+impl Decision {
+    /// `info` as this pass leaves it (its new addresses, if it writes them).
+    pub fn as_written<'a>(&'a self, info: &'a SvcInfo) -> &'a SvcInfo {
+        self.written.get(&info.key).unwrap_or(info)
+    }
+}
+
+/// The Services whose ingress `changes` set, with their new addresses.
+fn written_by(
+    changes: &[Change],
+    by_key: &BTreeMap<&SvcKey, &(Arc<Service>, SvcInfo)>,
+) -> BTreeMap<SvcKey, SvcInfo> {
+    let mut written = BTreeMap::new();
+    for c in changes {
+        if let Change::Status {
+            svc,
+            ingress: Some(ingress),
+            ..
+        } = c
+        {
+            let key = SvcKey::of(svc);
+            if let Some((_, info)) = by_key.get(&key) {
+                let status_ips = ingress.iter().map(|(ip, _)| *ip).collect();
+                written.insert(
+                    key,
+                    SvcInfo {
+                        status_ips,
+                        ..info.clone()
+                    },
+                );
+            }
+        }
+    }
+    written
 }
 
 /// Whether `plan`'s address is placed here only because a suspect node (see
@@ -129,13 +171,20 @@ fn from_suspect(
 /// node's claims.
 pub fn decide(s: &Snapshot, mem: &mut Memory, now: Instant) -> Decision {
     let mut changes = Vec::new();
-    if s.leading {
-        assign::assign(s, mem, now, &mut changes);
-    }
-    // Announce what the Services' status says, but never what the guard
-    // refuses (whoever wrote it there).
-    let served_infos: Vec<&SvcInfo> = s.served.iter().map(|(_, i)| i).collect();
     let by_key = by_key(s);
+    let written = if s.leading {
+        assign::assign(s, mem, now, &mut changes);
+        written_by(&changes, &by_key)
+    } else {
+        BTreeMap::new()
+    };
+    // Announce what the Services' status says (or will, once this pass
+    // wrote it), but never what the guard refuses (whoever wrote it).
+    let served_infos: Vec<&SvcInfo> = s
+        .served
+        .iter()
+        .map(|(_, i)| written.get(&i.key).unwrap_or(i))
+        .collect();
     let (plans, refused): (Vec<AddressPlan>, Vec<AddressPlan>) =
         plan_addresses(&served_infos, s.nodes, s.ready)
             .into_iter()
@@ -193,6 +242,7 @@ pub fn decide(s: &Snapshot, mem: &mut Memory, now: Instant) -> Decision {
         placed,
         plans,
         refused,
+        written,
     }
 }
 
@@ -203,22 +253,19 @@ fn by_key<'a>(s: &'a Snapshot) -> BTreeMap<&'a SvcKey, &'a (Arc<Service>, SvcInf
 /// Step 3: `kube-vip.io/vipHost` on the Services of the addresses this
 /// node announces (ARP: one node per address; BGP: many, so not written),
 /// and its removal when nobody may announce an address.
-pub fn announcements(
-    s: &Snapshot,
-    plans: &[AddressPlan],
-    announced: &BTreeSet<IpAddr>,
-) -> Vec<Change> {
+pub fn announcements(s: &Snapshot, d: &Decision, announced: &BTreeSet<IpAddr>) -> Vec<Change> {
     let mut changes = Vec::new();
     if s.node.bgp.is_some() {
         return changes;
     }
     let me = s.node.me.as_str();
     let by_key = by_key(s);
-    for plan in plans {
+    for plan in &d.plans {
         for user in &plan.users {
             let Some((obj, info)) = by_key.get(user) else {
                 continue;
             };
+            let info = d.as_written(info);
             let host = info.vip_host.as_deref();
             // The Announced condition follows the Service's first address
             // (with two, two nodes may announce them: one writer only).
@@ -327,7 +374,7 @@ pub fn summary(
     let pending = s
         .served
         .iter()
-        .filter(|(_, i)| i.status_ips.is_empty())
+        .filter(|(_, i)| d.as_written(i).status_ips.is_empty())
         .count();
     ServicesSummary {
         served,

@@ -56,13 +56,6 @@ pub struct Writer {
     failures_by: Mutex<std::collections::BTreeMap<(SvcKey, String), u64>>,
 }
 
-fn key_of(svc: &Service) -> SvcKey {
-    SvcKey {
-        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-        name: svc.metadata.name.clone().unwrap_or_default(),
-    }
-}
-
 impl Writer {
     pub fn new(client: Client, events: Arc<Events>) -> Writer {
         Writer {
@@ -119,7 +112,7 @@ impl Writer {
 
     /// Forgets the counts of Services no longer in `live`.
     pub fn forget_absent(&self, live: &[Arc<Service>]) {
-        let keys: std::collections::HashSet<SvcKey> = live.iter().map(|s| key_of(s)).collect();
+        let keys: std::collections::HashSet<SvcKey> = live.iter().map(|s| SvcKey::of(s)).collect();
         self.failures_by
             .lock()
             .expect("not poisoned")
@@ -141,7 +134,7 @@ impl Writer {
             .lock()
             .expect("not poisoned")
             .retain(|_, (_, at)| at.elapsed() < RECENT);
-        futures::stream::iter(changes)
+        futures::stream::iter(coalesce(changes))
             .for_each_concurrent(CONCURRENCY, |c| self.apply_one(c))
             .await;
     }
@@ -149,7 +142,7 @@ impl Writer {
     async fn apply_one(&self, change: Change) {
         match change {
             Change::Annotations { svc, set } => {
-                let key = key_of(&svc);
+                let key = SvcKey::of(&svc);
                 let mut ann = serde_json::Map::new();
                 for (k, v) in &set {
                     ann.insert(
@@ -174,7 +167,7 @@ impl Writer {
                 ingress,
                 conditions,
             } => {
-                let key = key_of(&svc);
+                let key = SvcKey::of(&svc);
                 let mut status = serde_json::Map::new();
                 if let Some(ingress) = ingress {
                     status.insert(
@@ -222,6 +215,71 @@ impl Writer {
     }
 }
 
+/// One write per Service and kind: a pass's annotation changes to one
+/// Service become one patch (where two set one key, the later wins), and
+/// its status changes one (the later ingress wins, conditions merge by
+/// type, the later wins). Each takes the place of the first it merges;
+/// Events stay as they are. A new Service's assignment and its
+/// announcement are then two writes instead of four.
+pub fn coalesce(changes: Vec<Change>) -> Vec<Change> {
+    use std::collections::hash_map::Entry;
+    let mut out: Vec<Change> = Vec::with_capacity(changes.len());
+    // (Service, is a status change) -> its place in `out`.
+    let mut at: HashMap<(SvcKey, bool), usize> = HashMap::new();
+    for c in changes {
+        let slot = match &c {
+            Change::Annotations { svc, .. } => (SvcKey::of(svc), false),
+            Change::Status { svc, .. } => (SvcKey::of(svc), true),
+            Change::Event { .. } => {
+                out.push(c);
+                continue;
+            }
+        };
+        let i = match at.entry(slot) {
+            Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(c);
+                continue;
+            }
+            Entry::Occupied(e) => *e.get(),
+        };
+        match (&mut out[i], c) {
+            (Change::Annotations { set: into, .. }, Change::Annotations { set, .. }) => {
+                merge_by_key(into, set)
+            }
+            (
+                Change::Status {
+                    ingress: into_ingress,
+                    conditions: into,
+                    ..
+                },
+                Change::Status {
+                    ingress,
+                    conditions,
+                    ..
+                },
+            ) => {
+                if ingress.is_some() {
+                    *into_ingress = ingress;
+                }
+                merge_by_key(into, conditions);
+            }
+            _ => unreachable!("a slot holds changes of its own kind"),
+        }
+    }
+    out
+}
+
+/// `more` into `into`: a later value for a key replaces the earlier one.
+fn merge_by_key<V>(into: &mut Vec<(&'static str, V)>, more: Vec<(&'static str, V)>) {
+    for (k, v) in more {
+        match into.iter_mut().find(|(key, _)| *key == k) {
+            Some(slot) => slot.1 = v,
+            None => into.push((k, v)),
+        }
+    }
+}
+
 fn ingress_json(ingress: &Ingress) -> Vec<Value> {
     ingress
         .iter()
@@ -245,5 +303,119 @@ fn log_write_error(key: &SvcKey, what: &str, e: kube::Error) {
             debug!(service = %key, "gone before its {what} was written")
         }
         _ => warn!(service = %key, error = %e, "could not write {what}; retrying"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str) -> Arc<Service> {
+        let mut s = Service::default();
+        s.metadata.namespace = Some("d".into());
+        s.metadata.name = Some(name.into());
+        Arc::new(s)
+    }
+
+    fn cond(reason: &str) -> Condition {
+        Condition {
+            status: true,
+            reason: reason.into(),
+            ..Default::default()
+        }
+    }
+
+    /// What each write would be: (service, kind, what it sets).
+    fn writes(changes: &[Change]) -> Vec<(String, &'static str, String)> {
+        changes
+            .iter()
+            .map(|c| match c {
+                Change::Annotations { svc, set } => {
+                    (SvcKey::of(svc).name, "annotations", format!("{set:?}"))
+                }
+                Change::Status {
+                    svc,
+                    ingress,
+                    conditions,
+                } => {
+                    let conds: Vec<String> = conditions
+                        .iter()
+                        .map(|(t, c)| format!("{t}={}", c.reason))
+                        .collect();
+                    (
+                        SvcKey::of(svc).name,
+                        "status",
+                        format!("{ingress:?} {}", conds.join(",")),
+                    )
+                }
+                Change::Event { svc, reason, .. } => {
+                    (SvcKey::of(svc).name, "event", reason.to_string())
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_annotation_patch_and_one_status_patch_per_service() {
+        let (a, b) = (svc("a"), svc("b"));
+        let ip: std::net::IpAddr = "192.0.2.160".parse().unwrap();
+        let changes = vec![
+            Change::Annotations {
+                svc: a.clone(),
+                set: vec![("vipd.dev/assigned", Some("192.0.2.160".into()))],
+            },
+            Change::Status {
+                svc: a.clone(),
+                ingress: Some(vec![(ip, vec![])]),
+                conditions: vec![("Assigned", cond("AddressAssigned"))],
+            },
+            Change::Event {
+                svc: a.clone(),
+                warning: false,
+                reason: "AddressAssigned",
+                note: String::new(),
+            },
+            Change::Annotations {
+                svc: b.clone(),
+                set: vec![("kube-vip.io/vipHost", None)],
+            },
+            // The announcement, made later in the pass.
+            Change::Annotations {
+                svc: a.clone(),
+                set: vec![
+                    ("kube-vip.io/vipHost", Some("n1".into())),
+                    ("vipd.dev/assigned", Some("192.0.2.161".into())),
+                ],
+            },
+            Change::Status {
+                svc: a.clone(),
+                ingress: None,
+                conditions: vec![
+                    ("Announced", cond("AddressAnnounced")),
+                    ("Assigned", cond("Reworded")),
+                ],
+            },
+        ];
+        assert_eq!(
+            writes(&coalesce(changes)),
+            vec![
+                (
+                    "a".into(),
+                    "annotations",
+                    r#"[("vipd.dev/assigned", Some("192.0.2.161")), ("kube-vip.io/vipHost", Some("n1"))]"#.into()
+                ),
+                (
+                    "a".into(),
+                    "status",
+                    "Some([(192.0.2.160, [])]) Assigned=Reworded,Announced=AddressAnnounced".into()
+                ),
+                ("a".into(), "event", "AddressAssigned".into()),
+                (
+                    "b".into(),
+                    "annotations",
+                    r#"[("kube-vip.io/vipHost", None)]"#.into()
+                ),
+            ]
+        );
     }
 }

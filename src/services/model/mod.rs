@@ -96,6 +96,16 @@ pub struct SvcKey {
     pub name: String,
 }
 
+impl SvcKey {
+    /// The key of `svc` (empty parts where its metadata has none).
+    pub fn of(svc: &Service) -> SvcKey {
+        SvcKey {
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
 impl fmt::Display for SvcKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)

@@ -24,6 +24,11 @@ fn svc(name: &str, annotations: serde_json::Value, ingress: &[&str]) -> (Arc<Ser
     svc_with(name, annotations, json!({}), ingress)
 }
 
+/// A Service holding `ip`, which vipd assigned (so the leader keeps it).
+fn held(name: &str, ip: &str) -> (Arc<Service>, SvcInfo) {
+    svc(name, json!({ "vipd.dev/assigned": ip }), &[ip])
+}
+
 fn svc_with(
     name: &str,
     annotations: serde_json::Value,
@@ -132,7 +137,7 @@ impl World {
             node: &self.node,
         };
         let d = decide(&s, mem, Instant::now());
-        let more = announcements(&s, &d.plans, announced);
+        let more = announcements(&s, &d, announced);
         (d, more)
     }
 }
@@ -374,10 +379,10 @@ fn announcements_moves_withdrawals_and_refusals() {
     assert!(d.leader_claims.is_empty() && d.refused.len() == 1);
 
     // Announced here, first time: AddressAnnounced; moved from n2: AddressMoved.
-    let fresh = svc("a", json!({}), &["192.0.2.150"]);
+    let fresh = held("a", "192.0.2.150");
     let moved = svc(
         "b",
-        json!({ "kube-vip.io/vipHost": "n2" }),
+        json!({ "kube-vip.io/vipHost": "n2", "vipd.dev/assigned": "192.0.2.151" }),
         &["192.0.2.151"],
     );
     let w = World::new(vec![fresh, moved]);
@@ -408,7 +413,7 @@ fn announcements_moves_withdrawals_and_refusals() {
     // announce it; the leader withdraws vipHost.
     let local = svc_with(
         "l",
-        json!({ "kube-vip.io/vipHost": "n3" }),
+        json!({ "kube-vip.io/vipHost": "n3", "vipd.dev/assigned": "192.0.2.152" }),
         json!({ "externalTrafficPolicy": "Local" }),
         &["192.0.2.152"],
     );
@@ -452,7 +457,7 @@ fn bad_bgp_annotations_are_events_and_the_pool_attributes_stay() {
 
 #[test]
 fn per_address_election_competes_with_a_stagger_by_rank() {
-    let s = svc("a", json!({}), &["192.0.2.150"]);
+    let s = held("a", "192.0.2.150");
     let mut w = World::new(vec![s]);
     w.node = settings(false, true);
     let (d, _) = w.run(&mut Memory::default(), &BTreeSet::new());
@@ -471,7 +476,7 @@ fn placement_claims_what_ranks_here_among_live_nodes_and_nothing_competes_by_lea
     let infos: Vec<_> = addrs
         .iter()
         .enumerate()
-        .map(|(i, a)| svc(&format!("s{i}"), json!({}), &[a.as_str()]))
+        .map(|(i, a)| held(&format!("s{i}"), a))
         .collect();
     let mut w = World::new(infos);
     w.node = settings(false, true);
@@ -865,4 +870,58 @@ fn the_pool_is_recorded_and_kept_with_the_address() {
             .any(|c| matches!(c, Change::Annotations { .. })),
         "nothing to change"
     );
+}
+
+/// The leader announces what it assigns in the pass that assigns it, and
+/// the assignment and the announcement go out as one annotation patch and
+/// one status patch: a burst of new Services costs two writes each, not
+/// four over two passes (the second waiting for the watch to bring the
+/// first back).
+#[test]
+fn the_leader_announces_what_it_assigns_in_the_same_pass_in_two_writes() {
+    let mut w = World::new(vec![svc("a", json!({}), &[])]);
+    w.pools = pools(&[("cidr-d", "192.0.2.160/30")]);
+    let addr: IpAddr = "192.0.2.160".parse().unwrap();
+    let (d, more) = w.run(&mut Memory::default(), &BTreeSet::from([addr]));
+    let claimed: Vec<IpAddr> = d.leader_claims.iter().map(|c| c.addr).collect();
+    assert_eq!(claimed, vec![addr], "claimed in the assigning pass");
+    let mut changes = d.changes;
+    changes.extend(more);
+    let writes = crate::services::writer::coalesce(changes);
+    let annotations: Vec<&Vec<(&str, Option<String>)>> = writes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Annotations { set, .. } => Some(set),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(annotations.len(), 1);
+    assert!(annotations[0].contains(&(keys::VIP_HOST, Some(ME.to_string()))));
+    assert!(annotations[0].contains(&(keys::ASSIGNED, Some(addr.to_string()))));
+    let statuses = status_writes(&writes, "a");
+    assert_eq!(statuses.len(), 1);
+    let (ingress, conds) = &statuses[0];
+    assert_eq!(ingress.as_ref().unwrap()[0].0, addr);
+    let kinds: BTreeSet<&str> = conds.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([conditions::ASSIGNED, conditions::ANNOUNCED])
+    );
+    assert!(has(&writes, "a", "AddressAssigned", "192.0.2.160"));
+    assert!(has(
+        &writes,
+        "a",
+        "AddressAnnounced",
+        "192.0.2.160 announced by n1"
+    ));
+}
+
+/// A follower never plans from an assignment it does not write.
+#[test]
+fn a_follower_plans_only_from_the_status() {
+    let mut w = World::new(vec![svc("a", json!({}), &[])]);
+    w.pools = pools(&[("cidr-d", "192.0.2.160/30")]);
+    w.leading = false;
+    let (d, more) = w.run(&mut Memory::default(), &BTreeSet::new());
+    assert!(d.plans.is_empty() && d.written.is_empty() && more.is_empty());
 }
