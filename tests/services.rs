@@ -107,6 +107,29 @@ fn pool_allocation_sharing_release_and_restart() {
         lab.create("web", json!({}), json!({})).await;
         let web = lab.wait_ingress("web", Duration::from_secs(20)).await;
         assert_eq!(web, vec![ip("192.0.2.160")]);
+        // The leader announces what it assigns in the same pass, and the
+        // record of the assignment and the announcer ride in the status
+        // write: one write for a new Service (the API server's own
+        // account of who wrote which field through which subresource).
+        let w = lab.get("web").await;
+        let status_write = w
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .find(|m| m.subresource.as_deref() == Some("status"))
+            .map(|m| serde_json::to_string(&m.fields_v1).unwrap())
+            .unwrap_or_default();
+        for field in [
+            "f:vipd.dev/assigned",
+            "f:kube-vip.io/vipHost",
+            "f:loadBalancer",
+        ] {
+            assert!(
+                status_write.contains(field),
+                "{field} not in the status write: {status_write}"
+            );
+        }
         // Allocation is recorded in the annotation, so it survives restarts.
         assert_eq!(
             Lab::annotation(&lab.get("web").await, "kube-vip.io/loadbalancerIPs").as_deref(),

@@ -1,12 +1,14 @@
 //! Writes to Services: annotations, `status.loadBalancer.ingress` with
-//! vipd's conditions, Events. Many at once (bounded), each a patch, never a
-//! read-modify-write, so they cannot conflict with other writers: the
+//! vipd's conditions, Events. One request per Service and pass where it
+//! can be (the annotations ride in the status patch), many at once
+//! (bounded), each a patch, never a read-modify-write, so they cannot conflict with other writers: the
 //! status is a strategic merge patch, which merges `status.conditions` by
 //! type (the leader writes `vipd.dev/AddressAssigned`, the announcing node
 //! `vipd.dev/Announced`, neither removes the other's nor anybody else's). A write identical to one made in
 //! the last seconds is skipped: the caches may not have caught up yet.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,10 +30,7 @@ const RECENT: Duration = Duration::from_secs(3);
 /// One change to make.
 pub enum Change {
     /// Set (Some) or remove (None) annotations.
-    Annotations {
-        svc: Arc<Service>,
-        set: Vec<(&'static str, Option<String>)>,
-    },
+    Annotations { svc: Arc<Service>, set: Annotations },
     /// `status.loadBalancer.ingress` (when Some) and conditions, in one write.
     Status {
         svc: Arc<Service>,
@@ -54,6 +53,9 @@ pub struct Writer {
     /// Failed writes per Service and what failed (kube-vip's
     /// `kube_vip_service_reconcile_errors_total`).
     failures_by: Mutex<std::collections::BTreeMap<(SvcKey, String), u64>>,
+    /// The API server dropped annotations sent with a status write: send
+    /// them apart.
+    apart: AtomicBool,
 }
 
 impl Writer {
@@ -64,6 +66,7 @@ impl Writer {
             recent: Mutex::new(HashMap::new()),
             failures: Default::default(),
             failures_by: Default::default(),
+            apart: AtomicBool::new(false),
         }
     }
 
@@ -82,14 +85,13 @@ impl Writer {
 
     /// Writes that failed so far (other than to Services already gone).
     pub fn failures(&self) -> u64 {
-        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+        self.failures.load(Ordering::Relaxed)
     }
 
     fn failed(&self, key: &SvcKey, what: &str, e: kube::Error) {
         self.forget(key, what);
         if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
-            self.failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.failures.fetch_add(1, Ordering::Relaxed);
             *self
                 .failures_by
                 .lock()
@@ -134,75 +136,47 @@ impl Writer {
             .lock()
             .expect("not poisoned")
             .retain(|_, (_, at)| at.elapsed() < RECENT);
-        futures::stream::iter(coalesce(changes))
-            .for_each_concurrent(CONCURRENCY, |c| self.apply_one(c))
+        let fold = !self.apart.load(Ordering::Relaxed);
+        futures::stream::iter(requests(changes, fold))
+            .for_each_concurrent(CONCURRENCY, |r| self.send(r))
             .await;
     }
 
-    async fn apply_one(&self, change: Change) {
-        match change {
-            Change::Annotations { svc, set } => {
-                let key = SvcKey::of(&svc);
-                let mut ann = serde_json::Map::new();
-                for (k, v) in &set {
-                    ann.insert(
-                        k.to_string(),
-                        v.clone().map(Value::String).unwrap_or(Value::Null),
-                    );
-                }
-                let body = json!({ "metadata": { "annotations": ann } });
-                if self.seen_recently(&key, "annotations", &body.to_string()) {
-                    return;
-                }
-                let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
-                if let Err(e) = api
-                    .patch(&key.name, &PatchParams::default(), &Patch::Merge(&body))
-                    .await
-                {
-                    self.failed(&key, "annotations", e);
-                }
-            }
-            Change::Status {
+    async fn send(&self, request: Request) {
+        match request {
+            Request::Annotations { svc, set } => self.patch_annotations(&svc, &set).await,
+            Request::Status {
                 svc,
+                set,
                 ingress,
                 conditions,
             } => {
                 let key = SvcKey::of(&svc);
-                let mut status = serde_json::Map::new();
-                if let Some(ingress) = ingress {
-                    status.insert(
-                        "loadBalancer".into(),
-                        json!({ "ingress": ingress_json(&ingress) }),
-                    );
+                let mut body = json!({ "status": status_json(ingress.as_ref(), &conditions) });
+                if !set.is_empty() {
+                    body["metadata"] = json!({ "annotations": annotations_json(&set) });
                 }
-                if !conditions.is_empty() {
-                    let cs: Vec<Value> = conditions
-                        .iter()
-                        .map(|(t, c)| {
-                            json!({
-                                "type": t,
-                                "status": if c.status { "True" } else { "False" },
-                                "reason": c.reason,
-                                "message": c.message,
-                                "lastTransitionTime": c.last_transition,
-                            })
-                        })
-                        .collect();
-                    status.insert("conditions".into(), Value::Array(cs));
-                }
-                let body = json!({ "status": status });
                 if self.seen_recently(&key, "status", &body.to_string()) {
                     return;
                 }
                 let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
-                if let Err(e) = api
+                match api
                     .patch_status(&key.name, &PatchParams::default(), &Patch::Strategic(&body))
                     .await
                 {
-                    self.failed(&key, "status", e);
+                    Ok(written) if !landed(&written, &set) => {
+                        // An API server that keeps metadata out of status
+                        // writes: annotations apart, now and from now on.
+                        if !self.apart.swap(true, Ordering::Relaxed) {
+                            warn!("the API server ignores annotations in a Service's status write: writing them apart from now on");
+                        }
+                        self.patch_annotations(&svc, &set).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => self.failed(&key, "status", e),
                 }
             }
-            Change::Event {
+            Request::Event {
                 svc,
                 warning,
                 reason,
@@ -213,6 +187,146 @@ impl Writer {
             }
         }
     }
+
+    async fn patch_annotations(&self, svc: &Service, set: &Annotations) {
+        let key = SvcKey::of(svc);
+        let body = json!({ "metadata": { "annotations": annotations_json(set) } });
+        if self.seen_recently(&key, "annotations", &body.to_string()) {
+            return;
+        }
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
+        if let Err(e) = api
+            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
+            self.failed(&key, "annotations", e);
+        }
+    }
+}
+
+/// Annotations to set (Some) or remove (None).
+pub type Annotations = Vec<(&'static str, Option<String>)>;
+
+/// One request to the API server.
+#[derive(Debug)]
+enum Request {
+    /// A metadata patch.
+    Annotations { svc: Arc<Service>, set: Annotations },
+    /// A status patch, carrying the Service's annotation changes of the
+    /// same pass when there are any: the Service status strategy keeps a
+    /// status write's metadata (it resets only the spec), so a new
+    /// Service's assignment and announcement are one write. A response
+    /// without them means an API server that drops them: then they are
+    /// written apart (`Writer::apart`).
+    Status {
+        svc: Arc<Service>,
+        set: Annotations,
+        ingress: Option<Ingress>,
+        conditions: Vec<(&'static str, Condition)>,
+    },
+    Event {
+        svc: Arc<Service>,
+        warning: bool,
+        reason: &'static str,
+        note: String,
+    },
+}
+
+/// The requests for a pass's changes: one per Service and kind
+/// ([`coalesce`]), and with `fold` a Service's annotations in its status
+/// write when it has one.
+fn requests(changes: Vec<Change>, fold: bool) -> Vec<Request> {
+    let changes = coalesce(changes);
+    let mut folded: HashMap<SvcKey, Annotations> = HashMap::new();
+    if fold {
+        let with_status: std::collections::HashSet<SvcKey> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Status { svc, .. } => Some(SvcKey::of(svc)),
+                _ => None,
+            })
+            .collect();
+        for c in &changes {
+            if let Change::Annotations { svc, set } = c {
+                let key = SvcKey::of(svc);
+                if with_status.contains(&key) {
+                    folded.insert(key, set.clone());
+                }
+            }
+        }
+    }
+    changes
+        .into_iter()
+        .filter_map(|c| match c {
+            Change::Annotations { svc, set } => (!folded.contains_key(&SvcKey::of(&svc)))
+                .then_some(Request::Annotations { svc, set }),
+            Change::Status {
+                svc,
+                ingress,
+                conditions,
+            } => Some(Request::Status {
+                set: folded.remove(&SvcKey::of(&svc)).unwrap_or_default(),
+                svc,
+                ingress,
+                conditions,
+            }),
+            Change::Event {
+                svc,
+                warning,
+                reason,
+                note,
+            } => Some(Request::Event {
+                svc,
+                warning,
+                reason,
+                note,
+            }),
+        })
+        .collect()
+}
+
+/// Whether `written` (an API server's answer) carries every annotation of `set`.
+fn landed(written: &Service, set: &Annotations) -> bool {
+    let have = written.metadata.annotations.as_ref();
+    set.iter()
+        .all(|(k, v)| have.and_then(|a| a.get(*k)) == v.as_ref())
+}
+
+fn annotations_json(set: &Annotations) -> Value {
+    let mut ann = serde_json::Map::new();
+    for (k, v) in set {
+        ann.insert(
+            k.to_string(),
+            v.clone().map(Value::String).unwrap_or(Value::Null),
+        );
+    }
+    Value::Object(ann)
+}
+
+fn status_json(ingress: Option<&Ingress>, conditions: &[(&'static str, Condition)]) -> Value {
+    let mut status = serde_json::Map::new();
+    if let Some(ingress) = ingress {
+        status.insert(
+            "loadBalancer".into(),
+            json!({ "ingress": ingress_json(ingress) }),
+        );
+    }
+    if !conditions.is_empty() {
+        let cs: Vec<Value> = conditions
+            .iter()
+            .map(|(t, c)| {
+                json!({
+                    "type": t,
+                    "status": if c.status { "True" } else { "False" },
+                    "reason": c.reason,
+                    "message": c.message,
+                    "lastTransitionTime": c.last_transition,
+                })
+            })
+            .collect();
+        status.insert("conditions".into(), Value::Array(cs));
+    }
+    Value::Object(status)
 }
 
 /// One write per Service and kind: a pass's annotation changes to one
@@ -353,6 +467,66 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// A Service with both kinds of change: one status request carrying
+    /// the annotations; one with annotations only: a metadata patch; with
+    /// folding off (an API server that dropped them once): apart.
+    #[test]
+    fn annotations_ride_in_the_status_write_of_the_same_service() {
+        let (a, b) = (svc("a"), svc("b"));
+        let changes = || {
+            vec![
+                Change::Annotations {
+                    svc: a.clone(),
+                    set: vec![("kube-vip.io/vipHost", Some("n1".into()))],
+                },
+                Change::Annotations {
+                    svc: b.clone(),
+                    set: vec![("kube-vip.io/vipHost", None)],
+                },
+                Change::Status {
+                    svc: a.clone(),
+                    ingress: None,
+                    conditions: vec![("Announced", cond("AddressAnnounced"))],
+                },
+            ]
+        };
+        let kinds = |rs: &[Request]| -> Vec<(String, &'static str, usize)> {
+            rs.iter()
+                .map(|r| match r {
+                    Request::Annotations { svc, set } => {
+                        (SvcKey::of(svc).name, "annotations", set.len())
+                    }
+                    Request::Status { svc, set, .. } => (SvcKey::of(svc).name, "status", set.len()),
+                    Request::Event { svc, .. } => (SvcKey::of(svc).name, "event", 0),
+                })
+                .collect()
+        };
+        assert_eq!(
+            kinds(&requests(changes(), true)),
+            vec![("b".into(), "annotations", 1), ("a".into(), "status", 1)]
+        );
+        assert_eq!(
+            kinds(&requests(changes(), false)),
+            vec![
+                ("a".into(), "annotations", 1),
+                ("b".into(), "annotations", 1),
+                ("a".into(), "status", 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn annotations_landed_only_when_the_answer_carries_each() {
+        let mut s = Service::default();
+        s.metadata.annotations = Some([("k".to_string(), "v".to_string())].into());
+        assert!(landed(&s, &vec![("k", Some("v".into()))]));
+        assert!(landed(&s, &vec![("gone", None)]));
+        assert!(!landed(&s, &vec![("k", Some("w".into()))]));
+        assert!(!landed(&s, &vec![("k", None)]));
+        assert!(!landed(&Service::default(), &vec![("k", Some("v".into()))]));
+        assert!(landed(&Service::default(), &vec![]));
     }
 
     #[test]

@@ -388,3 +388,47 @@ pub fn write_token_kubeconfig(admin: &Path, out: &Path, token: &str) -> Result<(
 pub fn client_v4() -> Ipv4Addr {
     crate::lab::host_v4(CLIENT_HOST)
 }
+
+/// The API server's own count of requests (`apiserver_request_total`),
+/// summed by (resource, subresource, verb), for the resources `keep`
+/// accepts.
+pub async fn request_counts(
+    admin: &Client,
+    keep: impl Fn(&str) -> bool,
+) -> Result<std::collections::BTreeMap<(String, String, String), f64>> {
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    let text = admin.request_text(req).await?;
+    let label = |line: &str, name: &str| {
+        line.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if !line.starts_with("apiserver_request_total{") {
+            continue;
+        }
+        let resource = label(line, "resource");
+        if !keep(&resource) {
+            continue;
+        }
+        let v: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let key = (resource, label(line, "subresource"), label(line, "verb"));
+        *counts.entry(key).or_default() += v;
+    }
+    Ok(counts)
+}
+
+/// Whether `verb` (as `apiserver_request_total` counts it) writes.
+pub fn is_write(verb: &str) -> bool {
+    matches!(
+        verb,
+        "PUT" | "POST" | "PATCH" | "DELETE" | "APPLY" | "UPDATE" | "CREATE"
+    )
+}

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
-use vipd_testkit::apiserver::env;
+use vipd_testkit::apiserver::{env, is_write, request_counts};
 use vipd_testkit::failover::{grant_roles, median_worst, vipd_nodes};
 use vipd_testkit::netns::ip;
 use vipd_testkit::probe::{takeover_in_kernels, ArpProber, NodeKernel};
@@ -53,17 +53,40 @@ async fn who(addr: IpAddr) -> Option<String> {
     (!b.is_empty()).then_some(b)
 }
 
-/// How many of `addrs` answer, and from whom (not `not_from`).
-async fn answering(addrs: &[IpAddr], not_from: Option<&str>) -> usize {
-    futures::stream::iter(addrs.iter().copied())
-        .map(|a| async move { who(a).await })
-        .buffer_unordered(100)
-        .filter(|w| {
-            let ok = w.as_deref().is_some_and(|w| Some(w) != not_from);
-            async move { ok }
-        })
-        .count()
-        .await
+/// How many addresses one sweep asks before the client forgets their
+/// neighbour entries. The kernel's neighbour table is shared by every
+/// network namespace and holds 1024 entries (`gc_thresh3`, settable only in
+/// the initial namespace, which the lab leaves alone), and it never frees
+/// an entry younger than 5 s to make room: more addresses than this are
+/// asked in chunks, the client's entries for them flushed after each.
+const SWEEP_CHUNK: usize = 1000;
+
+/// How many of `addrs` answer, and from whom (not `not_from`); `client`:
+/// the client's network namespace (this runtime lives there).
+async fn answering(client: &str, addrs: &[IpAddr], not_from: Option<&str>) -> usize {
+    let mut n = 0;
+    for chunk in addrs.chunks(SWEEP_CHUNK) {
+        n += futures::stream::iter(chunk.iter().copied())
+            .map(|a| async move { who(a).await })
+            .buffer_unordered(100)
+            .filter(|w| {
+                let ok = w.as_deref().is_some_and(|w| Some(w) != not_from);
+                async move { ok }
+            })
+            .count()
+            .await;
+        if addrs.len() > SWEEP_CHUNK {
+            forget_neighbours(client);
+        }
+    }
+    n
+}
+
+/// Flushes the client's neighbour entries for the Services' addresses.
+fn forget_neighbours(client: &str) {
+    for (family, net) in [("-6", "2001:db8:100::/64"), ("-4", "198.51.100.0/24")] {
+        let _ = ip(&["-n", client, family, "neigh", "flush", "to", net]);
+    }
 }
 
 use vipd_testkit::process::{rss_kib, rss_split_kib};
@@ -209,6 +232,7 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize, set: Vec<String
     }
 
     // 2. A burst created at once.
+    let api_before = request_counts(&admin, |_| true).await?;
     let t0 = Instant::now();
     futures::stream::iter(0..burst)
         .map(|i| {
@@ -243,7 +267,7 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize, set: Vec<String
     }
     let all_ingress = t0.elapsed();
     loop {
-        let n = answering(&addrs, None).await;
+        let n = answering(&client, &addrs, None).await;
         if n == addrs.len() {
             break;
         }
@@ -252,6 +276,7 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize, set: Vec<String
         }
     }
     let all_answer = t0.elapsed();
+    let api_after = request_counts(&admin, |_| true).await?;
     let after: Vec<(u64, u64)> = nodes
         .iter()
         .map(|n| rss_kib(n.proc.as_ref().and_then(|p| p.pid()).unwrap_or(0)))
@@ -276,6 +301,23 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize, set: Vec<String
         (all_ingress - created).as_secs_f64(),
         (all_answer - created).as_secs_f64()
     );
+    println!("\nAPI writes from the first create until all answer (the API server's `apiserver_request_total`):");
+    println!("| resource | verb | requests | per Service |");
+    println!("|---|---|---|---|");
+    for ((resource, sub, verb), n) in &api_after {
+        let d = n - api_before
+            .get(&(resource.clone(), sub.clone(), verb.clone()))
+            .unwrap_or(&0.0);
+        if d < 1.0 || !is_write(verb) {
+            continue;
+        }
+        let what = if sub.is_empty() {
+            resource.clone()
+        } else {
+            format!("{resource}/{sub}")
+        };
+        println!("| {what} | {verb} | {d:.0} | {:.2} |", d / burst as f64);
+    }
     // Settled: after the next resync, which gives freed memory back.
     tokio::time::sleep(Duration::from_secs(12)).await;
     println!("\nvipd memory 12 s later (KiB): RSS = anonymous + file-backed");
@@ -327,7 +369,7 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize, set: Vec<String
     });
     let mut first_all = None;
     while t0.elapsed() < Duration::from_secs(120) {
-        if answering(&addrs, Some(&leader)).await == addrs.len() {
+        if answering(&client, &addrs, Some(&leader)).await == addrs.len() {
             first_all = Some(t0.elapsed());
             break;
         }

@@ -17,45 +17,19 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::Client;
 use serde_json::json;
 use vipd_testkit::apiserver::env;
+use vipd_testkit::apiserver::{is_write, request_counts};
 use vipd_testkit::failover::{grant_roles, vipd_nodes};
 use vipd_testkit::probe::{takeover_in_kernels, NodeKernel};
 use vipd_testkit::process::{rss_kib, rss_split_kib};
 
-/// The API server's count of Lease requests by verb.
-async fn lease_requests(admin: &Client) -> Result<BTreeMap<String, f64>> {
-    let req = http::Request::get("/metrics").body(Vec::new())?;
-    let text = admin.request_text(req).await?;
-    let mut by_verb = BTreeMap::new();
-    for line in text.lines() {
-        if !line.starts_with("apiserver_request_total{") || !line.contains("resource=\"leases\"") {
-            continue;
-        }
-        let verb = line
-            .split("verb=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or("")
-            .to_string();
-        let v: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        *by_verb.entry(verb).or_default() += v;
-    }
-    Ok(by_verb)
-}
-
-fn writes(m: &BTreeMap<String, f64>) -> f64 {
-    m.iter()
-        .filter(|(v, _)| {
-            matches!(
-                v.as_str(),
-                "PUT" | "POST" | "PATCH" | "DELETE" | "APPLY" | "UPDATE" | "CREATE"
-            )
-        })
+/// The API server's count of Lease writes.
+async fn lease_writes(admin: &Client) -> Result<f64> {
+    let counts = request_counts(admin, |r| r == "leases").await?;
+    Ok(counts
+        .iter()
+        .filter(|((_, _, verb), _)| is_write(verb))
         .map(|(_, n)| n)
-        .sum()
+        .sum())
 }
 
 fn svc(name: &str) -> Service {
@@ -198,10 +172,10 @@ async fn one(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let before = lease_requests(&admin).await?;
+    let before = lease_writes(&admin).await?;
     tokio::time::sleep(window).await;
-    let after = lease_requests(&admin).await?;
-    let rate = (writes(&after) - writes(&before)) / window.as_secs_f64();
+    let after = lease_writes(&admin).await?;
+    let rate = (after - before) / window.as_secs_f64();
     let leases =
         Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(admin.clone(), &lease_ns)
             .list(&ListParams::default())
