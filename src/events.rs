@@ -54,8 +54,35 @@ use tracing::{debug, warn};
 /// (with a log line) rather than held in memory without bound.
 const QUEUE: usize = 256;
 
+/// At most one log line about dropped Events this often.
+const DROPS_LOGGED_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Events dropped since the last line about them, and when it was logged.
+#[derive(Debug, Default)]
+struct Drops {
+    unlogged: u64,
+    logged_at: Option<std::time::Instant>,
+}
+
+impl Drops {
+    /// One more dropped; the count to log now, if a line is due (the
+    /// first drop at once, then one line per `DROPS_LOGGED_EVERY`).
+    fn dropped(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.unlogged += 1;
+        if self
+            .logged_at
+            .is_some_and(|t| now.duration_since(t) < DROPS_LOGGED_EVERY)
+        {
+            return None;
+        }
+        self.logged_at = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
 pub struct Events {
     queue: mpsc::Sender<(ObjectReference, Event)>,
+    drops: Mutex<Drops>,
     /// Last (kind, reason, note) published per object uid, to publish
     /// changes only; entries of deleted objects are dropped (see
     /// [`Events::forget_absent`]), so it stays as large as the cluster.
@@ -81,6 +108,7 @@ impl Events {
         });
         Events {
             queue,
+            drops: Mutex::new(Drops::default()),
             last: Mutex::new(HashMap::new()),
         }
     }
@@ -112,7 +140,19 @@ impl Events {
             };
             // Not published: the same Event later must not count as a repeat.
             self.last.lock().expect("not poisoned").remove(&id);
-            warn!(reason = ev.reason, note = ?ev.note, "Event dropped: the API server is not keeping up");
+            let due = self
+                .drops
+                .lock()
+                .expect("not poisoned")
+                .dropped(std::time::Instant::now());
+            if let Some(dropped) = due {
+                warn!(
+                    dropped,
+                    last_reason = ev.reason,
+                    last_note = ?ev.note,
+                    "Events dropped: the API server is not keeping up (one line per 10 s at most)"
+                );
+            }
         }
     }
 
@@ -172,6 +212,19 @@ mod tests {
             "a dropped Event counts as published"
         );
         held.abort();
+    }
+
+    /// A burst of drops is one line with its count, not a line each.
+    #[test]
+    fn drops_are_logged_at_once_then_counted_per_ten_seconds() {
+        let t0 = Instant::now();
+        let mut d = Drops::default();
+        assert_eq!(d.dropped(t0), Some(1));
+        for i in 1..500 {
+            assert_eq!(d.dropped(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(d.dropped(t0 + DROPS_LOGGED_EVERY), Some(500));
+        assert_eq!(d.dropped(t0 + DROPS_LOGGED_EVERY * 3), Some(1));
     }
 
     #[tokio::test]
