@@ -38,6 +38,7 @@ pub mod peer_links;
 pub mod placement;
 pub mod pools;
 pub mod trim;
+pub mod write_queue;
 pub mod writer;
 
 use std::collections::BTreeSet;
@@ -415,7 +416,7 @@ impl Controller {
         let mut changes = pass::announcements(&snapshot, &decision, &announced);
         let mut summary = pass::summary(&snapshot, &self.memory, &decision, &announced);
         changes.extend(decision.changes);
-        self.writer.apply(changes).await;
+        self.writer.apply(changes);
         summary.reconcile_errors = self.writer.failures();
         summary.reconcile_errors_by_service = self.writer.failures_by_service();
         summary.watch_events = self.informers.service_events.counts();

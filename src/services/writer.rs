@@ -17,9 +17,11 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::model::{Condition, Ingress, SvcKey};
+use super::write_queue::WriteQueue;
 use crate::events::Events;
 
 /// How many writes are in flight at once.
@@ -45,9 +47,132 @@ pub enum Change {
     },
 }
 
+/// Sends a pass's changes without holding the pass up: a task drains the
+/// [`WriteQueue`], at most `CONCURRENCY` Services at once.
 pub struct Writer {
+    shared: Arc<Shared>,
+    queue: Arc<Mutex<WriteQueue<Request>>>,
+    wake: Arc<Notify>,
+    drain: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.drain.abort();
+    }
+}
+
+impl Writer {
+    pub fn new(client: Client, events: Arc<Events>) -> Writer {
+        let shared = Arc::new(Shared {
+            client,
+            events,
+            recent: Mutex::new(HashMap::new()),
+            failures: Default::default(),
+            failures_by: Default::default(),
+            apart: AtomicBool::new(false),
+        });
+        let queue = Arc::new(Mutex::new(WriteQueue::default()));
+        let wake = Arc::new(Notify::new());
+        let drain = tokio::spawn(drain(shared.clone(), queue.clone(), wake.clone()));
+        Writer {
+            shared,
+            queue,
+            wake,
+            drain,
+        }
+    }
+
+    /// Queues a pass's changes (Events are published at once); failures
+    /// are logged, and the next pass, which finds the caches still
+    /// lacking them, writes them again.
+    pub fn apply(&self, changes: Vec<Change>) {
+        // Forget old writes even when there is nothing to write (after a
+        // burst of deletions, say), so the map never outlives its purpose.
+        self.shared
+            .recent
+            .lock()
+            .expect("not poisoned")
+            .retain(|_, (_, at)| at.elapsed() < RECENT);
+        let fold = !self.shared.apart.load(Ordering::Relaxed);
+        let (writes, events) = requests(changes, fold);
+        for e in events {
+            if let Change::Event {
+                svc,
+                warning,
+                reason,
+                note,
+            } = e
+            {
+                let reference = svc.object_ref(&());
+                self.shared
+                    .events
+                    .publish(&reference, warning, reason, note);
+            }
+        }
+        let writes = writes.into_iter().map(|r| (SvcKey::of(r.svc()), r));
+        self.queue.lock().expect("not poisoned").replace(writes);
+        self.wake.notify_one();
+    }
+
+    /// Writes that failed so far (other than to Services already gone).
+    pub fn failures(&self) -> u64 {
+        self.shared.failures.load(Ordering::Relaxed)
+    }
+
+    /// Failed writes per Service: (namespace, name, what, count).
+    pub fn failures_by_service(&self) -> Vec<(String, String, String, u64)> {
+        self.shared
+            .failures_by
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|((k, what), n)| (k.namespace.clone(), k.name.clone(), what.clone(), *n))
+            .collect()
+    }
+
+    /// Forgets the counts of Services no longer in `live`.
+    pub fn forget_absent(&self, live: &[Arc<Service>]) {
+        let keys: std::collections::HashSet<SvcKey> = live.iter().map(|s| SvcKey::of(s)).collect();
+        self.shared
+            .failures_by
+            .lock()
+            .expect("not poisoned")
+            .retain(|(k, _), _| keys.contains(k));
+    }
+
+    /// Nothing waiting to be written and nothing in flight.
+    pub fn is_idle(&self) -> bool {
+        self.queue.lock().expect("not poisoned").is_idle()
+    }
+}
+
+/// Sends what the queue holds, a Service's requests one after the other.
+async fn drain(shared: Arc<Shared>, queue: Arc<Mutex<WriteQueue<Request>>>, wake: Arc<Notify>) {
+    let mut running = futures::stream::FuturesUnordered::new();
+    loop {
+        while let Some((key, requests)) = queue.lock().expect("not poisoned").next(CONCURRENCY) {
+            let shared = shared.clone();
+            running.push(async move {
+                for r in requests {
+                    shared.send(r).await;
+                }
+                key
+            });
+        }
+        tokio::select! {
+            Some(key) = running.next(), if !running.is_empty() => {
+                queue.lock().expect("not poisoned").done(&key);
+            }
+            _ = wake.notified() => {}
+        }
+    }
+}
+
+/// What the drain task and the pass share.
+struct Shared {
     client: Client,
-    pub events: Arc<Events>,
+    events: Arc<Events>,
     recent: Mutex<HashMap<(SvcKey, String), (String, Instant)>>,
     failures: std::sync::atomic::AtomicU64,
     /// Failed writes per Service and what failed (kube-vip's
@@ -58,18 +183,7 @@ pub struct Writer {
     apart: AtomicBool,
 }
 
-impl Writer {
-    pub fn new(client: Client, events: Arc<Events>) -> Writer {
-        Writer {
-            client,
-            events,
-            recent: Mutex::new(HashMap::new()),
-            failures: Default::default(),
-            failures_by: Default::default(),
-            apart: AtomicBool::new(false),
-        }
-    }
-
+impl Shared {
     /// True if this exact write was made recently (and records it if not).
     fn seen_recently(&self, key: &SvcKey, kind: &str, value: &str) -> bool {
         let mut recent = self.recent.lock().expect("not poisoned");
@@ -81,11 +195,6 @@ impl Writer {
         }
         recent.insert(k, (value.to_string(), now));
         false
-    }
-
-    /// Writes that failed so far (other than to Services already gone).
-    pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
     }
 
     fn failed(&self, key: &SvcKey, what: &str, e: kube::Error) {
@@ -102,44 +211,11 @@ impl Writer {
         log_write_error(key, what, e);
     }
 
-    /// Failed writes per Service: (namespace, name, what, count).
-    pub fn failures_by_service(&self) -> Vec<(String, String, String, u64)> {
-        self.failures_by
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .map(|((k, what), n)| (k.namespace.clone(), k.name.clone(), what.clone(), *n))
-            .collect()
-    }
-
-    /// Forgets the counts of Services no longer in `live`.
-    pub fn forget_absent(&self, live: &[Arc<Service>]) {
-        let keys: std::collections::HashSet<SvcKey> = live.iter().map(|s| SvcKey::of(s)).collect();
-        self.failures_by
-            .lock()
-            .expect("not poisoned")
-            .retain(|(k, _), _| keys.contains(k));
-    }
-
     fn forget(&self, key: &SvcKey, kind: &str) {
         self.recent
             .lock()
             .expect("not poisoned")
             .remove(&(key.clone(), kind.to_string()));
-    }
-
-    /// Makes every change; failures are logged and retried on the next pass.
-    pub async fn apply(&self, changes: Vec<Change>) {
-        // Forget old writes even when there is nothing to write (after a
-        // burst of deletions, say), so the map never outlives its purpose.
-        self.recent
-            .lock()
-            .expect("not poisoned")
-            .retain(|_, (_, at)| at.elapsed() < RECENT);
-        let fold = !self.apart.load(Ordering::Relaxed);
-        futures::stream::iter(requests(changes, fold))
-            .for_each_concurrent(CONCURRENCY, |r| self.send(r))
-            .await;
     }
 
     async fn send(&self, request: Request) {
@@ -175,15 +251,6 @@ impl Writer {
                     Ok(_) => {}
                     Err(e) => self.failed(&key, "status", e),
                 }
-            }
-            Request::Event {
-                svc,
-                warning,
-                reason,
-                note,
-            } => {
-                let reference = svc.object_ref(&());
-                self.events.publish(&reference, warning, reason, note);
             }
         }
     }
@@ -224,18 +291,20 @@ enum Request {
         ingress: Option<Ingress>,
         conditions: Vec<(&'static str, Condition)>,
     },
-    Event {
-        svc: Arc<Service>,
-        warning: bool,
-        reason: &'static str,
-        note: String,
-    },
+}
+
+impl Request {
+    fn svc(&self) -> &Service {
+        match self {
+            Request::Annotations { svc, .. } | Request::Status { svc, .. } => svc,
+        }
+    }
 }
 
 /// The requests for a pass's changes: one per Service and kind
 /// ([`coalesce`]), and with `fold` a Service's annotations in its status
-/// write when it has one.
-fn requests(changes: Vec<Change>, fold: bool) -> Vec<Request> {
+/// write when it has one; and the pass's Events.
+fn requests(changes: Vec<Change>, fold: bool) -> (Vec<Request>, Vec<Change>) {
     let changes = coalesce(changes);
     let mut folded: HashMap<SvcKey, Annotations> = HashMap::new();
     if fold {
@@ -255,34 +324,29 @@ fn requests(changes: Vec<Change>, fold: bool) -> Vec<Request> {
             }
         }
     }
-    changes
-        .into_iter()
-        .filter_map(|c| match c {
-            Change::Annotations { svc, set } => (!folded.contains_key(&SvcKey::of(&svc)))
-                .then_some(Request::Annotations { svc, set }),
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    for c in changes {
+        match c {
+            Change::Annotations { svc, set } => {
+                if !folded.contains_key(&SvcKey::of(&svc)) {
+                    out.push(Request::Annotations { svc, set });
+                }
+            }
             Change::Status {
                 svc,
                 ingress,
                 conditions,
-            } => Some(Request::Status {
+            } => out.push(Request::Status {
                 set: folded.remove(&SvcKey::of(&svc)).unwrap_or_default(),
                 svc,
                 ingress,
                 conditions,
             }),
-            Change::Event {
-                svc,
-                warning,
-                reason,
-                note,
-            } => Some(Request::Event {
-                svc,
-                warning,
-                reason,
-                note,
-            }),
-        })
-        .collect()
+            e @ Change::Event { .. } => events.push(e),
+        }
+    }
+    (out, events)
 }
 
 /// Whether `written` (an API server's answer) carries every annotation of `set`.
@@ -499,16 +563,15 @@ mod tests {
                         (SvcKey::of(svc).name, "annotations", set.len())
                     }
                     Request::Status { svc, set, .. } => (SvcKey::of(svc).name, "status", set.len()),
-                    Request::Event { svc, .. } => (SvcKey::of(svc).name, "event", 0),
                 })
                 .collect()
         };
         assert_eq!(
-            kinds(&requests(changes(), true)),
+            kinds(&requests(changes(), true).0),
             vec![("b".into(), "annotations", 1), ("a".into(), "status", 1)]
         );
         assert_eq!(
-            kinds(&requests(changes(), false)),
+            kinds(&requests(changes(), false).0),
             vec![
                 ("a".into(), "annotations", 1),
                 ("b".into(), "annotations", 1),
