@@ -312,6 +312,7 @@ impl Controller {
     }
 
     async fn reconcile_once(&mut self) {
+        let mut phases = Phases::start();
         self.refresh_pools().await;
         let objects: Vec<Arc<Service>> = self.informers.services.state();
         // Deleted Services are forgotten by the Event de-duplication and
@@ -379,7 +380,9 @@ impl Controller {
             leading: self.leader_grant().is_some(),
             node: &self.settings,
         };
+        phases.mark("gather");
         let decision = pass::decide(&snapshot, &mut self.memory, Instant::now());
+        phases.mark("decide");
 
         let mut announced: BTreeSet<IpAddr> = BTreeSet::new();
         if self.ctx.bgp.is_some() {
@@ -413,6 +416,7 @@ impl Controller {
                     .await;
             }
         }
+        phases.mark("claim");
         let mut changes = pass::announcements(&snapshot, &decision, &announced);
         let mut summary = pass::summary(&snapshot, &self.memory, &decision, &announced);
         changes.extend(decision.changes);
@@ -442,5 +446,43 @@ impl Controller {
             .unwrap_or(0);
         summary.last_reconcile_ms = self.last_reconcile.as_secs_f64() * 1000.0;
         self.ctx.status.set_services(summary);
+        phases.mark("write");
+        phases.log_if_slow(served.len());
+    }
+}
+
+/// Where a Services pass spent its time, logged (debug) when it was slow.
+struct Phases {
+    last: Instant,
+    took: Vec<(&'static str, Duration)>,
+}
+
+/// A pass slower than this is logged with its phases.
+const SLOW_PASS: Duration = Duration::from_millis(50);
+
+impl Phases {
+    fn start() -> Phases {
+        Phases {
+            last: Instant::now(),
+            took: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.took.push((phase, now - self.last));
+        self.last = now;
+    }
+
+    fn log_if_slow(&self, served: usize) {
+        let total: Duration = self.took.iter().map(|(_, d)| *d).sum();
+        if total >= SLOW_PASS {
+            let phases: Vec<String> = self
+                .took
+                .iter()
+                .map(|(p, d)| format!("{p} {:.1} ms", d.as_secs_f64() * 1000.0))
+                .collect();
+            tracing::debug!(served, took = ?total, phases = %phases.join(", "), "slow Services pass");
+        }
     }
 }
