@@ -84,16 +84,31 @@ impl Owner {
         let links = self.links.clone();
         let p = plan(&want, &self.have, |name| links.get(name).map(|l| l.index));
 
-        for k in &p.remove {
-            match self.netlink.del_address(k.ifindex, k.addr, k.prefix).await {
+        // Removed many at once too (a Services leader stepping down
+        // withdraws hundreds), all before any add.
+        let removing: Vec<_> = p
+            .remove
+            .iter()
+            .map(|k| {
+                let (nl, k) = (&self.netlink, *k);
+                async move { (k, nl.del_address(k.ifindex, k.addr, k.prefix).await) }
+            })
+            .collect();
+        let removed: Vec<_> = futures::stream::iter(removing)
+            .buffer_unordered(NETLINK_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut gone = HashSet::new();
+        for (k, r) in removed {
+            match r {
                 Ok(()) => {
                     info!(addr = %k.addr, "address released");
-                    self.have
-                        .retain(|h| !(h.addr == k.addr && h.ifindex == k.ifindex));
+                    gone.insert((k.addr, k.ifindex));
                 }
                 Err(e) => error!(addr = %k.addr, error = %e, "cannot remove address"),
             }
         }
+        self.have.retain(|h| !gone.contains(&(h.addr, h.ifindex)));
         // Added many at once (a takeover adds hundreds), then recorded.
         let lifetime = self.config.lifetime;
         let adding: Vec<_> = p
@@ -108,9 +123,8 @@ impl Owner {
                 })
             })
             .collect();
-        // At most 64 in flight: the kernel's answers must fit the socket.
         let added: Vec<_> = futures::stream::iter(adding)
-            .buffer_unordered(64)
+            .buffer_unordered(NETLINK_IN_FLIGHT)
             .collect()
             .await;
         for (link, addr, iface, prefix, result) in added {

@@ -39,6 +39,10 @@ pub use conflict::Conflict;
 pub use readiness::{NotReady, Readiness};
 
 use owner::Owner;
+
+/// Netlink requests the owner keeps in flight at once: the kernel's
+/// answers must fit the socket's receive buffer.
+const NETLINK_IN_FLIGHT: usize = 64;
 pub use plan::{plan, refuse_foreign, to_probe, wanted, yields_to_another, ClaimSet, Plan, Want};
 
 use crate::announce::{self, AnnounceStats};

@@ -289,12 +289,27 @@ impl Owner {
             .filter(|k| k.ours && want.contains_key(&k.addr))
             .copied()
             .collect();
-        for k in ours {
-            if let Err(e) = self
-                .netlink
-                .put_address(k.ifindex, k.addr, k.prefix, Some(lifetime))
-                .await
-            {
+        // Many at once: one at a time, a thousand addresses kept the owner
+        // (and every claim waiting for it) busy for most of each period.
+        let refreshing: Vec<_> = ours
+            .into_iter()
+            .map(|k| {
+                let nl = &self.netlink;
+                async move {
+                    (
+                        k,
+                        nl.put_address(k.ifindex, k.addr, k.prefix, Some(lifetime))
+                            .await,
+                    )
+                }
+            })
+            .collect();
+        let refreshed: Vec<_> = futures::stream::iter(refreshing)
+            .buffer_unordered(NETLINK_IN_FLIGHT)
+            .collect()
+            .await;
+        for (k, r) in refreshed {
+            if let Err(e) = r {
                 warn!(addr = %k.addr, error = %e, "cannot refresh address lifetime");
             }
         }
