@@ -436,6 +436,70 @@ fn no_service_steals_an_address_another_one_holds() {
 
 /// A Lease deleted while vipd runs (by hand, an etcd restore): its holder
 /// creates it again at once and the VIP never moves.
+/// The Lease deleted while its holder's vipd is frozen for longer than a
+/// retry period: on waking, its renewal may run before the watch tells of
+/// the deletion, and a PUT of a deleted Lease fails its UID precondition
+/// (409, not 404). Read as "lost to nobody", that withdrew the VIP and took
+/// it again a moment later; it is "deleted under us": the Lease comes back
+/// and the VIP never leaves. The renewal wins that race about every other
+/// round: eight rounds.
+#[test]
+fn a_lease_deleted_while_its_holder_is_frozen_comes_back_and_the_vip_stays() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        let (mut c, lease_ns) =
+            vipd_testkit::failover::lease_cluster(env, 1, &[ip("192.0.2.100")], bin(), &[])
+                .await
+                .unwrap();
+        let holder = c.wait_stable(Duration::from_secs(30)).await.unwrap();
+        let name = c.nodes[holder].name().to_string();
+        let leases: Api<Lease> = Api::namespaced(env.admin().await, &lease_ns);
+        let hosts: Vec<&Host> = c.nodes.iter().map(|n| &n.host).collect();
+        let sampler =
+            vipd_testkit::probe::HolderSampler::start(&hosts, c.vip, Duration::from_millis(10));
+        for round in 0..8 {
+            let before = leases.get("plndr-cp-lock").await.unwrap().metadata.uid;
+            c.nodes[holder].signal(nix::sys::signal::Signal::SIGSTOP);
+            leases
+                .delete("plndr-cp-lock", &DeleteParams::default())
+                .await
+                .unwrap();
+            // Longer than the retry period (500 ms): the renewal is due on waking.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            c.nodes[holder].signal(nix::sys::signal::Signal::SIGCONT);
+            let back = wait_until(Duration::from_secs(3), || async {
+                leases
+                    .get_opt("plndr-cp-lock")
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|l| {
+                        l.metadata.uid != before
+                            && l.spec.and_then(|s| s.holder_identity).as_deref()
+                                == Some(name.as_str())
+                    })
+            })
+            .await;
+            assert!(
+                back,
+                "round {round}: the Lease did not come back held by {name}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let held = sampler.finish().await;
+        let gaps = held
+            .iter()
+            .filter(|s| s.holders != vec![name.clone()])
+            .count();
+        let log = c.nodes[holder].log_tail(60);
+        assert!(
+            gaps == 0 && !log.contains("lost the Lease"),
+            "the VIP left {name} in {gaps} samples\n{log}"
+        );
+    });
+}
+
 #[test]
 fn a_deleted_lease_comes_back_and_the_vip_stays() {
     let env = env();

@@ -189,8 +189,17 @@ impl LeaseElection {
                 *obs = Some(Observation::update(obs.as_ref(), Some(l), Instant::now()));
                 Ok(started)
             }
-            // Our copy is stale: re-read. Still ours: renew from it next tick.
-            Err(kube::Error::Api(s)) if s.code == 409 => Err(self.after_conflict(obs, t, s).await),
+            // Our copy is stale: re-read. Still ours: renew from it next
+            // tick. Gone: a PUT of a deleted Lease fails its UID
+            // precondition (409, not 404; the watch has not told yet), so
+            // it was deleted under us: create it again.
+            Err(kube::Error::Api(s)) if s.code == 409 => match self.after_conflict(obs, t, s).await
+            {
+                RenewError::Lost(None) if obs.as_ref().is_some_and(|o| o.lease.is_none()) => {
+                    self.recreate(obs, t, started).await
+                }
+                e => Err(e),
+            },
             // Deleted under us (the watch missed it): create it again.
             Err(kube::Error::Api(s)) if s.code == 404 => self.recreate(obs, t, started).await,
             Err(e) => Err(RenewError::Failed(e)),
