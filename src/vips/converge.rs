@@ -138,6 +138,7 @@ impl Owner {
                         ours: true,
                     });
                     self.since.insert(addr, SystemTime::now());
+                    self.refreshed.insert(addr, Instant::now());
                     self.start_announcer(link, addr);
                 }
                 Err(e) => error!(%addr, interface = %iface, error = %e, "cannot add address"),
