@@ -138,7 +138,6 @@ impl Owner {
                         ours: true,
                     });
                     self.since.insert(addr, SystemTime::now());
-                    self.refreshed.insert(addr, Instant::now());
                     self.start_announcer(link, addr);
                 }
                 Err(e) => error!(%addr, interface = %iface, error = %e, "cannot add address"),

@@ -21,7 +21,6 @@ mod owner;
 mod plan;
 mod probe;
 mod readiness;
-mod refresh;
 mod yielding;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -333,7 +332,6 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         links: HashMap::new(),
         announcers: HashMap::new(),
         since: HashMap::new(),
-        refreshed: HashMap::new(),
         stats: stats.clone(),
         held: held_tx,
         readiness: Readiness::new(),

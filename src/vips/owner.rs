@@ -22,8 +22,6 @@ pub(super) struct Owner {
     pub(super) links: HashMap<String, Link>,
     pub(super) announcers: HashMap<IpAddr, Announcer>,
     pub(super) since: HashMap<IpAddr, SystemTime>,
-    /// When each held address's kernel lifetime was last set.
-    pub(super) refreshed: HashMap<IpAddr, Instant>,
     pub(super) stats: Arc<AnnounceStats>,
     pub(super) held: watch::Sender<Held>,
     pub(super) readiness: Readiness,
@@ -63,10 +61,6 @@ impl Owner {
             .unwrap_or(Duration::from_secs(5));
         let mut refresh = tokio::time::interval(period.max(Duration::from_millis(200)));
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Lifetimes are refreshed a slice at a time (see `refresh`).
-        let mut slices = tokio::time::interval(refresh::TICK);
-        slices.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let lifetimes = self.config.lifetime.is_some();
         loop {
             self.update_guardian();
             let deadline = self.next_deadline();
@@ -99,8 +93,8 @@ impl Owner {
                         warn!(error = %e, "cannot read addresses");
                     }
                     self.converge().await;
+                    self.refresh_lifetimes().await;
                 }
-                _ = slices.tick(), if lifetimes => self.refresh_lifetimes(period).await,
                 _ = sleep_until(deadline) => self.converge().await,
             }
         }
@@ -283,9 +277,8 @@ impl Owner {
         }
     }
 
-    /// Pushes forward the kernel lifetime of the held addresses of ours
-    /// that are due (each within `period`, a slice per tick).
-    pub(super) async fn refresh_lifetimes(&mut self, period: Duration) {
+    /// Pushes the kernel lifetime of every held address of ours forward.
+    pub(super) async fn refresh_lifetimes(&mut self) {
         let Some(lifetime) = self.config.lifetime else {
             return;
         };
@@ -296,14 +289,10 @@ impl Owner {
             .filter(|k| k.ours && want.contains_key(&k.addr))
             .copied()
             .collect();
-        let held: Vec<IpAddr> = ours.iter().map(|k| k.addr).collect();
-        let now = Instant::now();
-        let due: HashSet<IpAddr> = refresh::due(&held, &self.refreshed, period, refresh::TICK, now)
-            .into_iter()
-            .collect();
+        // Many at once: one at a time, a thousand addresses kept the owner
+        // (and every claim waiting for it) busy for most of each period.
         let refreshing: Vec<_> = ours
             .into_iter()
-            .filter(|k| due.contains(&k.addr))
             .map(|k| {
                 let nl = &self.netlink;
                 async move {
@@ -320,15 +309,10 @@ impl Owner {
             .collect()
             .await;
         for (k, r) in refreshed {
-            match r {
-                Ok(()) => {
-                    self.refreshed.insert(k.addr, now);
-                }
-                Err(e) => warn!(addr = %k.addr, error = %e, "cannot refresh address lifetime"),
+            if let Err(e) = r {
+                warn!(addr = %k.addr, error = %e, "cannot refresh address lifetime");
             }
         }
-        let held: HashSet<IpAddr> = held.into_iter().collect();
-        self.refreshed.retain(|a, _| held.contains(a));
     }
 }
 
