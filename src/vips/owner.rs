@@ -95,7 +95,17 @@ impl Owner {
                     self.converge().await;
                     self.refresh_lifetimes().await;
                 }
-                _ = sleep_until(deadline) => self.converge().await,
+                _ = sleep_until(deadline) => {
+                    // Commands already queued first: an extension sent in
+                    // time may have waited behind a long converge (a
+                    // thousand IPv6 adds take seconds); judged before it,
+                    // the deadline would withdraw everything, and the
+                    // extension, read next, add it all back.
+                    while let Ok(cmd) = rx.try_recv() {
+                        self.on_command(cmd).await;
+                    }
+                    self.converge().await
+                }
             }
         }
     }
