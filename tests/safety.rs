@@ -436,6 +436,51 @@ fn no_service_steals_an_address_another_one_holds() {
 
 /// A Lease deleted while vipd runs (by hand, an etcd restore): its holder
 /// creates it again at once and the VIP never moves.
+/// A Lease-elected control-plane VIP on `n` nodes, settled: the cluster,
+/// its holder's index and name, and the Leases of its namespace.
+async fn settled_lease_cluster(
+    n: usize,
+) -> (
+    vipd_testkit::failover::VipCluster,
+    usize,
+    String,
+    Api<Lease>,
+) {
+    let env = env();
+    let (mut c, lease_ns) =
+        vipd_testkit::failover::lease_cluster(env, n, &[ip("192.0.2.100")], bin(), &[])
+            .await
+            .unwrap();
+    let holder = c.wait_stable(Duration::from_secs(30)).await.unwrap();
+    let name = c.nodes[holder].name().to_string();
+    let leases: Api<Lease> = Api::namespaced(env.admin().await, &lease_ns);
+    (c, holder, name, leases)
+}
+
+/// Whether the control-plane Lease is back within `within`: a new object
+/// (not `before`), held, by `by` when given.
+async fn lease_back(
+    leases: &Api<Lease>,
+    before: &Option<String>,
+    by: Option<&str>,
+    within: Duration,
+) -> bool {
+    wait_until(within, || async {
+        leases
+            .get_opt("plndr-cp-lock")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|l| {
+                let holder = l.spec.and_then(|s| s.holder_identity);
+                l.metadata.uid != *before
+                    && holder.is_some()
+                    && by.is_none_or(|b| holder.as_deref() == Some(b))
+            })
+    })
+    .await
+}
+
 /// The Lease deleted while its holder's vipd is frozen for longer than a
 /// retry period: on waking, its renewal may run before the watch tells of
 /// the deletion, and a PUT of a deleted Lease fails its UID precondition
@@ -448,13 +493,7 @@ fn a_lease_deleted_while_its_holder_is_frozen_comes_back_and_the_vip_stays() {
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
-        let (mut c, lease_ns) =
-            vipd_testkit::failover::lease_cluster(env, 1, &[ip("192.0.2.100")], bin(), &[])
-                .await
-                .unwrap();
-        let holder = c.wait_stable(Duration::from_secs(30)).await.unwrap();
-        let name = c.nodes[holder].name().to_string();
-        let leases: Api<Lease> = Api::namespaced(env.admin().await, &lease_ns);
+        let (c, holder, name, leases) = settled_lease_cluster(1).await;
         let hosts: Vec<&Host> = c.nodes.iter().map(|n| &n.host).collect();
         let sampler =
             vipd_testkit::probe::HolderSampler::start(&hosts, c.vip, Duration::from_millis(10));
@@ -468,19 +507,7 @@ fn a_lease_deleted_while_its_holder_is_frozen_comes_back_and_the_vip_stays() {
             // Longer than the retry period (500 ms): the renewal is due on waking.
             tokio::time::sleep(Duration::from_millis(700)).await;
             c.nodes[holder].signal(nix::sys::signal::Signal::SIGCONT);
-            let back = wait_until(Duration::from_secs(3), || async {
-                leases
-                    .get_opt("plndr-cp-lock")
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|l| {
-                        l.metadata.uid != before
-                            && l.spec.and_then(|s| s.holder_identity).as_deref()
-                                == Some(name.as_str())
-                    })
-            })
-            .await;
+            let back = lease_back(&leases, &before, Some(&name), Duration::from_secs(3)).await;
             assert!(
                 back,
                 "round {round}: the Lease did not come back held by {name}"
@@ -505,13 +532,7 @@ fn a_deleted_lease_comes_back_and_the_vip_stays() {
     let env = env();
     let _l = env.lab_lock();
     env.run(async move {
-        let (mut c, lease_ns) =
-            vipd_testkit::failover::lease_cluster(env, 3, &[ip("192.0.2.100")], bin(), &[])
-                .await
-                .unwrap();
-        let holder = c.wait_stable(Duration::from_secs(30)).await.unwrap();
-        let name = c.nodes[holder].name().to_string();
-        let leases: Api<Lease> = Api::namespaced(env.admin().await, &lease_ns);
+        let (c, _, name, leases) = settled_lease_cluster(3).await;
         let prober = Prober::start(&env.client, c.target(), Duration::from_millis(10));
         let hosts: Vec<&Host> = c.nodes.iter().map(|n| &n.host).collect();
         let sampler =
@@ -524,17 +545,7 @@ fn a_deleted_lease_comes_back_and_the_vip_stays() {
                 .await
                 .unwrap();
             let t0 = Instant::now();
-            let back = wait_until(Duration::from_millis(1500), || async {
-                leases
-                    .get_opt("plndr-cp-lock")
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|l| {
-                        l.metadata.uid != before && l.spec.and_then(|s| s.holder_identity).is_some()
-                    })
-            })
-            .await;
+            let back = lease_back(&leases, &before, None, Duration::from_millis(1500)).await;
             assert!(
                 back,
                 "round {round}: no holder {:?} after the deletion",
