@@ -140,11 +140,6 @@ impl Writer {
             .expect("not poisoned")
             .retain(|(k, _), _| keys.contains(k));
     }
-
-    /// Nothing waiting to be written and nothing in flight.
-    pub fn is_idle(&self) -> bool {
-        self.queue.lock().expect("not poisoned").is_idle()
-    }
 }
 
 /// Sends what the queue holds, a Service's requests one after the other.
