@@ -195,11 +195,33 @@ fn remove_ours(only: Option<&[IpAddr]>) {
             .await;
         for (addr, result) in gone {
             match result {
-                Ok(()) => eprintln!("vipd guard: removed {addr} (vipd stopped renewing it)"),
-                Err(e) => eprintln!("vipd guard: cannot remove {addr}: {e}"),
+                Ok(()) => say(&format!("removed {addr} (vipd stopped renewing it)")),
+                Err(e) => say(&format!("cannot remove {addr}: {e}")),
             }
         }
     });
+}
+
+/// One line on stderr (the container's log, next to vipd's), stamped with
+/// the UTC time of day like vipd's own lines, so the two can be read
+/// together.
+fn say(what: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!("{} vipd guard: {what}", time_of_day(now));
+}
+
+/// `HH:MM:SS.mmmZ` of `since_epoch`.
+fn time_of_day(since_epoch: Duration) -> String {
+    let s = since_epoch.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        since_epoch.subsec_millis()
+    )
 }
 
 /// How long to wait, `left` before a dead vipd's deadline, before removing
@@ -262,13 +284,23 @@ pub fn run_guard() -> ! {
             }
             r if r <= 0 => {
                 // vipd is gone (killed, crashed, or stopped cleanly).
-                if !drop_on_death.is_empty() {
-                    remove_ours(Some(&drop_on_death));
-                }
                 let until = match (deadline, death) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+                let now = mono_ns();
+                say(&match until {
+                    Some(d) if d > now => format!(
+                        "vipd is gone; its addresses go in {} ms ({} at once)",
+                        early(d - now) / 1_000_000,
+                        drop_on_death.len()
+                    ),
+                    Some(_) => "vipd is gone past its deadline; its addresses go now".to_string(),
+                    None => "vipd is gone; its addresses go now (no deadline)".to_string(),
+                });
+                if !drop_on_death.is_empty() {
+                    remove_ours(Some(&drop_on_death));
+                }
                 if let Some(d) = until {
                     let now = mono_ns();
                     if d > now {
@@ -309,7 +341,15 @@ pub fn run_guard() -> ! {
 
 #[cfg(test)]
 mod tests {
-    use super::{differs, early};
+    use super::{differs, early, time_of_day};
+    use std::time::Duration;
+
+    #[test]
+    fn guardian_lines_carry_the_utc_time_of_day() {
+        // 2026-12-01T22:48:59.042Z
+        let t = Duration::from_millis(1_796_165_339_042);
+        assert_eq!(time_of_day(t), "22:48:59.042Z");
+    }
 
     #[test]
     fn only_instants_that_moved_by_a_millisecond_or_changed_kind_are_told() {

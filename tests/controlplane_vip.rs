@@ -262,20 +262,22 @@ fn a_restarted_vipd_removes_its_stale_addresses_and_nothing_else() {
     let env = env();
     let _lab = env.lab_lock();
     env.run(async move {
-        // A vipd holding 192.0.2.201 with a permanent address crashes: the
-        // address stays behind, marked as vipd's.
+        // A vipd holding 192.0.2.201 with a permanent address dies with
+        // its guardian (the container killed): the address stays behind,
+        // marked as vipd's.
         let stale = "192.0.2.201";
         let (mut c, _) = lease_cluster(env, 1, &[ip(stale)], bin(), &[("vip_addr_lifetime", "0")])
             .await
             .unwrap();
         c.wait_stable(Duration::from_secs(30)).await.unwrap();
-        c.nodes[0].kill();
         let ns = c.nodes[0].host.ns.name().to_string();
+        vipd_testkit::netns::kill_all_in(&ns);
+        c.nodes[0].kill();
         // The operator's own extra address.
         vipd_testkit::netns::ip(&["-n", &ns, "addr", "add", "192.0.2.202/32", "dev", "eth0"])
             .unwrap();
-        // Left behind (its guardian would remove it only at the renew
-        // deadline, and the restart comes before).
+        // Left behind: nobody is left to remove it but the next vipd.
+        tokio::time::sleep(LEASE).await;
         assert!(c.nodes[0].host.addresses().unwrap().contains(&ip(stale)));
 
         // It comes back configured for another VIP.
@@ -300,5 +302,55 @@ fn a_restarted_vipd_removes_its_stale_addresses_and_nothing_else() {
             !have.contains(&ip(VIP4)) && have.contains(&ip("192.0.2.202")),
             "{have:?}"
         );
+    });
+}
+
+/// A vipd killed the moment its VIP appears (its guardian alive): the
+/// guardian was told the lead's deadline before the address was added, so
+/// the address stays until then (no gap while the Lease still names this
+/// node) and goes at it. Told after, as before, the first add's raw
+/// sockets (tens of milliseconds) left a window in which the guardian knew
+/// no deadline and removed the address at once.
+#[test]
+fn a_vipd_killed_as_it_adds_the_vip_leaves_it_until_its_deadline() {
+    let env = env();
+    let _lab = env.lab_lock();
+    env.run(async move {
+        let vip = "192.0.2.203";
+        let (mut c, _) = lease_cluster(env, 1, &[ip(vip)], bin(), &[("vip_addr_lifetime", "0")])
+            .await
+            .unwrap();
+        c.wait_stable(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(c.nodes[0].terminate(Duration::from_secs(5)).unwrap(), 0);
+        let rt = tokio::runtime::Handle::current();
+        let nl = c.nodes[0].host.ns.run(|| {
+            let _g = rt.enter();
+            vipd::netlink::Netlink::connect().unwrap()
+        });
+        let held = |addrs: &[vipd::netlink::KernelAddr]| addrs.iter().any(|k| k.addr == ip(vip));
+        for round in 0..3 {
+            c.nodes[0].start().unwrap();
+            let t0 = std::time::Instant::now();
+            while !held(&nl.addresses().await.unwrap()) {
+                assert!(t0.elapsed() < Duration::from_secs(30), "never added");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            c.nodes[0].kill();
+            let killed = std::time::Instant::now();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(
+                held(&nl.addresses().await.unwrap()),
+                "round {round}: removed within 500 ms of the kill, before the lead's deadline\n{}",
+                c.nodes[0].log_tail(10)
+            );
+            while held(&nl.addresses().await.unwrap()) {
+                assert!(
+                    killed.elapsed() < LEASE,
+                    "round {round}: still there a Lease duration after the kill"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // The next vipd waits for this guardian: it is done now.
+        }
     });
 }

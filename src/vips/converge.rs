@@ -109,6 +109,13 @@ impl Owner {
             }
         }
         self.have.retain(|h| !gone.contains(&(h.addr, h.ifindex)));
+        // The guardian knows the deadline before any address appears: the
+        // first add opens raw sockets (tens of milliseconds), and a vipd
+        // killed in between would otherwise lose an address its lead
+        // still covered, or keep one with no deadline told.
+        if !p.add.is_empty() {
+            self.update_guardian();
+        }
         // Added many at once (a takeover adds hundreds), then recorded.
         let lifetime = self.config.lifetime;
         let adding: Vec<_> = p
