@@ -26,6 +26,7 @@ pub mod manager;
 pub mod manifest;
 pub mod memory;
 pub mod netlink;
+pub mod priority;
 pub mod services;
 pub mod shutdown;
 pub mod singleton;

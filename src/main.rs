@@ -147,6 +147,8 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config.log_level, config.log_format);
+            // Before the runtime: its threads inherit the niceness.
+            vipd::priority::apply(config.nice);
             let unsupported = vipd::config::settings::unsupported_in(|k| {
                 std::env::var_os(k).is_some_and(|v| !v.is_empty())
             });

@@ -148,6 +148,7 @@ pub const SETTINGS: &[Setting] = &[
     s("k8s_config_file", "k8sConfigPath", "kubeconfig (default: /etc/kubernetes/admin.conf if present, else $KUBECONFIG or ~/.kube/config, else in-cluster)"),
     s("prometheus_server", "prometheusHTTPServer", "address of /metrics, /healthz, /readyz, /status and /v1/alive (empty = off)").or(STATUS_SERVER),
     s("health_check_port", "healthCheckPort", "extra port serving /healthz only (0 = off)").or("0"),
+    s("vip_nice", "nice", "scheduling niceness of vipd's threads, -20 to 19 (vipd; default -10 with vip_raft: a 100 ms election must not wait behind a busy node's other work; 0 otherwise; below 0 needs CAP_SYS_NICE)"),
     s("vip_loglevel", "log", "log level: error, warn, info, debug, trace or kube-vip's number").or("info"),
     s("vip_logformat", "logFormat", "text or json").or("text"),
 ];

@@ -71,6 +71,11 @@ fn defaults() {
     assert_eq!(c.node_name, "host-a");
     assert_eq!(c.arp_rate, Duration::from_millis(3000));
     assert_eq!(c.subnets, Subnets { v4: 32, v6: 128 });
+    assert_eq!(c.nice, 0);
+    for bad in ["-21", "20", "fast"] {
+        let e = cp_arp(&[("vip_nice", bad)]).unwrap_err();
+        assert!(e.to_string().contains("vip_nice"), "{e}");
+    }
     let Election::Lease(l) = c.control_plane.unwrap().election else {
         panic!()
     };
@@ -347,6 +352,17 @@ fn raft_settings() {
     assert_eq!(r.state_dir, PathBuf::from("/var/lib/vipd/raft"));
     // A Raft holder's address lives 1 s in the kernel (see vips::probe).
     assert_eq!(c.addr_lifetime, Some(Duration::from_secs(1)));
+    // Raft runs ahead of the node's other work unless told otherwise.
+    assert_eq!(c.nice, -10);
+    let c = cp_arp(&[
+        ("vip_raft", "true"),
+        ("vip_raft_peers", peers),
+        ("vip_nodename", "n2"),
+        ("vip_raft_secret_file", &secret),
+        ("vip_nice", "0"),
+    ])
+    .unwrap();
+    assert_eq!(c.nice, 0);
 
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[("vip_raft", "true")], "vip_raft_peers"),

@@ -170,6 +170,8 @@ pub struct Config {
     pub health_port: Option<u16>,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Scheduling niceness of vipd's threads (`vip_nice`).
+    pub nice: i32,
     pub bgp: Option<BgpConfig>,
     /// Which settings were given where (names only), for the start-up line.
     pub sources: String,

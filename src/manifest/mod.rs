@@ -157,6 +157,26 @@ fn raft_volumes(layers: &Layers, static_pod: bool) -> (Vec<Value>, Vec<Value>) {
     (mounts, volumes)
 }
 
+/// The capabilities vipd needs: addresses and routes, raw ARP/NDP frames,
+/// and, when it runs below niceness 0 (Raft's default, see `vip_nice`),
+/// raising its own priority.
+fn capabilities(layers: &Layers) -> Vec<&'static str> {
+    let mut caps = vec!["NET_ADMIN", "NET_RAW"];
+    let default = if on(layers, "vip_raft") {
+        crate::config::RAFT_NICE
+    } else {
+        0
+    };
+    let nice = layers
+        .get("vip_nice")
+        .and_then(|g| g.value.trim().parse::<i32>().ok())
+        .unwrap_or(default);
+    if nice < 0 {
+        caps.push("SYS_NICE");
+    }
+    caps
+}
+
 fn container(layers: &Layers, image: &str, kubeconfig: Option<&str>) -> Value {
     let mut c = json!({
         "name": NAME,
@@ -165,7 +185,7 @@ fn container(layers: &Layers, image: &str, kubeconfig: Option<&str>) -> Value {
         "args": ["manager"],
         "env": env(layers, kubeconfig),
         "securityContext": {
-            "capabilities": { "add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"] }
+            "capabilities": { "add": capabilities(layers), "drop": ["ALL"] }
         },
         "resources": { "requests": { "cpu": "10m", "memory": "32Mi" } }
     });
@@ -412,6 +432,33 @@ mod tests {
                 assert!(tolerated(&ds).iter().any(|k| k == CONTROL_PLANE_LABEL));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod capability_tests {
+    use super::*;
+
+    #[test]
+    fn raft_asks_for_sys_nice_to_run_ahead_of_the_node() {
+        let caps = |pairs: &[(&str, &str)]| {
+            let mut l = Layers::default();
+            l.add_flags(pairs.iter().map(|(k, v)| (*k, v.to_string())));
+            capabilities(&l)
+        };
+        assert_eq!(caps(&[]), ["NET_ADMIN", "NET_RAW"]);
+        assert_eq!(
+            caps(&[("vip_raft", "true")]),
+            ["NET_ADMIN", "NET_RAW", "SYS_NICE"]
+        );
+        assert_eq!(
+            caps(&[("vip_raft", "true"), ("vip_nice", "0")]),
+            ["NET_ADMIN", "NET_RAW"]
+        );
+        assert_eq!(
+            caps(&[("vip_nice", "-5")]),
+            ["NET_ADMIN", "NET_RAW", "SYS_NICE"]
+        );
     }
 }
 

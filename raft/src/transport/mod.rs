@@ -33,6 +33,7 @@ use crate::peers::{Peer, Peers};
 use crate::secure::{self, HandshakeError, Hello, Reply, Secret};
 
 mod send;
+mod tune;
 
 use send::sender_loop;
 
@@ -220,7 +221,7 @@ async fn accept_loop(
             debug!(%remote, "too many Raft handshakes under way; closing");
             continue;
         };
-        let _ = s.set_nodelay(true);
+        tune::tune(&s);
         generation += 1;
         let conn = Conn {
             s,

@@ -39,7 +39,7 @@ pub(super) async fn sender_loop(
                 continue;
             }
         };
-        let _ = s.set_nodelay(true);
+        super::tune::tune(&s);
         let mut sender = match secure::initiate(&mut s, &secret, &hello, HANDSHAKE).await {
             Ok((_, Some(sender))) => sender,
             Ok((r, None)) => {
