@@ -167,11 +167,12 @@ impl Config {
 }
 
 /// vipd's niceness with Raft: its 100 ms election and hold must not wait
-/// behind a loaded node's other work (measured with `tests/raft.rs`'s soak:
-/// at niceness 0 with both cores saturated, the leader's hold lapsed once
-/// or more a minute, its acknowledgements processed just after the hold's
-/// end; at -10, none in two runs). keepalived has the same knob
-/// (`vrrp_priority`).
+/// behind a loaded node's other work. Measured with `tests/raft.rs`'s soak
+/// (both cores saturated, 2 % loss; BENCHMARKS.md, "Raft under load and
+/// loss, again"): at niceness 0 the leader's hold lapsed up to four times
+/// a minute, its acknowledgements read just after the hold's end; at -10,
+/// with the links' TCP options, in none of four runs. keepalived has the
+/// same knob (`vrrp_priority`).
 pub const RAFT_NICE: i32 = -10;
 
 /// The control-plane VIP (`cp_enable`); None when it cannot be used.

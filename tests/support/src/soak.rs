@@ -8,9 +8,9 @@
 //!
 //! The client's own traffic is spared the loss (a lost SYN would count as
 //! a gap vipd did not cause), and the measuring threads of the test
-//! process (client prober, the nodes' responders) run at nice -10, so a
-//! failed probe means the VIP did not answer, not that the instrument was
-//! starved; vipd and stress-ng run at the default nice 0.
+//! process (client prober, the nodes' responders) run at nice -15, ahead
+//! of vipd (-10, its Raft default) and stress-ng (0), so a failed probe
+//! means the VIP did not answer, not that the instrument was starved.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -86,13 +86,13 @@ impl Drop for Stress {
     }
 }
 
-/// This process's threads at nice -10 until dropped (then 0 again, so
+/// This process's threads at nice -15 until dropped (then 0 again, so
 /// the vipd processes a later test starts do not inherit it).
 struct Favoured;
 
 impl Favoured {
     fn start() -> Favoured {
-        renice_self(-10);
+        renice_self(-15);
         Favoured
     }
 }
