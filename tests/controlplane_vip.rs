@@ -257,6 +257,16 @@ fn a_vip_removed_by_hand_is_restored_and_announced() {
     });
 }
 
+/// One vipd holding `vip` as a permanent address (no kernel lifetime: only
+/// vipd and its guardian remove it), settled.
+async fn one_permanent_holder(env: &'static vipd_testkit::apiserver::Env, vip: &str) -> VipCluster {
+    let (mut c, _) = lease_cluster(env, 1, &[ip(vip)], bin(), &[("vip_addr_lifetime", "0")])
+        .await
+        .unwrap();
+    c.wait_stable(Duration::from_secs(30)).await.unwrap();
+    c
+}
+
 #[test]
 fn a_restarted_vipd_removes_its_stale_addresses_and_nothing_else() {
     let env = env();
@@ -266,10 +276,7 @@ fn a_restarted_vipd_removes_its_stale_addresses_and_nothing_else() {
         // its guardian (the container killed): the address stays behind,
         // marked as vipd's.
         let stale = "192.0.2.201";
-        let (mut c, _) = lease_cluster(env, 1, &[ip(stale)], bin(), &[("vip_addr_lifetime", "0")])
-            .await
-            .unwrap();
-        c.wait_stable(Duration::from_secs(30)).await.unwrap();
+        let mut c = one_permanent_holder(env, stale).await;
         let ns = c.nodes[0].host.ns.name().to_string();
         vipd_testkit::netns::kill_all_in(&ns);
         c.nodes[0].kill();
@@ -317,10 +324,7 @@ fn a_vipd_killed_as_it_adds_the_vip_leaves_it_until_its_deadline() {
     let _lab = env.lab_lock();
     env.run(async move {
         let vip = "192.0.2.203";
-        let (mut c, _) = lease_cluster(env, 1, &[ip(vip)], bin(), &[("vip_addr_lifetime", "0")])
-            .await
-            .unwrap();
-        c.wait_stable(Duration::from_secs(30)).await.unwrap();
+        let mut c = one_permanent_holder(env, vip).await;
         assert_eq!(c.nodes[0].terminate(Duration::from_secs(5)).unwrap(), 0);
         let rt = tokio::runtime::Handle::current();
         let nl = c.nodes[0].host.ns.run(|| {
