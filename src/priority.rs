@@ -24,17 +24,16 @@ pub fn apply(nice: i32) {
     }
 }
 
-/// The calling thread's niceness.
-pub fn current() -> i32 {
-    // getpriority can return -1 as a value: errno tells them apart, and
-    // for the calling thread it cannot fail.
-    // SAFETY: getpriority only reads the calling thread's niceness.
-    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's niceness (for the calling thread getpriority
+    /// cannot fail, so -1 is a value, not an error).
+    fn current() -> i32 {
+        // SAFETY: getpriority only reads the calling thread's niceness.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+    }
 
     #[test]
     fn a_niceness_reaches_the_threads_started_after_it() {

@@ -122,7 +122,7 @@ impl Config {
         let raft = control_plane
             .as_ref()
             .is_some_and(|c| matches!(c.election, Election::Raft(_)));
-        let nice = r.parsed("vip_nice", if raft { RAFT_NICE } else { 0 }, |v| {
+        let nice = r.parsed("vip_nice", default_nice(raft), |v| {
             v.parse::<i32>()
                 .ok()
                 .filter(|n| (-20..=19).contains(n))
@@ -174,6 +174,15 @@ impl Config {
 /// with the links' TCP options, in none of four runs. keepalived has the
 /// same knob (`vrrp_priority`).
 pub const RAFT_NICE: i32 = -10;
+
+/// `vip_nice` when not given: [`RAFT_NICE`] with Raft, else 0.
+pub fn default_nice(raft: bool) -> i32 {
+    if raft {
+        RAFT_NICE
+    } else {
+        0
+    }
+}
 
 /// The control-plane VIP (`cp_enable`); None when it cannot be used.
 fn control_plane(r: &Reader, node_name: &str) -> Option<ControlPlane> {

@@ -162,15 +162,10 @@ fn raft_volumes(layers: &Layers, static_pod: bool) -> (Vec<Value>, Vec<Value>) {
 /// raising its own priority.
 fn capabilities(layers: &Layers) -> Vec<&'static str> {
     let mut caps = vec!["NET_ADMIN", "NET_RAW"];
-    let default = if on(layers, "vip_raft") {
-        crate::config::RAFT_NICE
-    } else {
-        0
-    };
     let nice = layers
         .get("vip_nice")
         .and_then(|g| g.value.trim().parse::<i32>().ok())
-        .unwrap_or(default);
+        .unwrap_or_else(|| crate::config::default_nice(on(layers, "vip_raft")));
     if nice < 0 {
         caps.push("SYS_NICE");
     }
