@@ -10,8 +10,10 @@
 //! passes without a newer one, the guardian deletes every address carrying
 //! vipd's mark, within milliseconds; when vipd dies (its end of the pipe
 //! closes), it deletes those at once and the others a little before the
-//! last deadline. Killing the whole container takes the guardian too; then
-//! the kernel lifetime remains.
+//! last deadline. In a container the manager is the child of vipd's init
+//! (`crate::init`), so its death leaves the guardian running; killing the
+//! whole container takes the guardian too, and then the kernel lifetime
+//! remains.
 
 use std::io::{self, Write};
 
@@ -202,26 +204,8 @@ fn remove_ours(only: Option<&[IpAddr]>) {
     });
 }
 
-/// One line on stderr (the container's log, next to vipd's), stamped with
-/// the UTC time of day like vipd's own lines, so the two can be read
-/// together.
 fn say(what: &str) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    eprintln!("{} vipd guard: {what}", time_of_day(now));
-}
-
-/// `HH:MM:SS.mmmZ` of `since_epoch`.
-fn time_of_day(since_epoch: Duration) -> String {
-    let s = since_epoch.as_secs() % 86_400;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        since_epoch.subsec_millis()
-    )
+    crate::stamped::say("vipd guard", what);
 }
 
 /// How long to wait, `left` before a dead vipd's deadline, before removing
@@ -341,15 +325,7 @@ pub fn run_guard() -> ! {
 
 #[cfg(test)]
 mod tests {
-    use super::{differs, early, time_of_day};
-    use std::time::Duration;
-
-    #[test]
-    fn guardian_lines_carry_the_utc_time_of_day() {
-        // 2026-12-01T22:48:59.042Z
-        let t = Duration::from_millis(1_796_165_339_042);
-        assert_eq!(time_of_day(t), "22:48:59.042Z");
-    }
+    use super::{differs, early};
 
     #[test]
     fn only_instants_that_moved_by_a_millisecond_or_changed_kind_are_told() {

@@ -129,6 +129,11 @@ fn main() -> ExitCode {
     let m = cli().get_matches();
     match m.subcommand() {
         Some(("manager", sub)) => {
+            // A container's first process: the manager runs as its child,
+            // so the guardian outlives it (see vipd::init).
+            if vipd::init::is_first_process() {
+                return vipd::init::run();
+            }
             let layers = match layers(sub, true) {
                 Ok(l) => l,
                 Err(e) => return fail(&e),

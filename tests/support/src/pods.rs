@@ -320,6 +320,29 @@ impl PodCluster {
                 self.kill_container(old)?;
                 takeover = Some(self.wait_led_again(old, killed, wall, t0).await?);
             }
+            PodScenario::ManagerKilled => {
+                let container = vipd_container_pid(&self.nodes[old])?;
+                let manager = vipd_manager_pid(&self.nodes[old])?;
+                let seen = guardian_outlived(&self.nodes[old]);
+                let wall = epoch_ms();
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(manager),
+                    nix::sys::signal::Signal::SIGKILL,
+                )?;
+                takeover = Some(self.wait_led_again(old, container, wall, t0).await?);
+                // The guardian was not killed with the manager: it says so
+                // the moment the manager's end of its pipe closes.
+                let t = Instant::now();
+                while guardian_outlived(&self.nodes[old]) <= seen {
+                    if t.elapsed() > Duration::from_secs(15) {
+                        bail!(
+                            "{old_name}: no guardian line after its manager was killed (did the guardian die with it?)\n{}",
+                            self.logs()
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
             PodScenario::NodeDeath => {
                 dead_container = self.container_id(old).await;
                 self.nodes[old].die()?;
@@ -373,12 +396,15 @@ impl PodCluster {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-            PodScenario::ContainerKilled | PodScenario::RollingUpdate | PodScenario::PodStart => {}
+            PodScenario::ContainerKilled
+            | PodScenario::ManagerKilled
+            | PodScenario::RollingUpdate
+            | PodScenario::PodStart => {}
         }
         // A container killed again and again waits out the kubelet's
         // CrashLoopBackOff (10 s doubling to 5 min, per pod) before it runs.
         let ready_within = match scenario {
-            PodScenario::ContainerKilled => Duration::from_secs(330),
+            PodScenario::ContainerKilled | PodScenario::ManagerKilled => Duration::from_secs(330),
             _ => Duration::from_secs(90),
         };
         self.wait_pods_ready("kube-system", "vipd-", self.servers, ready_within)
@@ -542,6 +568,9 @@ pub enum PodScenario {
     PodStart,
     /// The holder's vipd container SIGKILLed.
     ContainerKilled,
+    /// The holder's vipd manager SIGKILLed inside its container, as a crash
+    /// or an OOM kill of that process alone: its guardian must outlive it.
+    ManagerKilled,
     /// The holder's node dies: every process (kubelet, containerd, shims,
     /// containers) killed, its link down; then it boots again.
     NodeDeath,
@@ -550,9 +579,10 @@ pub enum PodScenario {
 }
 
 impl PodScenario {
-    pub const ALL: [PodScenario; 4] = [
+    pub const ALL: [PodScenario; 5] = [
         PodScenario::PodStart,
         PodScenario::ContainerKilled,
+        PodScenario::ManagerKilled,
         PodScenario::NodeDeath,
         PodScenario::RollingUpdate,
     ];
@@ -561,6 +591,7 @@ impl PodScenario {
         match self {
             PodScenario::PodStart => "static pod files copied in -> VIP held",
             PodScenario::ContainerKilled => "the holder's vipd container SIGKILLed",
+            PodScenario::ManagerKilled => "the holder's vipd manager SIGKILLed in its container",
             PodScenario::NodeDeath => "the holder's node dies (all its processes, link down)",
             PodScenario::RollingUpdate => "rolling update: each static pod file edited in turn",
         }
@@ -625,6 +656,21 @@ fn write_atomically(path: &std::path::Path, text: &str) -> Result<()> {
 /// The host PID of node `n`'s vipd container's main process: `vipd
 /// manager`, PID 1 of its PID namespace, in the node's network namespace.
 fn vipd_container_pid(n: &KubeNode) -> Result<i32> {
+    vipd_pid(n, true).with_context(|| format!("{}: no vipd container running", n.name))
+}
+
+/// The process that runs node `n`'s vipd manager: its container's first
+/// process's child (see vipd's `init`), or the first process itself in an
+/// image without that init.
+fn vipd_manager_pid(n: &KubeNode) -> Result<i32> {
+    vipd_pid(n, false)
+        .or_else(|_| vipd_pid(n, true))
+        .with_context(|| format!("{}: no vipd manager running", n.name))
+}
+
+/// The host pid of the `vipd manager` process in node `n`'s network
+/// namespace that is (`first`) or is not its PID namespace's first.
+fn vipd_pid(n: &KubeNode, first: bool) -> Result<i32> {
     let netns = std::fs::metadata(n.host.ns.path())?.ino();
     for e in std::fs::read_dir("/proc")?.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -645,11 +691,19 @@ fn vipd_container_pid(n: &KubeNode) -> Result<i32> {
             .lines()
             .find(|l| l.starts_with("NSpid:"))
             .is_some_and(|l| l.split_whitespace().last() == Some("1"));
-        if pid1 {
+        if pid1 == first {
             return Ok(pid);
         }
     }
-    bail!("{}: no vipd container running", n.name)
+    bail!("none")
+}
+
+/// How many times node `n`'s vipd guardians said their manager was gone
+/// (in every container's log of the pod).
+fn guardian_outlived(n: &KubeNode) -> usize {
+    n.container_log("kube-system", "vipd")
+        .matches("vipd guard: vipd is gone")
+        .count()
 }
 
 /// Renders outcomes as the rows BENCHMARKS.md keeps.
