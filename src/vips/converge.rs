@@ -66,8 +66,11 @@ impl Owner {
         let mut pending = claimed.clone();
         pending.retain(|a, _| !self.yielded.contains_key(a));
         for addr in to_probe(now, &pending, &self.claims, &self.have, &self.cleared) {
-            if !self.probes.contains_key(&addr) {
-                self.probe_round(addr, Duration::ZERO).await;
+            if let Some(w) = pending
+                .get(&addr)
+                .filter(|_| !self.probes.contains_key(&addr))
+            {
+                self.probe_round(addr, &w.interface, Duration::ZERO).await;
             }
         }
         let (want, refused) = self.wanted_now();
@@ -134,6 +137,7 @@ impl Owner {
             .buffer_unordered(NETLINK_IN_FLIGHT)
             .collect()
             .await;
+        let yielding = super::plan::yielding(Instant::now(), &self.claims);
         for (link, addr, iface, prefix, result) in added {
             match result {
                 Ok(()) => {
@@ -145,7 +149,7 @@ impl Owner {
                         ours: true,
                     });
                     self.since.insert(addr, SystemTime::now());
-                    self.start_announcer(link, addr);
+                    self.start_announcer(link, addr, yielding.contains(&addr));
                 }
                 Err(e) => error!(%addr, interface = %iface, error = %e, "cannot add address"),
             }
@@ -159,7 +163,7 @@ impl Owner {
                 if let Some(link) = links.get(&w.interface) {
                     if present.contains(&(*addr, link.index)) {
                         self.since.entry(*addr).or_insert_with(SystemTime::now);
-                        self.start_announcer(link, *addr);
+                        self.start_announcer(link, *addr, yielding.contains(addr));
                     }
                 }
             }

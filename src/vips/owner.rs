@@ -207,7 +207,10 @@ impl Owner {
         }
     }
 
-    pub(super) fn start_announcer(&mut self, link: &Link, addr: IpAddr) {
+    /// Starts announcing `addr` on `link`; `probing`: with a probe for
+    /// another holder in every announcement (held on an unconfirmed claim,
+    /// see [`super::plan::yielding`]).
+    pub(super) fn start_announcer(&mut self, link: &Link, addr: IpAddr, probing: bool) {
         if let Some(old) = self.announcers.remove(&addr) {
             old.task.abort();
         }
@@ -215,11 +218,7 @@ impl Owner {
             return;
         }
         let schedule = Schedule::new(self.config.arp_rate);
-        let probing = Arc::new(AtomicBool::new(yields_to_another(
-            Instant::now(),
-            &self.claims,
-            addr,
-        )));
+        let probing = Arc::new(AtomicBool::new(probing));
         if let Some(sender) = self.sender(link) {
             let stats = self.stats.clone();
             if let Some(task) =
@@ -281,9 +280,10 @@ impl Owner {
             .filter(|k| k.ifindex == link.index && self.announcers.contains_key(&k.addr))
             .map(|k| k.addr)
             .collect();
+        let yielding = super::plan::yielding(Instant::now(), &self.claims);
         for a in addrs {
             info!(addr = %a, interface = %link.name, "link is up again: announcing");
-            self.start_announcer(link, a);
+            self.start_announcer(link, a, yielding.contains(&a));
         }
     }
 

@@ -26,8 +26,15 @@ use crate::netlink::Link;
 /// the segment answers an ARP probe within a millisecond; this leaves room
 /// for a loaded one.
 pub const WINDOW: Duration = Duration::from_millis(10);
-/// Between rounds while another host answers.
+/// Between rounds while another host answers (at least: see
+/// [`retry_delay`]).
 pub const RETRY: Duration = Duration::from_millis(20);
+/// At most this many rounds a second while other hosts answer, however many
+/// addresses are being checked. A takeover of 5000 addresses asked every
+/// `RETRY` meant 250 000 rounds a second: the owner fell behind on their
+/// ends by seconds (an unbounded backlog), and with it behind on grants and
+/// deadlines, while the dead node's guardian was long done.
+pub const ROUNDS_PER_SECOND: u32 = 20_000;
 const FRAMES: u32 = 3;
 const FRAME_GAP: Duration = Duration::from_millis(3);
 
@@ -36,6 +43,14 @@ const FRAME_GAP: Duration = Duration::from_millis(3);
 /// plus a second for the kernel's expiry work; 3 s for permanent ones.
 pub fn patience(lifetime: Option<Duration>) -> Duration {
     lifetime.unwrap_or(Duration::from_secs(2)) + Duration::from_secs(1)
+}
+
+/// How long after an answered round the next one starts, when `probing`
+/// addresses are being checked: `RETRY`, or longer so that all of them
+/// together stay within [`ROUNDS_PER_SECOND`].
+pub fn retry_delay(probing: usize) -> Duration {
+    let spread = Duration::from_secs(1).saturating_mul(probing as u32) / ROUNDS_PER_SECOND;
+    RETRY.max(spread)
 }
 
 /// One address being checked.
@@ -133,6 +148,24 @@ mod tests {
         ));
         assert!(silent_enough(false, QUIET, true));
         assert!(!silent_enough(true, QUIET * 10, true));
+    }
+
+    #[test]
+    fn answered_rounds_repeat_at_a_pace_the_owner_keeps_up_with() {
+        // A few addresses: every RETRY.
+        assert_eq!(retry_delay(1), RETRY);
+        assert_eq!(retry_delay(400), RETRY);
+        // A thousand: 50 ms; five thousand: 250 ms, so at most
+        // ROUNDS_PER_SECOND rounds a second in all.
+        assert_eq!(retry_delay(1000), Duration::from_millis(50));
+        assert_eq!(retry_delay(5000), Duration::from_millis(250));
+        for n in [1usize, 100, 1000, 5000, 20_000] {
+            let per_second = n as f64 / retry_delay(n).as_secs_f64();
+            assert!(
+                per_second <= ROUNDS_PER_SECOND as f64 + 0.5,
+                "{n}: {per_second}"
+            );
+        }
     }
 
     #[tokio::test]

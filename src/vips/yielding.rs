@@ -2,7 +2,7 @@
 //! another node announces it while this node cannot confirm its claim, and
 //! checking that no other host holds an address before adding it.
 
-use super::plan::{takes_anyway, until_silent};
+use super::plan::{takes_anyway, until_silent, yielding};
 use super::*;
 
 impl Owner {
@@ -37,25 +37,37 @@ impl Owner {
     /// `probe::patience` taken anyway, unless claimed `until_silent`); the
     /// kernel converges once for all the cleared ones.
     pub(super) async fn on_probed(&mut self, addrs: Vec<IpAddr>) {
+        // Read from the claims once for the whole batch: per address, a
+        // takeover of thousands cost the owner seconds (quadratic), and
+        // grants and deadlines waited behind it.
+        let want = wanted(Instant::now(), &self.claims);
+        let silent = until_silent(&self.claims);
         let mut cleared = false;
         for addr in addrs {
-            cleared |= self.probe_ended(addr).await;
+            cleared |= self.probe_ended(addr, &want, &silent).await;
         }
         if cleared {
             self.converge().await;
         }
     }
 
-    /// One ended round; true when `addr` is cleared (to be added).
-    async fn probe_ended(&mut self, addr: IpAddr) -> bool {
+    /// One ended round; true when `addr` is cleared (to be added). `want`
+    /// and `silent`: what the claims want now, and which of it is claimed
+    /// `until_silent`.
+    async fn probe_ended(
+        &mut self,
+        addr: IpAddr,
+        want: &BTreeMap<IpAddr, Want>,
+        silent: &HashSet<IpAddr>,
+    ) -> bool {
         let Some(p) = self.probes.get(&addr) else {
             return false;
         };
         let waited = p.since.elapsed();
         let patience = probe::patience(self.config.lifetime);
-        let out_of_patience = takes_anyway(&self.claims, addr, waited, patience);
+        let out_of_patience = takes_anyway(silent.contains(&addr), waited, patience);
         let quiet_for = p.answered.map_or(p.since, |(at, _)| at).elapsed();
-        let cautious = p.answered.is_some() || until_silent(&self.claims, addr);
+        let cautious = p.answered.is_some() || silent.contains(&addr);
         if probe::silent_enough(p.answered_this_round(), quiet_for, cautious) || out_of_patience {
             if p.answered_this_round() {
                 let mac = p.answered.map(|(_, m)| mac_text(m)).unwrap_or_default();
@@ -73,17 +85,18 @@ impl Owner {
             let mac = p.answered.map(|(_, m)| mac_text(m)).unwrap_or_default();
             info!(%addr, other = %mac, "another host still answers for this address (a holder whose vipd died with its guardian): waiting until its kernel lets it go");
         }
-        self.probe_round(addr, probe::RETRY).await;
+        let Some(w) = want.get(&addr) else {
+            self.probes.remove(&addr);
+            return false;
+        };
+        let delay = probe::retry_delay(self.probes.len());
+        self.probe_round(addr, &w.interface, delay).await;
         false
     }
 
-    /// Starts (or restarts) checking `addr` after `delay`.
-    pub(super) async fn probe_round(&mut self, addr: IpAddr, delay: Duration) {
-        let Some(iface) = self.wanted_interface(addr) else {
-            self.probes.remove(&addr);
-            return;
-        };
-        let Some(link) = self.link(&iface).await else {
+    /// Starts (or restarts) checking `addr` on `iface` after `delay`.
+    pub(super) async fn probe_round(&mut self, addr: IpAddr, iface: &str, delay: Duration) {
+        let Some(link) = self.link(iface).await else {
             return;
         };
         self.ensure_watcher(&link);
@@ -117,17 +130,11 @@ impl Owner {
         }
     }
 
-    pub(super) fn wanted_interface(&self, addr: IpAddr) -> Option<String> {
-        wanted(Instant::now(), &self.claims)
-            .get(&addr)
-            .map(|w| w.interface.clone())
-    }
-
     /// Probing on for the addresses held on an unconfirmed claim only.
     pub(super) fn update_probing(&self) {
-        let now = Instant::now();
+        let yielding = yielding(Instant::now(), &self.claims);
         for (addr, a) in &self.announcers {
-            let probe = yields_to_another(now, &self.claims, *addr);
+            let probe = yielding.contains(addr);
             if a.probing.swap(probe, Ordering::Relaxed) != probe && probe {
                 info!(%addr, "holding without a renewed Lease: probing for another holder with every announcement");
             }
