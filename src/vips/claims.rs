@@ -47,6 +47,9 @@ fn set_granted(
 
 impl Owner {
     pub(super) async fn on_command(&mut self, cmd: Command) {
+        // The guardian's list of addresses to drop at death follows the
+        // claims (see `update_guardian`).
+        self.drops_stale = true;
         match cmd {
             Command::Set { source, set, done } => {
                 // A new confirmed claim (leadership won again) takes back

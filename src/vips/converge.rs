@@ -6,7 +6,9 @@ use super::*;
 
 impl Owner {
     pub(super) fn claimed_now(&self, addr: IpAddr) -> bool {
-        self.wanted_now().0.contains_key(&addr)
+        !self.yielded.contains_key(&addr)
+            && !self.probes.contains_key(&addr)
+            && super::plan::wanted_and_allowed(Instant::now(), &self.claims, &self.have, addr)
     }
 
     /// What should be on this node now, and the claims refused. Addresses

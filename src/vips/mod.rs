@@ -342,6 +342,7 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         watched_links: HashSet::new(),
         probes: HashMap::new(),
         cleared: HashSet::new(),
+        drops_stale: true,
         probe_tx,
         senders: HashMap::new(),
     };

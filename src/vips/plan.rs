@@ -90,8 +90,7 @@ pub fn refuse_foreign(
     let foreign_addrs: std::collections::HashSet<IpAddr> =
         have.iter().filter(|k| !k.ours).map(|k| k.addr).collect();
     want.retain(|addr, w| {
-        let foreign = foreign_addrs.contains(addr);
-        if foreign && w.sources.iter().all(Source::is_service) {
+        if refuses(foreign_addrs.contains(addr), w.sources.iter()) {
             refused.insert(
                 *addr,
                 format!("{addr} is an address of this node that vipd did not add"),
@@ -102,6 +101,30 @@ pub fn refuse_foreign(
         }
     });
     refused
+}
+
+/// Whether vipd refuses to hold a claimed address: it is on this node but
+/// not vipd's (`foreign`), and only Services claim it (`sources`).
+fn refuses<'a>(foreign: bool, mut sources: impl Iterator<Item = &'a Source>) -> bool {
+    foreign && sources.all(Source::is_service)
+}
+
+/// Whether `addr` is wanted now ([`wanted`]) and not refused
+/// ([`refuse_foreign`]), asked of one address without building either
+/// map: the owner asks it of every address the kernel reports removed.
+pub fn wanted_and_allowed(
+    now: Instant,
+    claims: &BTreeMap<Source, ClaimSet>,
+    have: &[KernelAddr],
+    addr: IpAddr,
+) -> bool {
+    let sources: Vec<&Source> = claims
+        .iter()
+        .filter(|(_, set)| set.live(now) && set.claims.iter().any(|c| c.addr == addr))
+        .map(|(source, _)| source)
+        .collect();
+    let foreign = have.iter().any(|k| !k.ours && k.addr == addr);
+    !sources.is_empty() && !refuses(foreign, sources.into_iter())
 }
 
 /// The wanted addresses that must first be checked on the wire: claimed by
@@ -209,6 +232,29 @@ pub fn plan(
         }
     }
     p
+}
+
+/// How long after a claim's deadline the guardian of a living vipd removes
+/// its addresses (a frozen vipd cannot). The owner tells the guardian each
+/// extension only after it has read it, and the guardian removes all of
+/// vipd's addresses, not only the lapsed claim's: with no slack, an
+/// extension read late (a busy owner: thousands of addresses) or a claim
+/// that lapses as it should (a lead lost) cost every other address too,
+/// the control-plane VIP included. Well inside a Lease's margin between its
+/// renew deadline and its expiry (1.5 s at vipd's defaults), and a Raft
+/// successor checks the wire before it adds.
+pub const GUARDIAN_SLACK: Duration = Duration::from_millis(250);
+
+/// The deadline a living vipd's guardian keeps, `now` on: the earliest
+/// deadline of the claims in force, [`GUARDIAN_SLACK`] later.
+pub fn guardian_deadline(claims: &BTreeMap<Source, ClaimSet>, now: Instant) -> Option<Duration> {
+    claims
+        .values()
+        .filter(|c| !c.claims.is_empty())
+        .filter_map(|c| c.hold_until)
+        .filter(|t| *t > now)
+        .min()
+        .map(|d| d - now + GUARDIAN_SLACK)
 }
 
 /// Until when a dead vipd's addresses may stay (the guardian's deadline at
@@ -540,6 +586,47 @@ mod yield_tests {
     }
 
     #[test]
+    fn one_address_is_judged_as_the_whole_wanted_map_judges_it() {
+        let now = Instant::now();
+        let mut claims = BTreeMap::new();
+        // .1 live; .2 lapsed; .3 a Service's, but someone else configured
+        // it; .4 the control plane's, configured by someone else too.
+        let mut services = set("192.0.2.1", true, true);
+        services.claims.extend(set("192.0.2.3", true, true).claims);
+        claims.insert(Source::ServicesLeader, services);
+        claims.insert(Source::ServicesPlaced, set("192.0.2.2", true, false));
+        claims.insert(Source::ControlPlane, set("192.0.2.4", true, true));
+        let kaddr = |a: &str, ours: bool| KernelAddr {
+            ifindex: 1,
+            addr: a.parse().unwrap(),
+            prefix: 32,
+            ours,
+        };
+        let have = vec![
+            kaddr("192.0.2.3", false),
+            kaddr("192.0.2.4", false),
+            kaddr("192.0.2.1", true),
+        ];
+        let mut want = wanted(now, &claims);
+        refuse_foreign(&mut want, &have);
+        for a in [
+            "192.0.2.1",
+            "192.0.2.2",
+            "192.0.2.3",
+            "192.0.2.4",
+            "192.0.2.5",
+        ] {
+            let addr: IpAddr = a.parse().unwrap();
+            assert_eq!(
+                wanted_and_allowed(now, &claims, &have, addr),
+                want.contains_key(&addr),
+                "{a}"
+            );
+        }
+        assert_eq!(want.len(), 2, "{want:?}");
+    }
+
+    #[test]
     fn the_yielding_set_is_what_yields_to_another_says_of_each_address() {
         let now = Instant::now();
         let mut claims = BTreeMap::new();
@@ -602,5 +689,25 @@ mod yield_tests {
         claims.get_mut(&Source::ControlPlane).unwrap().confirmed = false;
         assert_eq!(at_death(&claims, now), Some(now));
         assert_eq!(at_death(&BTreeMap::new(), now), None);
+    }
+
+    #[test]
+    fn a_living_vipds_guardian_waits_a_little_past_the_earliest_deadline() {
+        let now = Instant::now();
+        let mut claims = BTreeMap::from([
+            (Source::ControlPlane, set("192.0.2.10", true, true)),
+            (Source::ServicesLeader, set("192.0.2.20", true, true)),
+            // Lapsed: no longer in force, not the guardian's deadline.
+            (Source::ServicesPlaced, set("192.0.2.30", true, false)),
+        ]);
+        claims.get_mut(&Source::ControlPlane).unwrap().hold_until =
+            Some(now + Duration::from_secs(3));
+        claims.get_mut(&Source::ServicesLeader).unwrap().hold_until =
+            Some(now + Duration::from_secs(2));
+        assert_eq!(
+            guardian_deadline(&claims, now),
+            Some(Duration::from_secs(2) + GUARDIAN_SLACK)
+        );
+        assert_eq!(guardian_deadline(&BTreeMap::new(), now), None);
     }
 }
