@@ -503,18 +503,35 @@ shutdownGracePeriod: 0s
 
     /// The log of a container of a pod on this node (`/var/log/pods`).
     pub fn container_log(&self, namespace: &str, pod_prefix: &str) -> String {
+        self.container_log_files(namespace, pod_prefix)
+            .into_iter()
+            .map(|(_, text)| text)
+            .collect()
+    }
+
+    /// Every log file the kubelet keeps for the containers of the pods
+    /// whose names start with `pod_prefix`, with its text. The kubelet
+    /// removes a dead container's file once a newer one has ended, and an
+    /// old pod's directory when it cleans the pod up.
+    pub fn container_log_files(
+        &self,
+        namespace: &str,
+        pod_prefix: &str,
+    ) -> Vec<(std::path::PathBuf, String)> {
         let root = self.path("/var/log/pods");
-        let mut out = String::new();
+        let mut out = Vec::new();
         for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
             let n = e.file_name().to_string_lossy().to_string();
             if n.starts_with(&format!("{namespace}_{pod_prefix}")) {
                 for c in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
                     for f in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
-                        out.push_str(&std::fs::read_to_string(f.path()).unwrap_or_default());
+                        let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                        out.push((f.path(), text));
                     }
                 }
             }
         }
+        out.sort();
         out
     }
 }

@@ -395,8 +395,10 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize, set: Vec<String
         takeover_in_kernels(&kernels, &wanted, &dead, t0, Duration::from_secs(30)).await
     });
     let mut first_all = None;
+    let mut answered = 0;
     while t0.elapsed() < Duration::from_secs(120) {
-        if answering(&client, &addrs, Some(&leader)).await == addrs.len() {
+        answered = answering(&client, &addrs, Some(&leader)).await;
+        if answered == addrs.len() {
             first_all = Some(t0.elapsed());
             break;
         }
@@ -407,7 +409,10 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize, set: Vec<String
             addrs.len(),
             t.as_secs_f64()
         ),
-        None => bail!("not all addresses moved off {leader} within 120 s"),
+        None => bail!(
+            "not all addresses moved off {leader} within 120 s: {answered} of {} answered from another node in the last sweep",
+            addrs.len()
+        ),
     }
     let k = sampler.await?;
     match k.took {
