@@ -15,7 +15,7 @@ use crate::controlplane;
 use crate::events::Events;
 use crate::netlink::{Host, Netlink};
 use crate::status::{self, ControlPlaneInfo, Status};
-use crate::vips::{self, OwnerConfig};
+use crate::vips::{self, Lifetimes, OwnerConfig};
 use crate::{instance, kubeclient, services, shutdown};
 
 /// Runs until SIGTERM / SIGINT, or until a part fails for good.
@@ -64,7 +64,10 @@ pub async fn run(config: Config) -> Result<()> {
         OwnerConfig {
             announce: config.announce,
             arp_rate: config.arp_rate,
-            lifetime: config.addr_lifetime,
+            lifetimes: Lifetimes {
+                control_plane: config.addr_lifetime,
+                services: config.services.as_ref().and_then(|s| s.addr_lifetime),
+            },
             watch: cp_vips.clone(),
             guardian: true,
         },

@@ -755,6 +755,85 @@ fn a_killed_services_leaders_addresses_move_to_its_heir_before_its_lease_expires
     });
 }
 
+/// Service addresses live long in the kernel (`svc_addr_lifetime`), so a
+/// Services leader whose vipd dies together with its guardian (its
+/// container killed whole) leaves them answering from its node until they
+/// expire, longer than its Lease. The next leader takes the Lease before
+/// that, and must still never share an address with the dead node: it
+/// adds each only once nobody answers for it (without that check it adds
+/// them when the Lease expires, seconds before the dead copies go).
+#[test]
+fn a_services_leader_killed_with_its_guardian_never_shares_its_addresses() {
+    let env = env();
+    let _l = env.lab_lock();
+    env.run(async move {
+        // No placement: no heir, the Lease alone (4 s) moves the leader;
+        // the dead copies outlive it (8 s lifetime, refreshed every 2.7 s).
+        let lifetime = Duration::from_secs(8);
+        let mut lab = lab(
+            bin(),
+            &[("svc_placement", "false"), ("svc_addr_lifetime", "8")],
+            None,
+        )
+        .await;
+        let by_node = spread(&mut lab, 230).await;
+        assert_eq!(by_node.len(), 1, "leader mode, one holder: {by_node:?}");
+        let (i, victim, moved) = first_holder(&lab, &by_node);
+        let hosts: Vec<&vipd_testkit::lab::Host> = lab.nodes.iter().map(|n| &n.host).collect();
+        let samplers: Vec<vipd_testkit::probe::HolderSampler> = moved
+            .iter()
+            .map(|a| {
+                vipd_testkit::probe::HolderSampler::start(&hosts, *a, Duration::from_millis(20))
+            })
+            .collect();
+        // The container killed whole: vipd and its guardian at once.
+        let victim_ns = lab.nodes[i].host.ns.name().to_string();
+        let killed = Instant::now();
+        vipd_testkit::netns::kill_all_in(&victim_ns);
+        lab.nodes[i].kill();
+        let t0 = Instant::now();
+        for a in &moved {
+            loop {
+                let h = lab.holders(*a).await;
+                if h.len() == 1 && h[0] != victim {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < lifetime * 3,
+                    "{a} did not move off {victim}: {h:?}\n{}",
+                    lab.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        eprintln!("moved {:?} after the kill", t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for (a, s) in moved.iter().zip(samplers) {
+            let samples = s.finish().await;
+            let doubled: Vec<_> = samples.iter().filter(|s| s.holders.len() > 1).collect();
+            assert!(
+                doubled.is_empty(),
+                "{a} on two nodes in {} samples, from {:?} after the kill\n{}",
+                doubled.len(),
+                doubled[0].at.saturating_duration_since(killed),
+                lab.logs()
+            );
+            // The test tests something: the dead node kept the address
+            // past the Lease's expiry (4 s after its last renewal).
+            let kept = samples
+                .iter()
+                .filter(|s| s.holders.contains(&victim))
+                .map(|s| s.at.saturating_duration_since(killed))
+                .max()
+                .unwrap_or_default();
+            assert!(
+                kept >= Duration::from_secs(5),
+                "{a} left {victim} {kept:?} after the kill: its lifetime did not keep it"
+            );
+        }
+    });
+}
+
 #[test]
 fn dual_stack_service_gets_and_announces_both_families() {
     let env = env();

@@ -94,7 +94,7 @@ impl Config {
         let arp_ms = r.number("vip_arpRate", 3000u64, "milliseconds");
         // kube-vip resets rates under 500 ms to 3000 ms; so do we.
         let arp_rate = Duration::from_millis(if arp_ms < 500 { 3000 } else { arp_ms });
-        let addr_lifetime = addr_lifetime(&r, &control_plane, &services);
+        let addr_lifetime = addr_lifetime(&r, &control_plane);
 
         let status_addr = match r.given("prometheus_server") {
             Some(g) if g.value.trim().is_empty() => None,
@@ -265,53 +265,63 @@ fn services_config(r: &Reader) -> ServicesConfig {
         class_only: r.bool("lb_class_only"),
         pool_configmap,
         interface,
+        addr_lifetime: kernel_lifetime(r, "svc_addr_lifetime", Duration::from_secs(60)),
     }
 }
 
-/// `vip_addr_lifetime`: by default 2 s shorter than the Lease, and always
-/// at least 1 s shorter, so a dead leader's address expires before another
-/// node may take over.
-fn addr_lifetime(
-    r: &Reader,
-    control_plane: &Option<ControlPlane>,
-    services: &Option<ServicesConfig>,
-) -> Option<Duration> {
-    let lease_duration = match (control_plane.as_ref().map(|c| &c.election), services) {
-        (Some(Election::Lease(l)), _) => l.timing.lease_duration,
-        (_, Some(s)) => s.lease.timing.lease_duration,
-        _ => LeaseTiming::DEFAULT.lease_duration,
+/// `vip_addr_lifetime`, the control-plane VIP's kernel lifetime: by
+/// default 2 s shorter than the Lease, and always at least 1 s shorter, so
+/// a dead leader's address expires before another node may take over (a
+/// Lease successor adds it without asking the wire). Without a
+/// control-plane VIP it applies to nothing, and is only checked for form.
+fn addr_lifetime(r: &Reader, control_plane: &Option<ControlPlane>) -> Option<Duration> {
+    let election = control_plane.as_ref().map(|c| &c.election);
+    let lease_duration = match election {
+        Some(Election::Lease(l)) => Some(l.timing.lease_duration),
+        Some(_) => Some(LeaseTiming::DEFAULT.lease_duration),
+        None => None,
     };
     // Raft hands over in a fraction of a second: the shortest lifetime
     // the kernel knows (a new leader waits for a dead holder's copy to
     // expire, see vips::probe).
-    let raft = matches!(
-        control_plane.as_ref().map(|c| &c.election),
-        Some(Election::Raft(_))
-    );
+    let raft = matches!(election, Some(Election::Raft(_)));
     let default_lifetime = if raft {
         Duration::from_secs(1)
     } else {
         lease_duration
+            .unwrap_or(LeaseTiming::DEFAULT.lease_duration)
             .saturating_sub(Duration::from_secs(2))
             .max(Duration::from_secs(1))
     };
-    let lifetime = r.duration("vip_addr_lifetime", default_lifetime);
+    let lifetime = kernel_lifetime(r, "vip_addr_lifetime", default_lifetime);
     if !r.all_good(&["vip_addr_lifetime", "vip_leaseduration"]) {
         return Some(default_lifetime);
     }
+    match (lifetime, lease_duration) {
+        (Some(l), Some(lease)) if l + Duration::from_secs(1) >= lease => {
+            r.bad(
+                "vip_addr_lifetime",
+                format!(
+                    "must be at least 1s shorter than the lease duration ({}s), or 0: a dead leader's address must expire before another node takes over",
+                    lease.as_secs_f64()
+                ),
+            );
+            Some(default_lifetime)
+        }
+        _ => lifetime,
+    }
+}
+
+/// The kernel lifetime set by `key`, or `default`: None for 0 (permanent),
+/// at least a second otherwise (the kernel counts whole seconds).
+fn kernel_lifetime(r: &Reader, key: &str, default: Duration) -> Option<Duration> {
+    let lifetime = r.duration(key, default);
     if lifetime > Duration::ZERO && lifetime < Duration::from_secs(1) {
         r.bad(
-            "vip_addr_lifetime",
+            key,
             "the kernel counts lifetimes in whole seconds: use 0 or at least 1s",
         );
-    } else if lifetime > Duration::ZERO && lifetime + Duration::from_secs(1) >= lease_duration {
-        r.bad(
-            "vip_addr_lifetime",
-            format!(
-                "must be at least 1s shorter than the lease duration ({}s), or 0: a dead leader's address must expire before another node takes over",
-                lease_duration.as_secs_f64()
-            ),
-        );
+        return Some(default);
     }
     (lifetime > Duration::ZERO).then_some(lifetime)
 }

@@ -143,7 +143,8 @@ pub const SETTINGS: &[Setting] = &[
     s("vip_healthcheck_url", "healthCheckURL", "BGP mode: announce the control-plane VIP only while this URL answers 200 (vipd; default https://127.0.0.1:PORT/readyz)"),
     // ARP.
     s("vip_arpRate", "arpRate", "milliseconds between refresh announcements (below 500 means 3000)").or("3000"),
-    s("vip_addr_lifetime", "addressLifetime", "kernel lifetime of held addresses, refreshed while leading; 0 = permanent (vipd default: lease duration - 2s, at least 1s; Raft: 1s)"),
+    s("vip_addr_lifetime", "addressLifetime", "kernel lifetime of the control-plane VIP, refreshed while held; 0 = permanent (vipd default: lease duration - 2s, at least 1s; Raft: 1s)"),
+    s("svc_addr_lifetime", "servicesAddressLifetime", "kernel lifetime of Service addresses, refreshed while held: how long a node keeps them when vipd and its guardian die together; a new holder adds one only once nobody answers for it. 0 = permanent (vipd)").or("60s"),
     // Kubernetes client, observability.
     s("k8s_config_file", "k8sConfigPath", "kubeconfig (default: /etc/kubernetes/admin.conf if present, else $KUBECONFIG or ~/.kube/config, else in-cluster)"),
     s("prometheus_server", "prometheusHTTPServer", "address of /metrics, /healthz, /readyz, /status and /v1/alive (empty = off)").or(STATUS_SERVER),

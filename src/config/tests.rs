@@ -235,6 +235,58 @@ fn services_with(extra: &[(&str, &str)]) -> crate::config::ServicesConfig {
         .unwrap()
 }
 
+/// Service addresses live a minute in the kernel by default, whatever the
+/// Leases (a new holder asks the wire first); the control-plane VIP's
+/// lifetime is its own and, without a control-plane VIP, is checked for
+/// form only.
+#[test]
+fn service_addresses_have_a_lifetime_of_their_own() {
+    assert_eq!(
+        services_with(&[]).addr_lifetime,
+        Some(Duration::from_secs(60))
+    );
+    assert_eq!(
+        services_with(&[("svc_addr_lifetime", "0")]).addr_lifetime,
+        None
+    );
+    assert_eq!(
+        services_with(&[("svc_addr_lifetime", "10m")]).addr_lifetime,
+        Some(Duration::from_secs(600))
+    );
+    let both = cp_arp(&[
+        ("vip_leaderelection", "true"),
+        ("svc_enable", "true"),
+        ("svc_addr_lifetime", "30"),
+    ])
+    .unwrap();
+    assert_eq!(both.addr_lifetime, Some(Duration::from_secs(2)));
+    assert_eq!(
+        both.services.unwrap().addr_lifetime,
+        Some(Duration::from_secs(30))
+    );
+    // Services only: vip_addr_lifetime has no Lease to be shorter than.
+    let only = Config::from_layers(
+        &layers(&[
+            ("vip_arp", "true"),
+            ("svc_enable", "true"),
+            ("vip_addr_lifetime", "10"),
+        ]),
+        "h",
+    )
+    .unwrap();
+    assert_eq!(
+        only.services.unwrap().addr_lifetime,
+        Some(Duration::from_secs(60))
+    );
+    let e = cp_arp(&[("svc_enable", "true"), ("svc_addr_lifetime", "500ms")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("svc_addr_lifetime") && e.contains("whole seconds"),
+        "{e}"
+    );
+}
+
 #[test]
 fn services_settings() {
     let l = layers(&[("vip_arp", "true"), ("svc_enable", "true")]);

@@ -133,6 +133,9 @@ pub struct ServicesConfig {
     pub pool_configmap: (String, String),
     /// Interface for Service addresses (`vip_servicesinterface`).
     pub interface: Option<String>,
+    /// Kernel lifetime of Service addresses (`svc_addr_lifetime`; `None`:
+    /// permanent).
+    pub addr_lifetime: Option<Duration>,
 }
 
 /// BGP mode (`bgp_enable`).
@@ -163,7 +166,7 @@ pub struct Config {
     pub interface: Option<String>,
     pub subnets: Subnets,
     pub arp_rate: Duration,
-    /// Kernel lifetime of held addresses (`None`: permanent).
+    /// Kernel lifetime of the control-plane VIP (`None`: permanent).
     pub addr_lifetime: Option<Duration>,
     pub kubeconfig: Option<PathBuf>,
     pub status_addr: Option<SocketAddr>,

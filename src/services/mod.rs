@@ -170,6 +170,8 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
     let leadership = ServicesLeadership {
         granting: Granting {
             source: Source::ServicesLeader,
+            // Not asked here: the owner checks every Service address on
+            // the wire before adding it (`Source::always_probes`).
             probe_first: false,
             // Followed by the others' links, a dead leader's addresses are
             // taken over by its heir at once: gone from its node at once

@@ -108,6 +108,7 @@ impl Owner {
             match r {
                 Ok(()) => {
                     info!(addr = %k.addr, "address released");
+                    self.refreshed.remove(&k.addr);
                     gone.insert((k.addr, k.ifindex));
                 }
                 Err(e) => error!(addr = %k.addr, error = %e, "cannot remove address"),
@@ -122,16 +123,17 @@ impl Owner {
             self.update_guardian();
         }
         // Added many at once (a takeover adds hundreds), then recorded.
-        let lifetime = self.config.lifetime;
+        let lifetimes = self.config.lifetimes;
         let adding: Vec<_> = p
             .add
             .iter()
             .filter_map(|(addr, iface, prefix)| {
                 let link = links.get(iface)?;
+                let lifetime = lifetimes.of(want.get(addr).map(|w| &w.sources)?);
                 let nl = &self.netlink;
                 Some(async move {
                     let r = nl.put_address(link.index, *addr, *prefix, lifetime).await;
-                    (link, *addr, iface, *prefix, r)
+                    (link, *addr, iface, *prefix, lifetime, r)
                 })
             })
             .collect();
@@ -140,10 +142,16 @@ impl Owner {
             .collect()
             .await;
         let yielding = super::plan::yielding(Instant::now(), &self.claims);
-        for (link, addr, iface, prefix, result) in added {
+        let added_at = Instant::now();
+        for (link, addr, iface, prefix, lifetime, result) in added {
             match result {
                 Ok(()) => {
                     info!(%addr, interface = %iface, "address added");
+                    if let Some(lifetime) = lifetime {
+                        let at = added_at;
+                        self.refreshed
+                            .insert(addr, super::refresh::Refreshed { at, lifetime });
+                    }
                     self.have.push(KernelAddr {
                         ifindex: link.index,
                         addr,

@@ -21,6 +21,7 @@ mod owner;
 mod plan;
 mod probe;
 mod readiness;
+mod refresh;
 mod yielding;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -37,6 +38,7 @@ use vipd_arp::Schedule;
 
 pub use conflict::Conflict;
 pub use readiness::{NotReady, Readiness};
+pub use refresh::Lifetimes;
 
 use owner::Owner;
 
@@ -118,8 +120,8 @@ pub struct Held {
 pub struct OwnerConfig {
     pub announce: Announce,
     pub arp_rate: Duration,
-    /// Kernel lifetime of added addresses; None: permanent.
-    pub lifetime: Option<Duration>,
+    /// Kernel lifetimes of added addresses, by who claims them.
+    pub lifetimes: Lifetimes,
     /// Addresses to report as stray when present unclaimed (the VIPs).
     pub watch: Vec<IpAddr>,
     /// Run the guardian process (see `guardian`).
@@ -342,6 +344,7 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         watched_links: HashSet::new(),
         probes: HashMap::new(),
         cleared: HashSet::new(),
+        refreshed: HashMap::new(),
         drops_stale: true,
         probe_tx,
         senders: HashMap::new(),

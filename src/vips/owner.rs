@@ -5,6 +5,10 @@
 
 use super::*;
 
+/// How often the owner reads every address back from the kernel, in case
+/// its event stream missed one.
+const RESYNC: Duration = Duration::from_secs(5);
+
 /// The task announcing one address, and whether it probes for another
 /// holder (the address is held on an unconfirmed claim).
 pub(super) struct Announcer {
@@ -38,6 +42,9 @@ pub(super) struct Owner {
     pub(super) probes: HashMap<IpAddr, probe::Probe>,
     /// Addresses checked: nobody else answered (or it was taken anyway).
     pub(super) cleared: HashSet<IpAddr>,
+    /// The held addresses of ours with a kernel lifetime: when it was
+    /// last given, and which.
+    pub(super) refreshed: HashMap<IpAddr, refresh::Refreshed>,
     /// The claims changed since the guardian was last told what to drop
     /// at vipd's death.
     pub(super) drops_stale: bool,
@@ -55,15 +62,13 @@ impl Owner {
         events: impl futures::Stream<Item = KernelEvent> + Unpin + Send,
     ) {
         let mut events = events;
-        // Lifetimes are refreshed three times per lifetime; without one, a
-        // slow resync catches anything the event stream missed.
-        let period = self
-            .config
-            .lifetime
-            .map(|l| l / 3)
-            .unwrap_or(Duration::from_secs(5));
-        let mut refresh = tokio::time::interval(period.max(Duration::from_millis(200)));
+        // A slow resync catches anything the event stream missed.
+        let mut resync = tokio::time::interval(RESYNC);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Lifetimes are refreshed a slice at a time (see `refresh`).
+        let mut refresh = tokio::time::interval(refresh::TICK);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let refreshing = self.config.lifetimes.any();
         loop {
             self.update_guardian();
             let deadline = self.next_deadline();
@@ -92,13 +97,14 @@ impl Owner {
                     }
                     self.on_probed(ended).await
                 }
-                _ = refresh.tick() => {
+                _ = resync.tick() => {
                     if let Err(e) = self.refresh_kernel_view().await {
                         warn!(error = %e, "cannot read addresses");
                     }
                     self.converge().await;
-                    self.refresh_lifetimes().await;
+                    self.track_lifetimes();
                 }
+                _ = refresh.tick(), if refreshing => self.refresh_lifetimes().await,
                 _ = sleep_until(deadline) => {
                     // Commands already queued first: an extension sent in
                     // time may have waited behind a long converge (a
@@ -290,40 +296,83 @@ impl Owner {
         }
     }
 
-    /// Pushes the kernel lifetime of every held address of ours forward.
+    /// Gives the addresses due a refresh (see `refresh::due`) their
+    /// lifetime again, a slice at a time.
     pub(super) async fn refresh_lifetimes(&mut self) {
-        let Some(lifetime) = self.config.lifetime else {
+        let due = refresh::due(&self.refreshed, Instant::now());
+        if due.is_empty() {
             return;
-        };
+        }
         let (want, _) = self.wanted_now();
-        let ours: Vec<KernelAddr> = self
+        let ours: HashMap<IpAddr, KernelAddr> = self
             .have
             .iter()
-            .filter(|k| k.ours && want.contains_key(&k.addr))
-            .copied()
+            .filter(|k| k.ours)
+            .map(|k| (k.addr, *k))
             .collect();
-        // Many at once: one at a time, a thousand addresses kept the owner
-        // (and every claim waiting for it) busy for most of each period.
-        let refreshing: Vec<_> = ours
+        let mut refreshing = Vec::new();
+        for addr in due {
+            let held = ours.get(&addr).zip(want.get(&addr));
+            match held.map(|(k, w)| (k, self.config.lifetimes.of(&w.sources))) {
+                Some((k, Some(lifetime))) => refreshing.push((*k, lifetime)),
+                // Gone, no longer wanted, or permanent now: nothing to keep.
+                _ => {
+                    self.refreshed.remove(&addr);
+                }
+            }
+        }
+        let requests: Vec<_> = refreshing
             .into_iter()
-            .map(|k| {
+            .map(|(k, lifetime)| {
                 let nl = &self.netlink;
                 async move {
-                    (
-                        k,
-                        nl.put_address(k.ifindex, k.addr, k.prefix, Some(lifetime))
-                            .await,
-                    )
+                    let r = nl
+                        .put_address(k.ifindex, k.addr, k.prefix, Some(lifetime))
+                        .await;
+                    (k, lifetime, r)
                 }
             })
             .collect();
-        let refreshed: Vec<_> = futures::stream::iter(refreshing)
+        let results: Vec<_> = futures::stream::iter(requests)
             .buffer_unordered(NETLINK_IN_FLIGHT)
             .collect()
             .await;
-        for (k, r) in refreshed {
-            if let Err(e) = r {
-                warn!(addr = %k.addr, error = %e, "cannot refresh address lifetime");
+        let now = Instant::now();
+        for (k, lifetime, r) in results {
+            match r {
+                Ok(()) => {
+                    self.refreshed
+                        .insert(k.addr, refresh::Refreshed { at: now, lifetime });
+                }
+                // Still due: tried again next tick.
+                Err(e) => warn!(addr = %k.addr, error = %e, "cannot refresh address lifetime"),
+            }
+        }
+    }
+
+    /// Keeps the lifetime records in line with the kernel after a resync:
+    /// forgets addresses no longer held, and counts a held address of ours
+    /// without a record (its add's answer was lost) as due at once.
+    pub(super) fn track_lifetimes(&mut self) {
+        let ours: HashSet<IpAddr> = self
+            .have
+            .iter()
+            .filter(|k| k.ours)
+            .map(|k| k.addr)
+            .collect();
+        self.refreshed.retain(|a, _| ours.contains(a));
+        if !self.config.lifetimes.any() {
+            return;
+        }
+        let now = Instant::now();
+        for (addr, w) in self.wanted_now().0 {
+            if !ours.contains(&addr) || self.refreshed.contains_key(&addr) {
+                continue;
+            }
+            if let Some(lifetime) = self.config.lifetimes.of(&w.sources) {
+                let at = now.checked_sub(lifetime).unwrap_or(now);
+                self.refreshed
+                    .insert(addr, refresh::Refreshed { at, lifetime });
             }
         }
     }

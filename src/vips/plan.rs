@@ -75,6 +75,20 @@ impl Source {
     pub fn is_service(&self) -> bool {
         !matches!(self, Source::ControlPlane)
     }
+
+    /// Whether its addresses are checked on the wire before they are added,
+    /// whatever its claim asks: a Service address announced by ARP/NDP.
+    /// Their kernel lifetime is long (`svc_addr_lifetime`, see
+    /// `refresh`), so a node whose vipd died together with its guardian
+    /// keeps answering for them that long, and a new holder that added
+    /// them at once would share them with it. (BGP addresses are on every
+    /// eligible node by design.)
+    pub fn always_probes(&self) -> bool {
+        matches!(
+            self,
+            Source::ServicesLeader | Source::ServiceAddress(_) | Source::ServicesPlaced
+        )
+    }
 }
 
 /// Takes out of `want` every address claimed only for Services that the
@@ -128,8 +142,9 @@ pub fn wanted_and_allowed(
 }
 
 /// The wanted addresses that must first be checked on the wire: claimed by
-/// a source that asks for it (`probe_first`), not on this node yet, and not
-/// checked already (`cleared`).
+/// a source that asks for it (`probe_first`) or always does (a Service's,
+/// [`Source::always_probes`]), not on this node yet, and not checked
+/// already (`cleared`).
 ///
 /// Why: Raft hands the VIP over faster than the kernel can forget an
 /// address (lifetimes count whole seconds). When a holder's vipd and its
@@ -150,9 +165,9 @@ pub fn to_probe(
     // One pass over the claims, not one per address: a takeover of 5000
     // addresses is 25 million comparisons the other way.
     let asked: std::collections::HashSet<IpAddr> = claims
-        .values()
-        .filter(|set| set.probe_first && set.live(now))
-        .flat_map(|set| set.claims.iter().map(|c| c.addr))
+        .iter()
+        .filter(|(source, set)| (set.probe_first || source.always_probes()) && set.live(now))
+        .flat_map(|(_, set)| set.claims.iter().map(|c| c.addr))
         .collect();
     want.keys()
         .filter(|a| !present.contains(*a) && !cleared.contains(*a) && asked.contains(*a))
@@ -551,6 +566,32 @@ mod yield_tests {
         // A claim that does not ask for it (a Lease's) is added at once.
         let lease = BTreeMap::from([(Source::ControlPlane, set("192.0.2.100", true, true))]);
         assert!(to_probe(now, &wanted(now, &lease), &lease, &[], &none).is_empty());
+    }
+
+    /// A Service address lives long in the kernel (`svc_addr_lifetime`):
+    /// whoever claims it, and whatever the claim asks, it is checked on the
+    /// wire before it is added; a BGP one is not (every node holds it).
+    #[test]
+    fn service_addresses_are_always_probed_first() {
+        let now = Instant::now();
+        let addr: IpAddr = "198.51.100.7".parse().unwrap();
+        let none = std::collections::HashSet::new();
+        for source in [
+            Source::ServicesLeader,
+            Source::ServiceAddress(addr),
+            Source::ServicesPlaced,
+        ] {
+            let plain = set("198.51.100.7", true, true);
+            assert!(!plain.probe_first);
+            let claims = BTreeMap::from([(source.clone(), plain)]);
+            assert_eq!(
+                to_probe(now, &wanted(now, &claims), &claims, &[], &none),
+                BTreeSet::from([addr]),
+                "{source:?}"
+            );
+        }
+        let bgp = BTreeMap::from([(Source::ServicesBgp, set("198.51.100.7", true, true))]);
+        assert!(to_probe(now, &wanted(now, &bgp), &bgp, &[], &none).is_empty());
     }
 
     #[test]

@@ -64,14 +64,16 @@ impl Owner {
             return false;
         };
         let waited = p.since.elapsed();
-        let patience = probe::patience(self.config.lifetime);
+        // The lifetime the previous holder gave its copy: this address's.
+        let sources = want.get(&addr).map(|w| &w.sources).into_iter().flatten();
+        let patience = probe::patience(self.config.lifetimes.of(sources));
         let out_of_patience = takes_anyway(silent.contains(&addr), waited, patience);
         let quiet_for = p.answered.map_or(p.since, |(at, _)| at).elapsed();
         let cautious = p.answered.is_some() || silent.contains(&addr);
         if probe::silent_enough(p.answered_this_round(), quiet_for, cautious) || out_of_patience {
             if p.answered_this_round() {
                 let mac = p.answered.map(|(_, m)| mac_text(m)).unwrap_or_default();
-                warn!(%addr, other = %mac, waited = ?waited, "another host still answers for this address after its lifetime could have ended: taking it over (is it configured there by hand, or is its vip_addr_lifetime 0?)");
+                warn!(%addr, other = %mac, waited = ?waited, "another host still answers for this address after its lifetime could have ended: taking it over (is it configured there by hand, or is its lifetime 0: vip_addr_lifetime, svc_addr_lifetime?)");
             } else if p.answered.is_some() {
                 info!(%addr, waited = ?waited, "the previous holder no longer answers for this address: taking it");
             } else {
