@@ -123,3 +123,23 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
 pub fn rss_split_kib(pid: u32) -> (u64, u64) {
     status_kib(pid, ["RssAnon:", "RssFile:"])
 }
+
+/// CPU time a process has used so far, in user and kernel mode (its
+/// threads' included). Kernel time counts the netlink requests it makes:
+/// the kernel serves them in the caller's context.
+pub fn cpu_time(pid: u32) -> (Duration, Duration) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: utime and stime are the 12th and 13th of them.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let field = |i: usize| -> u64 {
+        rest.split_whitespace()
+            .nth(i)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = |t: u64| Duration::from_micros(t * 1_000_000 / hz);
+    (ticks(field(11)), ticks(field(12)))
+}

@@ -89,7 +89,7 @@ fn forget_neighbours(client: &str) {
     }
 }
 
-use vipd_testkit::process::{rss_kib, rss_split_kib};
+use vipd_testkit::process::{cpu_time, rss_kib, rss_split_kib};
 
 /// One value from a vipd's /metrics (its status port, 2112).
 async fn metric(host: std::net::Ipv4Addr, name: &str) -> Option<f64> {
@@ -345,8 +345,43 @@ pub async fn run(vipd: PathBuf, sequential: usize, burst: usize, set: Vec<String
         };
         println!("| {what} | {verb} | {d:.0} | {:.2} |", d / burst as f64);
     }
-    // Settled: after the next resync, which gives freed memory back.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Settled: after the next resync, which gives freed memory back. The
+    // CPU each vipd uses meanwhile is what holding the addresses costs
+    // (lifetime refreshes, announcements, watches).
+    let pids: Vec<u32> = nodes
+        .iter()
+        .map(|n| n.proc.as_ref().and_then(|p| p.pid()).unwrap_or(0))
+        .collect();
+    let cpu_before: Vec<_> = pids.iter().map(|p| cpu_time(*p)).collect();
+    let mut passes_before = Vec::new();
+    for n in &nodes {
+        passes_before.push(metric(n.host.v4, "vipd_reconcile_duration_seconds_count").await);
+    }
+    let settle = Duration::from_secs(12);
+    tokio::time::sleep(settle).await;
+    println!("\nvipd CPU over those 12 s, holding the addresses (user + kernel, % of one core):");
+    for ((n, p), (u0, s0)) in nodes.iter().zip(&pids).zip(&cpu_before) {
+        let (u1, s1) = cpu_time(*p);
+        let pct = |d: Duration| d.as_secs_f64() * 100.0 / settle.as_secs_f64();
+        println!(
+            "- {}: {:.1} % + {:.1} %",
+            n.name(),
+            pct(u1.saturating_sub(*u0)),
+            pct(s1.saturating_sub(*s0))
+        );
+    }
+    println!("Services passes over those 12 s:");
+    for (n, before) in nodes.iter().zip(&passes_before) {
+        let after = metric(n.host.v4, "vipd_reconcile_duration_seconds_count").await;
+        if let (Some(b), Some(a)) = (before, after) {
+            println!(
+                "- {}: {:.0} ({:.1} a second)",
+                n.name(),
+                a - b,
+                (a - b) / settle.as_secs_f64()
+            );
+        }
+    }
     println!("\nvipd memory 12 s later (KiB): RSS = anonymous + file-backed");
     for n in &nodes {
         let pid = n.proc.as_ref().and_then(|p| p.pid()).unwrap_or(0);
