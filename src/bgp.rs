@@ -64,15 +64,7 @@ pub fn start(cfg: &BgpConfig, router_id: Ipv4Addr, vips: &VipHandle, status: Arc
                 let h = held.borrow_and_update();
                 h.addresses
                     .keys()
-                    .map(|a| {
-                        (
-                            *a,
-                            h.claimed
-                                .get(a)
-                                .map(|w| w.route.clone())
-                                .unwrap_or_default(),
-                        )
-                    })
+                    .map(|a| (*a, h.routes.get(a).cloned().unwrap_or_default()))
                     .collect()
             };
             s.set_routes(routes);

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tracing::debug;
 
+use super::cache::{self, ServiceCache};
 use super::trim;
 use crate::config::ServicesConfig;
 
@@ -22,7 +23,7 @@ use crate::config::ServicesConfig;
 pub const ADDRESS_LEASE_LABEL: &str = "vipd.dev/service-address";
 
 pub struct Informers {
-    pub services: Store<Service>,
+    pub services: ServiceCache,
     pub slices: Store<EndpointSlice>,
     pub nodes: Store<Node>,
     pub pools: Store<ConfigMap>,
@@ -37,6 +38,9 @@ pub struct Informers {
     pub changed: Arc<Notify>,
     /// Notified on changes of the per-address Leases only.
     pub leases_changed: Arc<Notify>,
+    /// Notified on changes of the liveness Leases only: most are renewals,
+    /// which change nothing a pass decides (see `Controller::run`).
+    pub liveness_changed: Arc<Notify>,
     /// Service watch events by type, for kube-vip's metric.
     pub service_events: Arc<WatchEvents>,
 }
@@ -57,7 +61,7 @@ pub struct WatchEvents {
 }
 
 impl WatchEvents {
-    fn record<K: Resource>(&self, ev: &watcher::Event<K>) {
+    pub(super) fn record<K: Resource>(&self, ev: &watcher::Event<K>) {
         use std::sync::atomic::Ordering::Relaxed;
         let uid = |o: &K| o.meta().uid.clone().unwrap_or_default();
         match ev {
@@ -96,6 +100,8 @@ impl WatchEvents {
     }
 }
 
+/// A cache of one kind of object, each cut by `trim` to what vipd reads
+/// before it is stored.
 fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -106,32 +112,10 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    spawn_counted_reflector(api, config, trim, notify, None)
-}
-
-/// A cache of one kind of object, each cut by `trim` to what vipd reads
-/// before it is stored.
-fn spawn_counted_reflector<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    trim: fn(&mut K),
-    notify: Vec<Arc<Notify>>,
-    counts: Option<Arc<WatchEvents>>,
-) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
     let (store, writer) = reflector::store();
     let stream = watcher::watcher(api, config)
         .default_backoff()
         .modify(trim)
-        .map(move |ev| {
-            if let (Some(c), Ok(e)) = (&counts, &ev) {
-                c.record(e);
-            }
-            ev
-        })
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -149,6 +133,7 @@ impl Informers {
     pub fn start(client: &Client, cfg: &ServicesConfig, instance_namespace: &str) -> Informers {
         let changed = Arc::new(Notify::new());
         let leases_changed = Arc::new(Notify::new());
+        let liveness_changed = Arc::new(Notify::new());
         let services: Api<Service> = match &cfg.namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
@@ -162,13 +147,7 @@ impl Informers {
         let service_events = Arc::new(WatchEvents::default());
         Informers {
             service_events: service_events.clone(),
-            services: spawn_counted_reflector(
-                services,
-                watcher::Config::default(),
-                trim::service,
-                vec![changed.clone()],
-                Some(service_events),
-            ),
+            services: cache::spawn(services, changed.clone(), service_events),
             slices: spawn_reflector(
                 slices,
                 watcher::Config::default(),
@@ -204,11 +183,12 @@ impl Informers {
                     Api::namespaced(client.clone(), &cfg.lease.namespace),
                     watcher::Config::default().labels(super::placement::LIVENESS_LABEL),
                     trim::lease,
-                    vec![changed.clone()],
+                    vec![liveness_changed.clone()],
                 )
             }),
             changed,
             leases_changed,
+            liveness_changed,
         }
     }
 

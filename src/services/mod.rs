@@ -26,6 +26,7 @@
 
 pub mod address_leases;
 pub mod allocate;
+pub mod cache;
 pub mod eligibility;
 pub mod guard;
 pub mod heir;
@@ -46,7 +47,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Service;
 use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 use tracing::info;
@@ -61,7 +61,7 @@ use guard::HostFacts;
 use heir::StandIn;
 use informers::Informers;
 use leader::{Grant, Granting, ServicesLeadership};
-use model::{add_ready_nodes, ClassFilter, NodeInfo, ReadyNodes, SvcInfo};
+use model::{add_ready_nodes, ClassFilter, NodeInfo, ReadyNodes, Svc};
 use pass::{Memory, NodeSettings, Snapshot};
 use placement::Placement;
 use pools::Pools;
@@ -162,6 +162,9 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         host_read_at: None,
         gc_at: None,
         asked_before: BTreeSet::new(),
+        live_before: None,
+        lead_before: None,
+        retry_at: None,
     };
     info!("Services: waiting for the first lists of Services, EndpointSlices, Nodes and pools");
     c.informers.ready().await;
@@ -221,10 +224,18 @@ struct Controller {
     gc_at: Option<Instant>,
     /// Every address served Services asked for or held, as of the last pass.
     asked_before: BTreeSet<IpAddr>,
+    /// With placement: the live nodes as of the last pass.
+    live_before: Option<placement::Live>,
+    /// The term of this node's lead as of the last pass.
+    lead_before: Option<u64>,
+    /// When to pass again because a write failed.
+    retry_at: Option<Instant>,
 }
 
 /// How often the Services leader deletes per-address Leases nobody needs.
 const GC_EVERY: Duration = Duration::from_secs(2);
+/// How long after a failed write the next pass writes it again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Controller {
     async fn run(
@@ -233,29 +244,54 @@ impl Controller {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut resync = tokio::time::interval(Duration::from_secs(10));
+        let retry = self.writer.retry_wanted();
+        // A pass reads every Service: it runs when something it reads
+        // changed, not on every renewal of a liveness Lease (two a second
+        // on three nodes), which changes nothing until a Lease lapses.
+        let mut pass = true;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            self.reconcile().await;
-            tokio::select! {
+            if std::mem::take(&mut pass) {
+                self.reconcile().await;
+            }
+            let lapse = self
+                .placement
+                .as_ref()
+                .and_then(|p| p.next_change(Instant::now()));
+            pass = tokio::select! {
                 _ = self.informers.changed.notified() => {
                     // Let a burst of changes land before deciding.
                     tokio::time::sleep(Duration::from_millis(10)).await;
+                    true
                 }
+                _ = self.informers.liveness_changed.notified() => self.live_moved(),
+                _ = sleep_until(lapse) => self.live_moved(),
                 _ = self.informers.leases_changed.notified() => {
                     self.address_leases.feed(&self.informers.address_leases);
-                    continue;
+                    false
                 }
-                _ = self.leader_rx.changed() => {}
-                _ = self.leader_seen.changed() => {}
-                Some(()) = addr_rx.recv() => {}
+                _ = retry.notified() => {
+                    self.retry_at.get_or_insert(Instant::now() + RETRY_AFTER);
+                    false
+                }
+                _ = sleep_until(self.retry_at) => {
+                    self.retry_at = None;
+                    true
+                }
+                // Renewals move the grant's deadline only: a pass when
+                // the lead starts or ends.
+                _ = self.leader_rx.changed() => self.lead_moved(),
+                _ = self.leader_seen.changed() => true,
+                Some(()) = addr_rx.recv() => true,
                 _ = resync.tick() => {
                     self.host_read_at = None;
                     crate::memory::give_back();
+                    true
                 }
-                _ = shutdown.changed() => {}
-            }
+                _ = shutdown.changed() => true,
+            };
         }
         self.address_leases.shutdown().await;
         if let Some(p) = self.placement.take() {
@@ -297,6 +333,24 @@ impl Controller {
         part
     }
 
+    /// Whether the live nodes differ from the last pass's (a liveness Lease
+    /// lapsed or came back); every renewal is recorded either way, since
+    /// expiry counts from the last one seen.
+    fn live_moved(&mut self) -> bool {
+        let (Some(p), Some(store)) = (self.placement.as_mut(), &self.informers.liveness) else {
+            return true;
+        };
+        let instances = self.informers.instances.state();
+        let live = p.live(&store.state(), &instances, Instant::now());
+        self.live_before.as_ref() != Some(&live)
+    }
+
+    /// Whether this node's lead started, ended or was granted again since
+    /// the last pass.
+    fn lead_moved(&self) -> bool {
+        self.leader_rx.borrow().map(|g| g.term) != self.lead_before
+    }
+
     fn leader_grant(&self) -> Option<Grant> {
         Grant::in_force(*self.leader_rx.borrow())
     }
@@ -316,23 +370,14 @@ impl Controller {
     async fn reconcile_once(&mut self) {
         let mut phases = Phases::start();
         self.refresh_pools().await;
-        let objects: Vec<Arc<Service>> = self.informers.services.state();
+        // Built when their watch events arrived (see `cache`).
+        let infos: Vec<Svc> = self.informers.services.state();
         // Deleted Services are forgotten by the Event de-duplication and
         // the write failure counts.
-        let live: std::collections::HashSet<String> = objects
-            .iter()
-            .filter_map(|o| o.metadata.uid.clone())
-            .collect();
+        let live: std::collections::HashSet<String> = infos.iter().map(|i| i.uid.clone()).collect();
         self.ctx.events.forget_absent("Service", &live);
-        self.writer.forget_absent(&objects);
-        let infos: Vec<(Arc<Service>, SvcInfo)> = objects
-            .iter()
-            .filter_map(|o| SvcInfo::from_service(o).map(|i| (o.clone(), i)))
-            .collect();
-        let served: Vec<&(Arc<Service>, SvcInfo)> = infos
-            .iter()
-            .filter(|(_, i)| self.filter.serves(i))
-            .collect();
+        self.writer.forget_absent(&infos);
+        let served: Vec<&Svc> = infos.iter().filter(|i| self.filter.serves(i)).collect();
         let nodes: Vec<NodeInfo> = self
             .informers
             .nodes
@@ -346,10 +391,7 @@ impl Controller {
         }
         // An address no pass has seen yet is judged on this host's facts
         // as they are now, not as they were up to a second ago.
-        let asked: BTreeSet<IpAddr> = served
-            .iter()
-            .flat_map(|(_, i)| i.addresses_asked())
-            .collect();
+        let asked: BTreeSet<IpAddr> = served.iter().flat_map(|i| i.addresses_asked()).collect();
         if !asked.is_subset(&self.asked_before) {
             self.host_read_at = None;
         }
@@ -367,6 +409,8 @@ impl Controller {
             }
             _ => None,
         };
+        self.live_before = live.clone();
+        self.lead_before = self.leader_rx.borrow().map(|g| g.term);
         let stand_in = self.stand_in(live.as_ref());
         let snapshot = Snapshot {
             live: live.as_ref().map(|l| &l.nodes),
@@ -441,9 +485,9 @@ impl Controller {
                 })
                 .collect();
         }
-        summary.services_version = objects
+        summary.services_version = infos
             .iter()
-            .filter_map(|o| o.metadata.resource_version.as_deref()?.parse().ok())
+            .filter_map(|i| i.resource_version.parse().ok())
             .max()
             .unwrap_or(0);
         summary.last_reconcile_ms = self.last_reconcile.as_secs_f64() * 1000.0;
@@ -486,5 +530,13 @@ impl Phases {
                 .collect();
             tracing::debug!(served, took = ?total, phases = %phases.join(", "), "slow Services pass");
         }
+    }
+}
+
+/// Sleeps until `t`; forever when None.
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => futures::future::pending().await,
     }
 }

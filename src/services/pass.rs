@@ -16,10 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Service;
 use tracing::warn;
 
 mod assign;
@@ -29,7 +27,7 @@ use super::address_leases::{Want, STAGGER};
 use super::eligibility::{placed_on, plan_addresses, rank, AddressPlan};
 use super::guard::Guard;
 use super::heir::StandIn;
-use super::model::{conditions, keys, NodeInfo, ReadyNodes, SvcInfo, SvcKey};
+use super::model::{conditions, keys, NodeInfo, ReadyNodes, Svc, SvcInfo, SvcKey};
 use super::pools::Pools;
 use super::writer::Change;
 use crate::config::Subnets;
@@ -55,9 +53,9 @@ pub struct NodeSettings {
 /// Everything one pass reads.
 pub struct Snapshot<'a> {
     /// Every Service in the cache.
-    pub infos: &'a [(Arc<Service>, SvcInfo)],
+    pub infos: &'a [Svc],
     /// The ones vipd serves (class, namespace, type).
-    pub served: &'a [&'a (Arc<Service>, SvcInfo)],
+    pub served: &'a [&'a Svc],
     pub nodes: &'a [NodeInfo],
     pub ready: &'a ReadyNodes,
     pub pools: &'a Pools,
@@ -125,10 +123,7 @@ impl Decision {
 }
 
 /// The Services whose ingress `changes` set, with their new addresses.
-fn written_by(
-    changes: &[Change],
-    by_key: &BTreeMap<&SvcKey, &(Arc<Service>, SvcInfo)>,
-) -> BTreeMap<SvcKey, SvcInfo> {
+fn written_by(changes: &[Change], by_key: &BTreeMap<&SvcKey, &Svc>) -> BTreeMap<SvcKey, SvcInfo> {
     let mut written = BTreeMap::new();
     for c in changes {
         if let Change::Status {
@@ -137,14 +132,14 @@ fn written_by(
             ..
         } = c
         {
-            let key = SvcKey::of(svc);
-            if let Some((_, info)) = by_key.get(&key) {
+            let key = svc.key.clone();
+            if let Some(info) = by_key.get(&key) {
                 let status_ips = ingress.iter().map(|(ip, _)| *ip).collect();
                 written.insert(
                     key,
                     SvcInfo {
                         status_ips,
-                        ..info.clone()
+                        ..(***info).clone()
                     },
                 );
             }
@@ -183,7 +178,7 @@ pub fn decide(s: &Snapshot, mem: &mut Memory, now: Instant) -> Decision {
     let served_infos: Vec<&SvcInfo> = s
         .served
         .iter()
-        .map(|(_, i)| written.get(&i.key).unwrap_or(i))
+        .map(|i| written.get(&i.key).unwrap_or(i))
         .collect();
     let (plans, refused): (Vec<AddressPlan>, Vec<AddressPlan>) =
         plan_addresses(&served_infos, s.nodes, s.ready)
@@ -246,8 +241,8 @@ pub fn decide(s: &Snapshot, mem: &mut Memory, now: Instant) -> Decision {
     }
 }
 
-fn by_key<'a>(s: &'a Snapshot) -> BTreeMap<&'a SvcKey, &'a (Arc<Service>, SvcInfo)> {
-    s.served.iter().map(|x| (&x.1.key, *x)).collect()
+fn by_key<'a>(s: &'a Snapshot) -> BTreeMap<&'a SvcKey, &'a Svc> {
+    s.served.iter().map(|x| (&x.key, *x)).collect()
 }
 
 /// Step 3: `kube-vip.io/vipHost` on the Services of the addresses this
@@ -262,10 +257,10 @@ pub fn announcements(s: &Snapshot, d: &Decision, announced: &BTreeSet<IpAddr>) -
     let by_key = by_key(s);
     for plan in &d.plans {
         for user in &plan.users {
-            let Some((obj, info)) = by_key.get(user) else {
+            let Some(obj) = by_key.get(user).copied() else {
                 continue;
             };
-            let info = d.as_written(info);
+            let info = d.as_written(obj);
             let host = info.vip_host.as_deref();
             // The Announced condition follows the Service's first address
             // (with two, two nodes may announce them: one writer only).
@@ -374,7 +369,7 @@ pub fn summary(
     let pending = s
         .served
         .iter()
-        .filter(|(_, i)| d.as_written(i).status_ips.is_empty())
+        .filter(|i| d.as_written(i).status_ips.is_empty())
         .count();
     ServicesSummary {
         served,
@@ -401,7 +396,7 @@ fn refuse(
     s: &Snapshot,
     mem: &mut Memory,
     refused: &[AddressPlan],
-    by_key: &BTreeMap<&SvcKey, &(Arc<Service>, SvcInfo)>,
+    by_key: &BTreeMap<&SvcKey, &Svc>,
     changes: &mut Vec<Change>,
 ) {
     let now: BTreeSet<IpAddr> = refused.iter().map(|p| p.addr).collect();
@@ -412,7 +407,8 @@ fn refuse(
             warn!(address = %plan.addr, services = ?users, "{why}: refusing to announce it for a Service");
         }
         for user in &plan.users {
-            if let Some((obj, info)) = by_key.get(user) {
+            if let Some(&obj) = by_key.get(user) {
+                let info: &SvcInfo = obj;
                 let note = format!("{why}: not announced (vipd never announces it for a Service; choose another address)");
                 if s.leading {
                     assign::status_change(

@@ -130,6 +130,28 @@ impl Liveness {
         }
     }
 
+    /// The next instant at which [`Liveness::live`] could answer
+    /// differently with nothing new observed: a held Lease expiring, or
+    /// this node's own renewals going stale (then the last live set
+    /// stands). None: nothing will lapse. A renewal observed meanwhile
+    /// only moves these instants later, so a node that keeps renewing
+    /// needs no Services pass at all.
+    pub fn next_change(&self, me: &str, now: Instant, duration: Duration) -> Option<Instant> {
+        let own_stale = self
+            .seen
+            .get(&lease_name(me))
+            .map(|o| o.observed_at + duration)
+            .filter(|t| *t > now);
+        self.seen
+            .values()
+            .filter_map(|o| match record::view(o, "", now, duration) {
+                View::Theirs { expires_at, .. } => Some(expires_at),
+                _ => None,
+            })
+            .chain(own_stale)
+            .min()
+    }
+
     /// The Lease-live peers whose link went down after it had been up,
     /// with no renewal of their Lease seen since, while this node's link
     /// to some other peer is up (so it is not this node that is cut off).
@@ -290,6 +312,19 @@ impl Placement {
         let me_alive = self.alive.borrow().is_some();
         self.liveness
             .live(&self.me, me_alive, now, self.timing.lease_duration, &links)
+    }
+
+    /// Records the liveness Leases now in the cache (when each renewal
+    /// was seen is what their expiry counts from).
+    pub fn observe(&mut self, leases: &[Arc<Lease>], now: Instant) {
+        self.liveness.update(leases, now);
+    }
+
+    /// When the live set could next change by itself (see
+    /// [`Liveness::next_change`]).
+    pub fn next_change(&self, now: Instant) -> Option<Instant> {
+        self.liveness
+            .next_change(&self.me, now, self.timing.lease_duration)
     }
 
     /// The links to the other vipds, for the status.

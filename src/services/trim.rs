@@ -1,12 +1,13 @@
 //! What the caches keep of each object: only the fields vipd reads, cut
 //! before the object enters the store. On a real cluster most of a watched
-//! object is what vipd never looks at: `managedFields` (often half of a
-//! Service), kubectl's last-applied copy of the whole object, a Node's
-//! image list, conditions and K3s' annotations, an endpoint's addresses,
-//! zone and target. Pure functions, applied to every watch event.
+//! object is what vipd never looks at: `managedFields`, kubectl's
+//! last-applied copy of the whole object, a Node's image list, conditions
+//! and K3s' annotations, an endpoint's addresses, zone and target. Pure
+//! functions, applied to every watch event. (Services are not kept as
+//! objects at all: see `cache`.)
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, NodeStatus, Service};
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -20,12 +21,6 @@ fn trim_meta(meta: &mut ObjectMeta) {
     if let Some(a) = meta.annotations.as_mut() {
         a.remove(LAST_APPLIED);
     }
-}
-
-/// A Service keeps its spec, status, labels and annotations (vipd reads
-/// and writes all of them).
-pub fn service(s: &mut Service) {
-    trim_meta(&mut s.metadata);
 }
 
 /// A Node keeps its name, labels (K3s' ServiceLB labels) and
@@ -69,7 +64,7 @@ pub fn lease(l: &mut Lease) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::model::{add_ready_nodes, NodeInfo, ReadyNodes, SvcInfo};
+    use crate::services::model::{add_ready_nodes, NodeInfo, ReadyNodes};
 
     fn json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
         serde_json::from_value(v).unwrap()
@@ -78,35 +73,6 @@ mod tests {
     fn managed() -> serde_json::Value {
         serde_json::json!([{"manager": "kubectl", "operation": "Apply", "apiVersion": "v1",
             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:ports": {}}}}])
-    }
-
-    #[test]
-    fn a_trimmed_service_reads_the_same_and_is_smaller() {
-        let mut v = serde_json::json!({
-            "metadata": {"name": "web", "namespace": "default", "uid": "u1",
-                "managedFields": managed(),
-                "labels": {"svccontroller.k3s.cattle.io/lbpool": "a"},
-                "annotations": {"kube-vip.io/loadbalancerIPs": "192.0.2.150"}},
-            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}],
-                "externalTrafficPolicy": "Local"},
-            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.150"}]}}
-        });
-        // kubectl apply keeps a copy of the whole object it applied.
-        let copy = v.to_string();
-        v["metadata"]["annotations"][LAST_APPLIED] = copy.into();
-        let mut s: Service = json(v);
-        let before = SvcInfo::from_service(&s);
-        let size = serde_json::to_string(&s).unwrap().len();
-        service(&mut s);
-        assert_eq!(SvcInfo::from_service(&s), before);
-        assert!(s.metadata.managed_fields.is_none());
-        assert!(!s
-            .metadata
-            .annotations
-            .as_ref()
-            .unwrap()
-            .contains_key(LAST_APPLIED));
-        assert!(serde_json::to_string(&s).unwrap().len() < size / 2);
     }
 
     #[test]

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::model::{Condition, Ingress, SvcKey};
+use super::model::{Condition, Ingress, Svc, SvcInfo, SvcKey};
 use super::write_queue::WriteQueue;
 use crate::events::Events;
 
@@ -32,15 +32,15 @@ const RECENT: Duration = Duration::from_secs(3);
 /// One change to make.
 pub enum Change {
     /// Set (Some) or remove (None) annotations.
-    Annotations { svc: Arc<Service>, set: Annotations },
+    Annotations { svc: Svc, set: Annotations },
     /// `status.loadBalancer.ingress` (when Some) and conditions, in one write.
     Status {
-        svc: Arc<Service>,
+        svc: Svc,
         ingress: Option<Ingress>,
         conditions: Vec<(&'static str, Condition)>,
     },
     Event {
-        svc: Arc<Service>,
+        svc: Svc,
         warning: bool,
         reason: &'static str,
         note: String,
@@ -71,6 +71,7 @@ impl Writer {
             failures: Default::default(),
             failures_by: Default::default(),
             apart: AtomicBool::new(false),
+            retry: Arc::new(Notify::new()),
         });
         let queue = Arc::new(Mutex::new(WriteQueue::default()));
         let wake = Arc::new(Notify::new());
@@ -104,15 +105,21 @@ impl Writer {
                 note,
             } = e
             {
-                let reference = svc.object_ref(&());
+                let reference = svc.object_ref();
                 self.shared
                     .events
                     .publish(&reference, warning, reason, note);
             }
         }
-        let writes = writes.into_iter().map(|r| (SvcKey::of(r.svc()), r));
+        let writes = writes.into_iter().map(|r| (r.svc().key.clone(), r));
         self.queue.lock().expect("not poisoned").replace(writes);
         self.wake.notify_one();
+    }
+
+    /// Notified when a write failed (other than to a Service already
+    /// gone): the caches still lack it, and a pass writes it again.
+    pub fn retry_wanted(&self) -> Arc<Notify> {
+        self.shared.retry.clone()
     }
 
     /// Writes that failed so far (other than to Services already gone).
@@ -132,8 +139,8 @@ impl Writer {
     }
 
     /// Forgets the counts of Services no longer in `live`.
-    pub fn forget_absent(&self, live: &[Arc<Service>]) {
-        let keys: std::collections::HashSet<SvcKey> = live.iter().map(|s| SvcKey::of(s)).collect();
+    pub fn forget_absent(&self, live: &[Svc]) {
+        let keys: std::collections::HashSet<&SvcKey> = live.iter().map(|s| &s.key).collect();
         self.shared
             .failures_by
             .lock()
@@ -173,6 +180,8 @@ struct Shared {
     /// Failed writes per Service and what failed (kube-vip's
     /// `kube_vip_service_reconcile_errors_total`).
     failures_by: Mutex<std::collections::BTreeMap<(SvcKey, String), u64>>,
+    /// Told of every failure (see `Writer::retry_wanted`).
+    retry: Arc<Notify>,
     /// The API server dropped annotations sent with a status write: send
     /// them apart.
     apart: AtomicBool,
@@ -195,6 +204,7 @@ impl Shared {
     fn failed(&self, key: &SvcKey, what: &str, e: kube::Error) {
         self.forget(key, what);
         if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
+            self.retry.notify_one();
             self.failures.fetch_add(1, Ordering::Relaxed);
             *self
                 .failures_by
@@ -222,7 +232,7 @@ impl Shared {
                 ingress,
                 conditions,
             } => {
-                let key = SvcKey::of(&svc);
+                let key = svc.key.clone();
                 let mut body = json!({ "status": status_json(ingress.as_ref(), &conditions) });
                 if !set.is_empty() {
                     body["metadata"] = json!({ "annotations": annotations_json(&set) });
@@ -250,8 +260,8 @@ impl Shared {
         }
     }
 
-    async fn patch_annotations(&self, svc: &Service, set: &Annotations) {
-        let key = SvcKey::of(svc);
+    async fn patch_annotations(&self, svc: &SvcInfo, set: &Annotations) {
+        let key = svc.key.clone();
         let body = json!({ "metadata": { "annotations": annotations_json(set) } });
         if self.seen_recently(&key, "annotations", &body.to_string()) {
             return;
@@ -273,7 +283,7 @@ pub type Annotations = Vec<(&'static str, Option<String>)>;
 #[derive(Debug)]
 enum Request {
     /// A metadata patch.
-    Annotations { svc: Arc<Service>, set: Annotations },
+    Annotations { svc: Svc, set: Annotations },
     /// A status patch, carrying the Service's annotation changes of the
     /// same pass when there are any: the Service status strategy keeps a
     /// status write's metadata (it resets only the spec), so a new
@@ -281,7 +291,7 @@ enum Request {
     /// without them means an API server that drops them: then they are
     /// written apart (`Writer::apart`).
     Status {
-        svc: Arc<Service>,
+        svc: Svc,
         set: Annotations,
         ingress: Option<Ingress>,
         conditions: Vec<(&'static str, Condition)>,
@@ -289,7 +299,7 @@ enum Request {
 }
 
 impl Request {
-    fn svc(&self) -> &Service {
+    fn svc(&self) -> &SvcInfo {
         match self {
             Request::Annotations { svc, .. } | Request::Status { svc, .. } => svc,
         }
@@ -306,13 +316,13 @@ fn requests(changes: Vec<Change>, fold: bool) -> (Vec<Request>, Vec<Change>) {
         let with_status: std::collections::HashSet<SvcKey> = changes
             .iter()
             .filter_map(|c| match c {
-                Change::Status { svc, .. } => Some(SvcKey::of(svc)),
+                Change::Status { svc, .. } => Some(svc.key.clone()),
                 _ => None,
             })
             .collect();
         for c in &changes {
             if let Change::Annotations { svc, set } = c {
-                let key = SvcKey::of(svc);
+                let key = svc.key.clone();
                 if with_status.contains(&key) {
                     folded.insert(key, set.clone());
                 }
@@ -324,7 +334,7 @@ fn requests(changes: Vec<Change>, fold: bool) -> (Vec<Request>, Vec<Change>) {
     for c in changes {
         match c {
             Change::Annotations { svc, set } => {
-                if !folded.contains_key(&SvcKey::of(&svc)) {
+                if !folded.contains_key(&svc.key.clone()) {
                     out.push(Request::Annotations { svc, set });
                 }
             }
@@ -333,7 +343,7 @@ fn requests(changes: Vec<Change>, fold: bool) -> (Vec<Request>, Vec<Change>) {
                 ingress,
                 conditions,
             } => out.push(Request::Status {
-                set: folded.remove(&SvcKey::of(&svc)).unwrap_or_default(),
+                set: folded.remove(&svc.key.clone()).unwrap_or_default(),
                 svc,
                 ingress,
                 conditions,
@@ -401,8 +411,8 @@ pub fn coalesce(changes: Vec<Change>) -> Vec<Change> {
     let mut at: HashMap<(SvcKey, bool), usize> = HashMap::new();
     for c in changes {
         let slot = match &c {
-            Change::Annotations { svc, .. } => (SvcKey::of(svc), false),
-            Change::Status { svc, .. } => (SvcKey::of(svc), true),
+            Change::Annotations { svc, .. } => (svc.key.clone(), false),
+            Change::Status { svc, .. } => (svc.key.clone(), true),
             Change::Event { .. } => {
                 out.push(c);
                 continue;
@@ -483,11 +493,14 @@ fn log_write_error(key: &SvcKey, what: &str, e: kube::Error) {
 mod tests {
     use super::*;
 
-    fn svc(name: &str) -> Arc<Service> {
-        let mut s = Service::default();
-        s.metadata.namespace = Some("d".into());
-        s.metadata.name = Some(name.into());
-        Arc::new(s)
+    fn svc(name: &str) -> Svc {
+        Arc::new(SvcInfo {
+            key: SvcKey {
+                namespace: "d".into(),
+                name: name.into(),
+            },
+            ..Default::default()
+        })
     }
 
     fn cond(reason: &str) -> Condition {
@@ -504,7 +517,7 @@ mod tests {
             .iter()
             .map(|c| match c {
                 Change::Annotations { svc, set } => {
-                    (SvcKey::of(svc).name, "annotations", format!("{set:?}"))
+                    (svc.key.clone().name, "annotations", format!("{set:?}"))
                 }
                 Change::Status {
                     svc,
@@ -516,13 +529,13 @@ mod tests {
                         .map(|(t, c)| format!("{t}={}", c.reason))
                         .collect();
                     (
-                        SvcKey::of(svc).name,
+                        svc.key.clone().name,
                         "status",
                         format!("{ingress:?} {}", conds.join(",")),
                     )
                 }
                 Change::Event { svc, reason, .. } => {
-                    (SvcKey::of(svc).name, "event", reason.to_string())
+                    (svc.key.clone().name, "event", reason.to_string())
                 }
             })
             .collect()
@@ -555,9 +568,9 @@ mod tests {
             rs.iter()
                 .map(|r| match r {
                     Request::Annotations { svc, set } => {
-                        (SvcKey::of(svc).name, "annotations", set.len())
+                        (svc.key.clone().name, "annotations", set.len())
                     }
-                    Request::Status { svc, set, .. } => (SvcKey::of(svc).name, "status", set.len()),
+                    Request::Status { svc, set, .. } => (svc.key.clone().name, "status", set.len()),
                 })
                 .collect()
         };

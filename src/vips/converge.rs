@@ -91,17 +91,10 @@ impl Owner {
 
         // Removed many at once too (a Services leader stepping down
         // withdraws hundreds), all before any add.
-        let removing: Vec<_> = p
-            .remove
-            .iter()
-            .map(|k| {
-                let (nl, k) = (&self.netlink, *k);
-                async move { (k, nl.del_address(k.ifindex, k.addr, k.prefix).await) }
+        let removed = self
+            .batched(p.remove.clone(), |nl, k| async move {
+                (k, nl.del_address(k.ifindex, k.addr, k.prefix).await)
             })
-            .collect();
-        let removed: Vec<_> = futures::stream::iter(removing)
-            .buffer_unordered(NETLINK_IN_FLIGHT)
-            .collect()
             .await;
         let mut gone = HashSet::new();
         for (k, r) in removed {
@@ -122,47 +115,50 @@ impl Owner {
         if !p.add.is_empty() {
             self.update_guardian();
         }
-        // Added many at once (a takeover adds hundreds), then recorded.
+        // Added many at once (a takeover adds hundreds), each batch
+        // recorded and announced as it lands.
         let lifetimes = self.config.lifetimes;
         let adding: Vec<_> = p
             .add
             .iter()
             .filter_map(|(addr, iface, prefix)| {
-                let link = links.get(iface)?;
+                let link = links.get(iface)?.clone();
                 let lifetime = lifetimes.of(want.get(addr).map(|w| &w.sources)?);
-                let nl = &self.netlink;
-                Some(async move {
-                    let r = nl.put_address(link.index, *addr, *prefix, lifetime).await;
-                    (link, *addr, iface, *prefix, lifetime, r)
-                })
+                Some((link, *addr, iface.clone(), *prefix, lifetime))
             })
             .collect();
-        let added: Vec<_> = futures::stream::iter(adding)
-            .buffer_unordered(NETLINK_IN_FLIGHT)
-            .collect()
-            .await;
         let yielding = super::plan::yielding(Instant::now(), &self.claims);
-        let added_at = Instant::now();
-        for (link, addr, iface, prefix, lifetime, result) in added {
-            match result {
-                Ok(()) => {
-                    info!(%addr, interface = %iface, "address added");
-                    if let Some(lifetime) = lifetime {
-                        let at = added_at;
-                        self.refreshed
-                            .insert(addr, super::refresh::Refreshed { at, lifetime });
+        for batch in adding.chunks(NETLINK_IN_FLIGHT) {
+            let added =
+                futures::future::join_all(batch.iter().map(|(link, addr, _, prefix, lifetime)| {
+                    self.netlink
+                        .put_address(link.index, *addr, *prefix, *lifetime)
+                }))
+                .await;
+            let added_at = Instant::now();
+            for ((link, addr, iface, prefix, lifetime), result) in batch.iter().zip(added) {
+                let (addr, prefix) = (*addr, *prefix);
+                match result {
+                    Ok(()) => {
+                        info!(%addr, interface = %iface, "address added");
+                        if let Some(lifetime) = *lifetime {
+                            let at = added_at;
+                            self.refreshed
+                                .insert(addr, super::refresh::Refreshed { at, lifetime });
+                        }
+                        self.have.push(KernelAddr {
+                            ifindex: link.index,
+                            addr,
+                            prefix,
+                            ours: true,
+                        });
+                        self.since.insert(addr, SystemTime::now());
+                        self.start_announcer(link, addr, yielding.contains(&addr));
                     }
-                    self.have.push(KernelAddr {
-                        ifindex: link.index,
-                        addr,
-                        prefix,
-                        ours: true,
-                    });
-                    self.since.insert(addr, SystemTime::now());
-                    self.start_announcer(link, addr, yielding.contains(&addr));
+                    Err(e) => error!(%addr, interface = %iface, error = %e, "cannot add address"),
                 }
-                Err(e) => error!(%addr, interface = %iface, error = %e, "cannot add address"),
             }
+            self.take_extensions();
         }
         // Announce wanted addresses that are present but have no announcer
         // (configured by someone else, or present after a restart race).
@@ -254,6 +250,12 @@ impl Owner {
             .copied()
             .collect();
         let yielded: BTreeMap<IpAddr, String> = self.yielded.clone();
+        let plain = vipd_bgp::RouteAttrs::default();
+        let routes = claimed
+            .into_iter()
+            .filter(|(_, w)| w.route != plain)
+            .map(|(a, w)| (a, w.route))
+            .collect();
         let probing: BTreeMap<IpAddr, String> = self
             .probes
             .iter()
@@ -272,7 +274,7 @@ impl Owner {
         self.held.send_if_modified(|h| {
             let new = Held {
                 addresses,
-                claimed,
+                routes,
                 stray,
                 refused,
                 yielded,

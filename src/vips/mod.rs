@@ -24,7 +24,7 @@ mod readiness;
 mod refresh;
 mod yielding;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -96,8 +96,9 @@ pub struct HeldAddr {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Held {
     pub addresses: BTreeMap<IpAddr, HeldAddr>,
-    /// Addresses claimed now (whether or not the kernel has them yet).
-    pub claimed: BTreeMap<IpAddr, Want>,
+    /// The BGP attributes of the addresses claimed now, where they are
+    /// not the defaults (ARP mode: none).
+    pub routes: BTreeMap<IpAddr, vipd_bgp::RouteAttrs>,
     /// Watched addresses (the VIPs) on this node although nobody here
     /// claims them: somebody configured them by hand, or a split brain.
     pub stray: BTreeSet<IpAddr>,
@@ -348,6 +349,8 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         drops_stale: true,
         probe_tx,
         senders: HashMap::new(),
+        commands: rx,
+        deferred: Default::default(),
     };
     owner.refresh_kernel_view().await?;
     let stale: Vec<KernelAddr> = owner.have.iter().filter(|k| k.ours).copied().collect();
@@ -358,7 +361,7 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         }
     }
     owner.refresh_kernel_view().await?;
-    tokio::spawn(owner.run(rx, conflict_rx, probe_rx, events));
+    tokio::spawn(owner.run(conflict_rx, probe_rx, events));
     Ok(VipHandle {
         tx,
         held: held_rx,

@@ -49,6 +49,11 @@ pub(super) struct Owner {
     /// at vipd's death.
     pub(super) drops_stale: bool,
     pub(super) probe_tx: mpsc::UnboundedSender<IpAddr>,
+    /// The sources' commands.
+    pub(super) commands: mpsc::UnboundedReceiver<Command>,
+    /// Commands read while working through kernel requests, behind one
+    /// that could not be applied then (see `take_extensions`), in order.
+    pub(super) deferred: VecDeque<Command>,
     /// One raw socket per interface for announcements and probes.
     pub(super) senders: HashMap<u32, Arc<vipd_arp::Sender>>,
 }
@@ -56,7 +61,6 @@ pub(super) struct Owner {
 impl Owner {
     pub(super) async fn run(
         mut self,
-        mut rx: mpsc::UnboundedReceiver<Command>,
         mut conflicts: mpsc::UnboundedReceiver<Conflict>,
         mut probed: mpsc::UnboundedReceiver<IpAddr>,
         events: impl futures::Stream<Item = KernelEvent> + Unpin + Send,
@@ -71,9 +75,13 @@ impl Owner {
         let refreshing = self.config.lifetimes.any();
         loop {
             self.update_guardian();
+            if let Some(cmd) = self.deferred.pop_front() {
+                self.on_command(cmd).await;
+                continue;
+            }
             let deadline = self.next_deadline();
             tokio::select! {
-                cmd = rx.recv() => {
+                cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else {
                         // Every handle is gone: the process is ending.
                         self.claims.clear();
@@ -111,13 +119,84 @@ impl Owner {
                     // thousand IPv6 adds take seconds); judged before it,
                     // the deadline would withdraw everything, and the
                     // extension, read next, add it all back.
-                    while let Ok(cmd) = rx.try_recv() {
+                    while let Some(cmd) = self.deferred.pop_front() {
+                        self.on_command(cmd).await;
+                    }
+                    while let Ok(cmd) = self.commands.try_recv() {
                         self.on_command(cmd).await;
                     }
                     self.converge().await
                 }
             }
         }
+    }
+
+    /// `op` on each of `items`, `NETLINK_IN_FLIGHT` requests at a time,
+    /// taking in the extensions that arrive between batches (see
+    /// [`Owner::take_extensions`]). Results in the order of `items`.
+    pub(super) async fn batched<T, R, Fut>(
+        &mut self,
+        items: Vec<T>,
+        op: impl Fn(Netlink, T) -> Fut,
+    ) -> Vec<R>
+    where
+        Fut: std::future::Future<Output = R>,
+    {
+        let mut out = Vec::with_capacity(items.len());
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let batch: Vec<Fut> = items
+                .by_ref()
+                .take(NETLINK_IN_FLIGHT)
+                .map(|t| op(self.netlink.clone(), t))
+                .collect();
+            out.extend(futures::future::join_all(batch).await);
+            self.take_extensions();
+        }
+        out
+    }
+
+    /// Applies the extensions that arrived meanwhile, and tells the
+    /// guardian: called between batches of kernel requests, so a renewed
+    /// lead never lapses behind the owner's own work (a takeover's
+    /// thousands of IPv6 adds take seconds). Only plain renewals are
+    /// applied here, in order; the first command that needs more (a new
+    /// list, a lapsed or unconfirmed claim) and everything after it wait
+    /// for the loop.
+    pub(super) fn take_extensions(&mut self) {
+        while self.deferred.is_empty() {
+            let Ok(cmd) = self.commands.try_recv() else {
+                break;
+            };
+            match cmd {
+                Command::Extend {
+                    source,
+                    hold_until,
+                    confirmed,
+                } if self.renews_plainly(&source, confirmed) => {
+                    if let Some(set) = self.claims.get_mut(&source) {
+                        set.hold_until = Some(hold_until);
+                    }
+                }
+                other => self.deferred.push_back(other),
+            }
+        }
+        self.update_guardian();
+    }
+
+    /// Whether a confirmed extension of `source` only moves a deadline
+    /// still ahead: nothing to add back, nothing let go to take back.
+    fn renews_plainly(&self, source: &Source, confirmed: bool) -> bool {
+        let now = Instant::now();
+        self.claims.get(source).is_some_and(|set| {
+            confirmed
+                && set.confirmed
+                && set.hold_until.is_some_and(|t| t > now)
+                && !set
+                    .claims
+                    .iter()
+                    .any(|c| self.yielded.contains_key(&c.addr))
+        })
     }
 
     /// Tells the guardian the earliest deadline of the claims in force.
@@ -321,21 +400,13 @@ impl Owner {
                 }
             }
         }
-        let requests: Vec<_> = refreshing
-            .into_iter()
-            .map(|(k, lifetime)| {
-                let nl = &self.netlink;
-                async move {
-                    let r = nl
-                        .put_address(k.ifindex, k.addr, k.prefix, Some(lifetime))
-                        .await;
-                    (k, lifetime, r)
-                }
+        let results = self
+            .batched(refreshing, |nl, (k, lifetime)| async move {
+                let r = nl
+                    .put_address(k.ifindex, k.addr, k.prefix, Some(lifetime))
+                    .await;
+                (k, lifetime, r)
             })
-            .collect();
-        let results: Vec<_> = futures::stream::iter(requests)
-            .buffer_unordered(NETLINK_IN_FLIGHT)
-            .collect()
             .await;
         let now = Instant::now();
         for (k, lifetime, r) in results {

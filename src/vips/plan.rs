@@ -43,7 +43,9 @@ pub struct Want {
     pub prefix: u8,
     /// How to announce it by BGP (the first claim decides).
     pub route: vipd_bgp::RouteAttrs,
-    pub sources: BTreeSet<Source>,
+    /// In source order, each once (one, nearly always: a list, not a set,
+    /// whose smallest node would be 300 bytes per address and converge).
+    pub sources: Vec<Source>,
 }
 
 /// Every address that should be on this node now, by address. When two
@@ -56,15 +58,19 @@ pub fn wanted(now: Instant, claims: &BTreeMap<Source, ClaimSet>) -> BTreeMap<IpA
             continue;
         }
         for c in &set.claims {
-            out.entry(c.addr)
+            let sources = &mut out
+                .entry(c.addr)
                 .or_insert_with(|| Want {
                     interface: c.interface.clone(),
                     prefix: c.prefix,
                     route: c.route.clone(),
-                    sources: BTreeSet::new(),
+                    sources: Vec::new(),
                 })
-                .sources
-                .insert(source.clone());
+                .sources;
+            // The claims come in source order: a repeat is the last one.
+            if sources.last() != Some(source) {
+                sources.push(source.clone());
+            }
         }
     }
     out

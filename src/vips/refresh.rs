@@ -21,9 +21,10 @@ use super::Source;
 /// How often the owner looks for addresses due a refresh.
 pub const TICK: Duration = Duration::from_millis(100);
 
-/// At least this many refreshes a tick when more are due (a slice's
-/// netlink requests are in flight together; see `NETLINK_IN_FLIGHT`).
-pub const SLICE: usize = 64;
+/// At least this many refreshes a tick when more are due. Each IPv6
+/// refresh walks every IPv6 address of the namespace (1.7 ms with 5000):
+/// small slices keep the owner's other work going between them.
+pub const SLICE: usize = 16;
 
 /// The kernel lifetimes of the addresses vipd adds, by who claims them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -94,9 +95,10 @@ impl Refreshed {
 /// The held addresses to refresh now, the most urgent first: each once a
 /// third of its lifetime has passed since its last refresh, so a busy
 /// owner still has two thirds of it to get there. A thousand addresses
-/// added together come due together: they go a [`SLICE`] a tick, or as
-/// many as keeps every address on that pace, but every address past two
-/// thirds of its lifetime goes now, however many.
+/// added together come due together: they go a [`SLICE`] a tick, or twice
+/// as many as keeps every address on that pace (a wave is through in
+/// half of the third that follows), but every address past two thirds of
+/// its lifetime goes now, however many.
 pub fn due(held: &HashMap<IpAddr, Refreshed>, now: Instant) -> Vec<IpAddr> {
     let mut ripe: Vec<(f64, IpAddr)> = held
         .iter()
@@ -114,7 +116,7 @@ pub fn due(held: &HashMap<IpAddr, Refreshed>, now: Instant) -> Vec<IpAddr> {
         .map(|r| TICK.as_secs_f64() * 3.0 / r.lifetime.as_secs_f64().max(1e-3))
         .sum();
     let urgent = ripe.iter().take_while(|(s, _)| *s >= 2.0 / 3.0).count();
-    let n = SLICE.max(pace.ceil() as usize).max(urgent);
+    let n = SLICE.max((2.0 * pace).ceil() as usize).max(urgent);
     ripe.into_iter().take(n).map(|(_, a)| a).collect()
 }
 
@@ -166,8 +168,9 @@ mod tests {
 
     /// A thousand Service addresses added together and the control-plane
     /// VIP: simulated for five minutes of ticks, nobody ever gets near its
-    /// expiry, the VIP is refreshed on time whatever the Services do, and
-    /// once the first wave is through, ticks refresh a slice, not all.
+    /// expiry, the VIP is refreshed in the first half of its lifetime
+    /// whatever the Services do, and once the first wave is through, ticks
+    /// refresh a slice, not all.
     #[test]
     fn a_thousand_added_together_are_spread_and_nobody_expires() {
         let t0 = Instant::now();
@@ -215,8 +218,10 @@ mod tests {
             "an address was refreshed {:.0} % into its lifetime",
             worst_spent * 100.0
         );
+        // The VIP comes first as soon as it is further into its lifetime
+        // than any Service address.
         assert!(
-            vip_worst <= cp / 3 + TICK,
+            vip_worst <= cp / 2,
             "the VIP waited {vip_worst:?} for its refresh"
         );
         // 1000 every 20 s is 5 a tick: a slice at most, never the thousand.
@@ -253,11 +258,12 @@ mod tests {
             .collect();
         // All 500 past two thirds: all now, not a slice.
         assert_eq!(due(&late, t0 + Duration::from_secs(2)).len(), 500);
-        // A third in: a slice, the most urgent first.
+        // A third in: a slice (500 every second need 50 a tick; twice
+        // that), the most urgent first.
         let mut mixed = late.clone();
         mixed.get_mut(&v6(7)).unwrap().at = t0 - Duration::from_millis(500);
         let slice = due(&mixed, t0 + Duration::from_millis(1100));
-        assert_eq!(slice.len(), SLICE);
+        assert!((100..=101).contains(&slice.len()), "{}", slice.len());
         assert_eq!(slice[0], v6(7));
     }
 }

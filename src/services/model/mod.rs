@@ -195,7 +195,7 @@ pub struct SvcInfo {
     /// kube-vip annotations set on it that vipd does not implement.
     pub unsupported: Vec<(&'static str, &'static str)>,
     /// vipd's conditions in its status, by type.
-    pub conditions: BTreeMap<String, Condition>,
+    pub conditions: Conditions,
     /// `vipd.dev/pool`: the pool vipd allocated its addresses from.
     pub pool: Option<String>,
     pub spec_ip: Option<String>,
@@ -212,11 +212,28 @@ pub struct SvcInfo {
     /// `vipd.dev/bgp-communities` and `vipd.dev/bgp-local-pref`, as written.
     pub bgp_communities: Option<String>,
     pub bgp_local_pref: Option<String>,
+    /// What writes and Events name it by.
+    pub uid: String,
+    pub resource_version: String,
+    /// `status.loadBalancer.ingress` as it is now, with its ports.
+    pub ingress: Ingress,
+}
+
+/// vipd's conditions in a Service's status, by type: two at most, kept in
+/// a list (a map's smallest node would be a kilobyte per Service).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Conditions(Vec<(String, Condition)>);
+
+impl Conditions {
+    pub fn get(&self, kind: &str) -> Option<&Condition> {
+        self.0.iter().find(|(k, _)| k == kind).map(|(_, c)| c)
+    }
 }
 
 /// vipd's conditions in a Service's status.
-fn vipd_conditions(s: &Service) -> BTreeMap<String, Condition> {
-    s.status
+fn vipd_conditions(s: &Service) -> Conditions {
+    let list = s
+        .status
         .as_ref()
         .and_then(|st| st.conditions.as_ref())
         .map(|cs| {
@@ -235,7 +252,8 @@ fn vipd_conditions(s: &Service) -> BTreeMap<String, Condition> {
                 })
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    Conditions(list)
 }
 
 /// The addresses of a comma list; what does not parse is left out.
@@ -251,7 +269,24 @@ fn family_of(s: &str) -> Option<Family> {
     }
 }
 
+/// A Service as the controller keeps it (see `cache`): built once per
+/// watch event, shared by every pass and every write that names it.
+pub type Svc = std::sync::Arc<SvcInfo>;
+
 impl SvcInfo {
+    /// The Service, as an Event names it.
+    pub fn object_ref(&self) -> k8s_openapi::api::core::v1::ObjectReference {
+        k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(self.key.namespace.clone()),
+            name: Some(self.key.name.clone()),
+            uid: Some(self.uid.clone()).filter(|u| !u.is_empty()),
+            resource_version: Some(self.resource_version.clone()).filter(|v| !v.is_empty()),
+            ..Default::default()
+        }
+    }
+
     /// Every address this Service names: requested (annotation,
     /// `spec.loadBalancerIP`) or in its status.
     pub fn addresses_asked(&self) -> Vec<IpAddr> {
@@ -277,7 +312,8 @@ impl SvcInfo {
         let no_map = BTreeMap::new();
         let ann = meta.annotations.as_ref().unwrap_or(&no_map);
         let labels = meta.labels.as_ref().unwrap_or(&no_map);
-        let status_ips = current_ingress(s).into_iter().map(|(ip, _)| ip).collect();
+        let ingress = current_ingress(s);
+        let status_ips = ingress.iter().map(|(ip, _)| *ip).collect();
         let families: Vec<Family> = spec
             .ip_families
             .as_ref()
@@ -329,6 +365,9 @@ impl SvcInfo {
                 .copied()
                 .collect(),
             conditions: vipd_conditions(s),
+            uid: meta.uid.clone().unwrap_or_default(),
+            resource_version: meta.resource_version.clone().unwrap_or_default(),
+            ingress,
             pool: ann.get(keys::POOL).cloned().filter(|v| !v.is_empty()),
             spec_ip: spec.load_balancer_ip.clone().filter(|v| !v.is_empty()),
             status_ips,

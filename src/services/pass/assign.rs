@@ -4,17 +4,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Service;
 use tracing::{info, warn};
 
 use super::{Memory, Snapshot, RECENT_PICK};
 use crate::services::allocate::{self, allocate, join, Origin};
-use crate::services::model::{
-    conditions, current_ingress, keys, Condition, Ingress, SvcInfo, SvcKey,
-};
+use crate::services::model::{conditions, keys, Condition, Ingress, Svc, SvcInfo, SvcKey};
 use crate::services::writer::Change;
 
 /// `info`'s condition `kind` as it should be, when it is not so already
@@ -81,7 +77,7 @@ fn origin_text(o: &Origin, info: &SvcInfo, ips: &[IpAddr]) -> String {
 /// A status write of `conditions` only, when there is one to make.
 pub(super) fn status_change(
     changes: &mut Vec<Change>,
-    svc: &Arc<Service>,
+    svc: &Svc,
     condition: Option<(&'static str, Condition)>,
 ) {
     if let Some(c) = condition {
@@ -94,7 +90,7 @@ pub(super) fn status_change(
 }
 
 /// Warnings for kube-vip annotations vipd does not implement.
-fn unsupported(obj: &Arc<Service>, info: &SvcInfo, changes: &mut Vec<Change>) {
+fn unsupported(obj: &Svc, info: &SvcInfo, changes: &mut Vec<Change>) {
     for (key, what) in &info.unsupported {
         changes.push(Change::Event {
             svc: obj.clone(),
@@ -109,7 +105,7 @@ fn unsupported(obj: &Arc<Service>, info: &SvcInfo, changes: &mut Vec<Change>) {
 
 /// The leader's part: every served Service's addresses, as changes.
 pub(super) fn assign(s: &Snapshot, mem: &mut Memory, now: Instant, changes: &mut Vec<Change>) {
-    let served_infos: Vec<&SvcInfo> = s.served.iter().map(|(_, i)| i).collect();
+    let served_infos: Vec<&SvcInfo> = s.served.iter().map(|i| &***i).collect();
     // Pool picks of recent passes whose annotation is not visible yet.
     mem.recent_picks.retain(|k, (ips, at)| {
         now.duration_since(*at) < RECENT_PICK
@@ -125,7 +121,8 @@ pub(super) fn assign(s: &Snapshot, mem: &mut Memory, now: Instant, changes: &mut
     let decisions = allocate(&served_infos, s.pools, s.guard, &recent);
     let mut now_served = BTreeMap::new();
     mem.pending_reasons.clear();
-    for (obj, info) in s.served {
+    for &obj in s.served {
+        let info: &SvcInfo = obj;
         unsupported(obj, info, changes);
         let Some(decision) = decisions.get(&info.key) else {
             continue;
@@ -170,8 +167,8 @@ pub(super) fn assign(s: &Snapshot, mem: &mut Memory, now: Instant, changes: &mut
                     });
                 }
                 let desired: Ingress = a.ips.iter().map(|ip| (*ip, info.ports.clone())).collect();
-                let current = current_ingress(obj);
-                if current != desired && !a.replaced.is_empty() {
+                let current = &obj.ingress;
+                if *current != desired && !a.replaced.is_empty() {
                     let note = format!(
                         "status.loadBalancer.ingress held {} which vipd did not assign and no pool contains (left by another controller, K3s ServiceLB perhaps): replaced by {joined}",
                         join(&a.replaced)
@@ -197,7 +194,7 @@ pub(super) fn assign(s: &Snapshot, mem: &mut Memory, now: Instant, changes: &mut
                     &note,
                 );
                 // Unchanged addresses: a reworded origin is no news.
-                if current == desired
+                if *current == desired
                     && info
                         .conditions
                         .get(conditions::ASSIGNED)
@@ -205,7 +202,7 @@ pub(super) fn assign(s: &Snapshot, mem: &mut Memory, now: Instant, changes: &mut
                 {
                     cond = None;
                 }
-                if current != desired {
+                if *current != desired {
                     info!(service = %info.key, addresses = %joined, "{note}");
                     changes.push(Change::Status {
                         svc: obj.clone(),
@@ -248,7 +245,7 @@ pub(super) fn assign(s: &Snapshot, mem: &mut Memory, now: Instant, changes: &mut
                     "NotAssigned",
                     &format!("no address is assigned (see {})", conditions::ASSIGNED),
                 ));
-                let clear = !current_ingress(obj).is_empty();
+                let clear = !obj.ingress.is_empty();
                 if clear || !conds.is_empty() {
                     changes.push(Change::Status {
                         svc: obj.clone(),
@@ -280,12 +277,12 @@ pub(super) fn assign(s: &Snapshot, mem: &mut Memory, now: Instant, changes: &mut
     }
     // Released: served before, still there, no longer served (not a
     // LoadBalancer any more, ignored, another class).
-    let existing: HashSet<&SvcKey> = s.infos.iter().map(|(_, i)| &i.key).collect();
+    let existing: HashSet<&SvcKey> = s.infos.iter().map(|i| &i.key).collect();
     for (key, ips) in &mem.served_before {
         if now_served.contains_key(key) {
             continue;
         }
-        if let Some((obj, _)) = s.infos.iter().find(|(_, i)| i.key == *key) {
+        if let Some(obj) = s.infos.iter().find(|i| i.key == *key) {
             let joined = join(ips);
             info!(service = %key, addresses = %joined, "released");
             changes.push(Change::Event {

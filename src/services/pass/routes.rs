@@ -2,13 +2,10 @@
 //! mode, its route's communities and local preference.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use k8s_openapi::api::core::v1::Service;
 
 use super::Snapshot;
 use crate::services::eligibility::AddressPlan;
-use crate::services::model::{keys, SvcInfo, SvcKey};
+use crate::services::model::{keys, Svc, SvcKey};
 use crate::services::writer::Change;
 
 /// BGP attributes of an address: its first Service's annotations, else
@@ -16,7 +13,7 @@ use crate::services::writer::Change;
 pub(super) fn route_for(
     s: &Snapshot,
     plan: &AddressPlan,
-    by_key: &BTreeMap<&SvcKey, &(Arc<Service>, SvcInfo)>,
+    by_key: &BTreeMap<&SvcKey, &Svc>,
     changes: &mut Vec<Change>,
 ) -> vipd_bgp::RouteAttrs {
     let Some(defaults) = &s.node.bgp else {
@@ -35,9 +32,10 @@ pub(super) fn route_for(
     if pool_lp.is_some() {
         attrs.local_pref = pool_lp;
     }
-    let Some((obj, info)) = plan.users.first().and_then(|k| by_key.get(k)) else {
+    let Some(&obj) = plan.users.first().and_then(|k| by_key.get(k)) else {
         return attrs;
     };
+    let info = obj;
     if let Some(v) = &info.bgp_communities {
         let parsed: Result<Vec<u32>, String> = v
             .split(',')

@@ -4,7 +4,9 @@
 use super::*;
 use crate::services::guard::NodeAddresses;
 use crate::services::model::{Condition, Ingress};
+use k8s_openapi::api::core::v1::Service;
 use serde_json::json;
+use std::sync::Arc;
 
 const ME: &str = "n1";
 
@@ -20,12 +22,12 @@ fn settings(bgp: bool, per_address: bool) -> NodeSettings {
 }
 
 /// A LoadBalancer Service in namespace `d` from its metadata and status.
-fn svc(name: &str, annotations: serde_json::Value, ingress: &[&str]) -> (Arc<Service>, SvcInfo) {
+fn svc(name: &str, annotations: serde_json::Value, ingress: &[&str]) -> Svc {
     svc_with(name, annotations, json!({}), ingress)
 }
 
 /// A Service holding `ip`, which vipd assigned (so the leader keeps it).
-fn held(name: &str, ip: &str) -> (Arc<Service>, SvcInfo) {
+fn held(name: &str, ip: &str) -> Svc {
     svc(name, json!({ "vipd.dev/assigned": ip }), &[ip])
 }
 
@@ -34,7 +36,7 @@ fn svc_with(
     annotations: serde_json::Value,
     spec: serde_json::Value,
     ingress: &[&str],
-) -> (Arc<Service>, SvcInfo) {
+) -> Svc {
     let mut spec_v = json!({
         "type": "LoadBalancer",
         "ports": [{ "port": 80, "protocol": "TCP" }],
@@ -57,8 +59,7 @@ fn svc_with(
         "status": { "loadBalancer": { "ingress": ingress } },
     }))
     .unwrap();
-    let info = SvcInfo::from_service(&s).unwrap();
-    (Arc::new(s), info)
+    Arc::new(SvcInfo::from_service(&s).unwrap())
 }
 
 fn pools(data: &[(&str, &str)]) -> Pools {
@@ -86,7 +87,7 @@ fn guard() -> Guard {
 }
 
 struct World {
-    infos: Vec<(Arc<Service>, SvcInfo)>,
+    infos: Vec<Svc>,
     nodes: Vec<NodeInfo>,
     ready: ReadyNodes,
     pools: Pools,
@@ -99,7 +100,7 @@ struct World {
 }
 
 impl World {
-    fn new(infos: Vec<(Arc<Service>, SvcInfo)>) -> World {
+    fn new(infos: Vec<Svc>) -> World {
         World {
             infos,
             nodes: ["n1", "n2", "n3"]
@@ -121,7 +122,7 @@ impl World {
     }
 
     fn run(&self, mem: &mut Memory, announced: &BTreeSet<IpAddr>) -> (Decision, Vec<Change>) {
-        let served: Vec<&(Arc<Service>, SvcInfo)> = self.infos.iter().collect();
+        let served: Vec<&Svc> = self.infos.iter().collect();
         let s = Snapshot {
             wall: "2026-12-01T00:00:00Z",
             infos: &self.infos,
@@ -149,7 +150,7 @@ fn events(changes: &[Change]) -> Vec<(String, &'static str, String)> {
         .filter_map(|c| match c {
             Change::Event {
                 svc, reason, note, ..
-            } => Some((svc.metadata.name.clone().unwrap(), *reason, note.clone())),
+            } => Some((svc.key.name.clone(), *reason, note.clone())),
             _ => None,
         })
         .collect()
@@ -166,7 +167,7 @@ fn every_problem_of_the_leader_is_an_event_with_its_reason() {
     let pool = [("cidr-d", "192.0.2.160/30")];
     type Case = (
         &'static str,
-        (Arc<Service>, SvcInfo),
+        Svc,
         Vec<(&'static str, &'static str)>,
         &'static str,
         &'static str,
@@ -319,7 +320,7 @@ fn assignment_exhaustion_conflict_and_release() {
     // a stops being a LoadBalancer (still there): AddressReleased.
     let mut w2 = World::new(vec![]);
     w2.pools = w.pools.clone();
-    let served_none: Vec<&(Arc<Service>, SvcInfo)> = vec![];
+    let served_none: Vec<&Svc> = vec![];
     let s = Snapshot {
         wall: "2026-12-01T00:00:00Z",
         infos: &w.infos,
@@ -612,9 +613,7 @@ fn status_writes(changes: &[Change], name: &str) -> Vec<StatusWrite> {
                 svc,
                 ingress,
                 conditions,
-            } if svc.metadata.name.as_deref() == Some(name) => {
-                Some((ingress.clone(), conditions.clone()))
-            }
+            } if svc.key.name == name => Some((ingress.clone(), conditions.clone())),
             _ => None,
         })
         .collect()
@@ -674,11 +673,15 @@ fn conditions_say_what_the_last_event_said_in_the_same_write() {
 
     // A pass over objects that already say so writes nothing more.
     let with = |name: &str, anns: serde_json::Value, ingress: &[&str], conds: serde_json::Value| {
-        let (mut obj, _) = svc(name, anns, ingress);
-        let o = Arc::make_mut(&mut obj);
+        let mut o: Service = serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": "d", "uid": format!("uid-{name}"),
+                          "creationTimestamp": "2026-01-01T00:00:00Z", "annotations": anns },
+            "spec": { "type": "LoadBalancer", "ports": [{ "port": 80, "protocol": "TCP" }], "ipFamilies": ["IPv4"] },
+            "status": { "loadBalancer": { "ingress": ingress.iter().map(|ip| json!({ "ip": ip, "ports": [{ "port": 80, "protocol": "TCP" }] })).collect::<Vec<_>>() } },
+        }))
+        .unwrap();
         o.status.as_mut().unwrap().conditions = Some(serde_json::from_value(conds).unwrap());
-        let info = SvcInfo::from_service(o).unwrap();
-        (obj, info)
+        Arc::new(SvcInfo::from_service(&o).unwrap())
     };
     let cond = |t: &str, st: &str, r: &str, m: &str| json!({ "type": t, "status": st, "reason": r, "message": m, "lastTransitionTime": "2026-11-30T00:00:00Z" });
     w.infos = vec![

@@ -75,6 +75,35 @@ fn a_node_that_stops_renewing_is_dead_one_lease_duration_after_its_last_renewal_
     assert_eq!(live.expired, set(&["n3"]));
 }
 
+/// Renewals need no pass: the live set changes only when a Lease lapses,
+/// and `next_change` says when that could be, counted from the last
+/// renewal seen; a renewal seen moves it on.
+#[test]
+fn the_live_set_changes_only_when_a_lease_lapses_and_next_change_says_when() {
+    let t0 = Instant::now();
+    let mut l = Liveness::default();
+    l.update(&[lease("n1", "n1", "1"), lease("n2", "n2", "1")], t0);
+    let live0 = l.live("n1", true, t0, D, &no_links());
+    assert_eq!(l.next_change("n1", t0, D), Some(t0 + D));
+    // n2 renews at 1 s: nothing changes, and the next change moves on to
+    // n1's own staleness (it renewed at t0 and was seen then).
+    let t1 = t0 + Duration::from_secs(1);
+    l.update(&[lease("n1", "n1", "1"), lease("n2", "n2", "2")], t1);
+    assert_eq!(l.live("n1", true, t1, D, &no_links()), live0);
+    assert_eq!(l.next_change("n1", t1, D), Some(t0 + D));
+    // n1 renews at 2 s: n2's expiry (5 s) is next.
+    let t2 = t0 + Duration::from_secs(2);
+    l.update(&[lease("n1", "n1", "2"), lease("n2", "n2", "2")], t2);
+    assert_eq!(l.next_change("n1", t2, D), Some(t1 + D));
+    // Just before it the set is the same; at it, n2 is gone.
+    let before = t1 + D - Duration::from_millis(1);
+    assert_eq!(l.live("n1", true, before, D, &no_links()), live0);
+    assert_eq!(
+        l.live("n1", true, t1 + D, D, &no_links()).nodes,
+        set(&["n1"])
+    );
+}
+
 #[test]
 fn a_released_liveness_lease_is_dead_at_once() {
     let t0 = Instant::now();
