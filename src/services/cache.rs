@@ -5,7 +5,8 @@
 //! every pass built each one's `SvcInfo` anew, a thousand Services' worth
 //! of allocations two times a second for nothing.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -18,10 +19,44 @@ use tracing::debug;
 use super::informers::WatchEvents;
 use super::model::{Svc, SvcInfo, SvcKey};
 
-/// The Services as last seen, by key.
+/// A cached Service, ordered and found by its key (which it holds: a map
+/// would keep a second copy of every key).
+#[derive(Debug, Clone)]
+pub struct ByKey(pub Svc);
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for ByKey {}
+
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.key.cmp(&other.0.key)
+    }
+}
+
+impl Borrow<SvcKey> for ByKey {
+    fn borrow(&self) -> &SvcKey {
+        &self.0.key
+    }
+}
+
+/// Every cached Service, in key order.
+pub type Services = BTreeSet<ByKey>;
+
+/// The Services as last seen.
 #[derive(Clone)]
 pub struct ServiceCache {
-    state: Arc<Mutex<BTreeMap<SvcKey, Svc>>>,
+    state: Arc<Mutex<Services>>,
     ready: watch::Receiver<bool>,
 }
 
@@ -31,8 +66,8 @@ impl ServiceCache {
         self.state
             .lock()
             .expect("not poisoned")
-            .values()
-            .cloned()
+            .iter()
+            .map(|s| s.0.clone())
             .collect()
     }
 
@@ -48,25 +83,21 @@ impl ServiceCache {
 pub struct Apply {
     /// A re-list in progress: the Services listed so far. It replaces the
     /// cache when done, so Services deleted while the watch was broken go.
-    listing: Option<BTreeMap<SvcKey, Svc>>,
+    listing: Option<Services>,
 }
 
 impl Apply {
     /// Applies `ev` to `cache`; true when the cache changed (a first or a
     /// new list done, a Service changed or deleted).
-    pub fn event(
-        &mut self,
-        cache: &mut BTreeMap<SvcKey, Svc>,
-        ev: watcher::Event<Service>,
-    ) -> bool {
+    pub fn event(&mut self, cache: &mut Services, ev: watcher::Event<Service>) -> bool {
         match ev {
             watcher::Event::Init => {
-                self.listing = Some(BTreeMap::new());
+                self.listing = Some(Services::new());
                 false
             }
             watcher::Event::InitApply(s) => {
                 if let (Some(l), Some(info)) = (self.listing.as_mut(), SvcInfo::from_service(&s)) {
-                    l.insert(info.key.clone(), Arc::new(info));
+                    l.replace(ByKey(Arc::new(info)));
                 }
                 false
             }
@@ -78,12 +109,12 @@ impl Apply {
             }
             watcher::Event::Apply(s) => match SvcInfo::from_service(&s) {
                 Some(info) => {
-                    cache.insert(info.key.clone(), Arc::new(info));
+                    cache.replace(ByKey(Arc::new(info)));
                     true
                 }
                 None => false,
             },
-            watcher::Event::Delete(s) => cache.remove(&SvcKey::of(&s)).is_some(),
+            watcher::Event::Delete(s) => cache.remove(&SvcKey::of(&s)),
         }
     }
 }
@@ -91,7 +122,7 @@ impl Apply {
 /// Watches `api`'s Services into a cache; `notify` is told of every
 /// change, `counts` of every event (kube-vip's watch event metric).
 pub fn spawn(api: Api<Service>, notify: Arc<Notify>, counts: Arc<WatchEvents>) -> ServiceCache {
-    let state = Arc::new(Mutex::new(BTreeMap::new()));
+    let state = Arc::new(Mutex::new(Services::new()));
     let (ready_tx, ready) = watch::channel(false);
     let cache = ServiceCache {
         state: state.clone(),
@@ -135,8 +166,8 @@ mod tests {
         .unwrap()
     }
 
-    fn names(cache: &BTreeMap<SvcKey, Svc>) -> Vec<String> {
-        cache.keys().map(|k| k.name.clone()).collect()
+    fn names(cache: &Services) -> Vec<String> {
+        cache.iter().map(|s| s.0.key.name.clone()).collect()
     }
 
     /// A list builds the cache only when complete; changes and deletions
@@ -144,7 +175,7 @@ mod tests {
     /// the Service's `SvcInfo`, as a pass would have built it.
     #[test]
     fn the_cache_follows_lists_changes_and_deletions() {
-        let mut cache = BTreeMap::new();
+        let mut cache = Services::new();
         let mut a = Apply::default();
         assert!(!a.event(&mut cache, watcher::Event::Init));
         assert!(!a.event(
@@ -161,9 +192,10 @@ mod tests {
         let b2 = svc("b", "2", "192.0.2.9");
         assert!(a.event(&mut cache, watcher::Event::Apply(b2.clone())));
         let key = SvcKey::of(&b2);
-        assert_eq!(*cache[&key], SvcInfo::from_service(&b2).unwrap());
-        assert_eq!(cache[&key].resource_version, "2");
-        assert_eq!(cache[&key].uid, "u-b");
+        let b = &cache.get(&key).unwrap().0;
+        assert_eq!(**b, SvcInfo::from_service(&b2).unwrap());
+        assert_eq!(b.resource_version, "2");
+        assert_eq!(b.uid, "u-b");
         assert!(a.event(&mut cache, watcher::Event::Delete(svc("a", "3", ""))));
         assert!(!a.event(&mut cache, watcher::Event::Delete(svc("a", "3", ""))));
         assert_eq!(names(&cache), ["b"]);

@@ -192,7 +192,7 @@ mod tests {
                 namespace: "d".into(),
                 name: name.into(),
             },
-            created: "1".into(),
+            created: None,
             is_load_balancer: true,
             status_ips: vec![ip.parse().unwrap()],
             families: vec![Family::V4],

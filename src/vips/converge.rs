@@ -165,7 +165,7 @@ impl Owner {
         let present: std::collections::HashSet<(IpAddr, u32)> =
             self.have.iter().map(|k| (k.addr, k.ifindex)).collect();
         for (addr, w) in &want {
-            if !self.announcers.contains_key(addr) {
+            if !self.announcers.contains(addr) {
                 if let Some(link) = links.get(&w.interface) {
                     if present.contains(&(*addr, link.index)) {
                         self.since.entry(*addr).or_insert_with(SystemTime::now);
@@ -175,17 +175,11 @@ impl Owner {
             }
         }
         // Stop announcing what is no longer wanted.
-        let stale: Vec<IpAddr> = self
-            .announcers
-            .keys()
-            .filter(|a| !want.contains_key(a))
-            .copied()
-            .collect();
-        for a in stale {
-            if let Some(h) = self.announcers.remove(&a) {
-                h.task.abort();
+        for a in self.announcers.addresses() {
+            if !want.contains_key(&a) {
+                self.announcers.stop(a);
+                self.since.remove(&a);
             }
-            self.since.remove(&a);
         }
         self.update_probing();
         self.publish_with(want, refused);

@@ -26,13 +26,12 @@ mod yielding;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 use vipd_arp::Schedule;
 
@@ -47,7 +46,7 @@ use owner::Owner;
 const NETLINK_IN_FLIGHT: usize = 64;
 pub use plan::{plan, refuse_foreign, to_probe, wanted, yields_to_another, ClaimSet, Plan, Want};
 
-use crate::announce::{self, AnnounceStats};
+use crate::announce::{AnnounceStats, Announcers};
 use crate::config::Announce;
 use crate::guardian::Guardian;
 use crate::netlink::{kernel_events, KernelAddr, KernelEvent, Link, Netlink, NetlinkError};
@@ -333,7 +332,7 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         claims: BTreeMap::new(),
         have: Vec::new(),
         links: HashMap::new(),
-        announcers: HashMap::new(),
+        announcers: Announcers::start(stats.clone()),
         since: HashMap::new(),
         stats: stats.clone(),
         held: held_tx,

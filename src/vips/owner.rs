@@ -9,13 +9,6 @@ use super::*;
 /// its event stream missed one.
 const RESYNC: Duration = Duration::from_secs(5);
 
-/// The task announcing one address, and whether it probes for another
-/// holder (the address is held on an unconfirmed claim).
-pub(super) struct Announcer {
-    pub(super) task: JoinHandle<()>,
-    pub(super) probing: Arc<AtomicBool>,
-}
-
 pub(super) struct Owner {
     pub(super) guardian: Option<Guardian>,
     pub(super) netlink: Netlink,
@@ -24,7 +17,8 @@ pub(super) struct Owner {
     /// The kernel's addresses, as last read or reported.
     pub(super) have: Vec<KernelAddr>,
     pub(super) links: HashMap<String, Link>,
-    pub(super) announcers: HashMap<IpAddr, Announcer>,
+    /// Every held address's announcements (ARP mode).
+    pub(super) announcers: Announcers,
     pub(super) since: HashMap<IpAddr, SystemTime>,
     pub(super) stats: Arc<AnnounceStats>,
     pub(super) held: watch::Sender<Held>,
@@ -299,21 +293,14 @@ impl Owner {
     /// another holder in every announcement (held on an unconfirmed claim,
     /// see [`super::plan::yielding`]).
     pub(super) fn start_announcer(&mut self, link: &Link, addr: IpAddr, probing: bool) {
-        if let Some(old) = self.announcers.remove(&addr) {
-            old.task.abort();
-        }
+        self.announcers.stop(addr);
         if self.config.announce != Announce::Arp {
             return;
         }
         let schedule = Schedule::new(self.config.arp_rate);
-        let probing = Arc::new(AtomicBool::new(probing));
         if let Some(sender) = self.sender(link) {
-            let stats = self.stats.clone();
-            if let Some(task) =
-                announce::spawn(link, sender, addr, schedule, stats, probing.clone())
-            {
-                self.announcers.insert(addr, Announcer { task, probing });
-            }
+            self.announcers
+                .announce(link, sender, addr, schedule, probing);
         }
         self.ensure_watcher(link);
     }
@@ -365,7 +352,7 @@ impl Owner {
         let addrs: Vec<IpAddr> = self
             .have
             .iter()
-            .filter(|k| k.ifindex == link.index && self.announcers.contains_key(&k.addr))
+            .filter(|k| k.ifindex == link.index && self.announcers.contains(&k.addr))
             .map(|k| k.addr)
             .collect();
         let yielding = super::plan::yielding(Instant::now(), &self.claims);

@@ -135,11 +135,8 @@ impl Owner {
     /// Probing on for the addresses held on an unconfirmed claim only.
     pub(super) fn update_probing(&self) {
         let yielding = yielding(Instant::now(), &self.claims);
-        for (addr, a) in &self.announcers {
-            let probe = yielding.contains(addr);
-            if a.probing.swap(probe, Ordering::Relaxed) != probe && probe {
-                info!(%addr, "holding without a renewed Lease: probing for another holder with every announcement");
-            }
+        for addr in self.announcers.set_probing(&yielding) {
+            info!(%addr, "holding without a renewed Lease: probing for another holder with every announcement");
         }
     }
 }

@@ -3,13 +3,19 @@ use crate::services::guard::Guard;
 use crate::services::model::SvcKey;
 use std::collections::BTreeMap as Map;
 
+/// A Service created at `created`: a timestamp, or a small number of
+/// seconds after the epoch.
 fn svc(ns: &str, name: &str, created: &str) -> SvcInfo {
+    let created = match created.parse::<i64>() {
+        Ok(secs) => k8s_openapi::jiff::Timestamp::from_second(secs).unwrap(),
+        Err(_) => created.parse().unwrap(),
+    };
     SvcInfo {
         key: SvcKey {
             namespace: ns.into(),
             name: name.into(),
         },
-        created: created.into(),
+        created: Some(created),
         is_load_balancer: true,
         families: vec![Family::V4],
         ports: vec![(80, "TCP".into())],

@@ -178,7 +178,7 @@ pub fn current_ingress(svc: &Service) -> Ingress {
 pub struct SvcInfo {
     pub key: SvcKey,
     /// For "older wins" when two Services want one address.
-    pub created: String,
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
     pub is_load_balancer: bool,
     pub class: Option<String>,
     pub ignored: bool,
@@ -343,11 +343,7 @@ impl SvcInfo {
             .collect();
         Some(SvcInfo {
             key,
-            created: meta
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.to_string())
-                .unwrap_or_default(),
+            created: meta.creation_timestamp.as_ref().map(|t| t.0),
             is_load_balancer: spec.type_.as_deref() == Some("LoadBalancer"),
             class: spec.load_balancer_class.clone(),
             ignored: ann.get(keys::IGNORE).is_some_and(|v| v == "true"),
