@@ -124,6 +124,26 @@ fn init_logging(level: &str, format: LogFormat) {
     }
 }
 
+/// vipd's allocator (see `vipd::memory`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read before `main` (its `malloc_conf`): one arena
+/// and no per-thread caches (vipd's threads take turns on the same work,
+/// and caches per thread only hold each other's freed memory), freed pages
+/// back to the kernel after a second (`dirty_decay_ms`), at once once
+/// purged (`muzzy_decay_ms:0`), and no thread of its own for that (vipd
+/// allocates every second anyway: announcements, timers).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[export_name = "_rjem_malloc_conf"]
+#[allow(non_upper_case_globals)]
+pub static malloc_conf: Option<&'static libc::c_char> = Some(unsafe {
+    // SAFETY: a pointer to the first byte of a NUL-terminated static.
+    &*c"narenas:1,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0,background_thread:false"
+        .as_ptr()
+});
+
 fn main() -> ExitCode {
     vipd::memory::one_arena();
     let m = cli().get_matches();

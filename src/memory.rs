@@ -1,30 +1,38 @@
-//! Memory a burst of work freed goes back to the kernel, and one heap
-//! instead of one per thread.
+//! Memory a burst of work freed goes back to the kernel.
 //!
-//! glibc's allocator keeps freed memory in per-thread arenas for reuse, so
-//! after a burst (a thousand Services created and deleted) the process
-//! stays at its peak although nothing is in use. `malloc_trim` returns the
-//! free pages of every arena; vipd calls it on its slow resync tick, where
-//! its cost (a walk of the free lists) is nothing.
+//! vipd allocates with jemalloc (its `main` sets it up): objects of one
+//! size share pages, and freed pages go back to the kernel after a second
+//! of decay. glibc's heap kept a Services leader's burst-time churn (pass
+//! data, writes, netlink answers) as holes between live objects: after
+//! 1000 Services the leader's heap was 8.7 MB for 5.1 MB in use
+//! (BENCHMARKS.md, "Memory"). The C library's own allocations (name
+//! resolution) still use glibc's allocator, in one arena.
 
-/// Returns freed heap memory to the kernel (glibc; elsewhere a no-op).
+/// Returns freed memory to the kernel now: jemalloc's (which would go
+/// after its decay anyway) and glibc's. Called on the Services loop's slow
+/// resync, where the cost (a walk of the free lists) is nothing.
 pub fn give_back() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    // SAFETY: mallctl with a NUL-terminated name and no values to read or
+    // write; "arena.4096.purge" (MALLCTL_ARENAS_ALL) purges every arena.
+    // malloc_trim only walks glibc's own free lists.
     unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
         libc::malloc_trim(0);
     }
 }
 
-/// One malloc arena for the whole process instead of one per thread that
-/// ever allocated (glibc's default, up to eight per core): vipd's threads
-/// take turns on the same work (two runtime workers, blocking calls, the
-/// ARP/NDP watchers), so per-thread arenas only hold each other's freed
-/// memory. Measured with 1000 Services (`vipd-lab bench services --set
-/// MALLOC_ARENA_MAX=1`): the leader's own memory 14 MiB instead of 20, a
-/// follower's 9 instead of 12, passes as fast. `MALLOC_ARENA_MAX` in the
-/// environment still decides when set. Call first thing in `main`, before
-/// any other thread exists.
+/// One glibc malloc arena for the whole process instead of one per thread
+/// that ever allocated (up to eight per core): only the C library's own
+/// allocations use it. `MALLOC_ARENA_MAX` in the environment still
+/// decides when set. Call first thing in `main`, before any other thread
+/// exists.
 pub fn one_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
