@@ -163,7 +163,11 @@ fn build(config: kube::Config) -> Result<Client> {
     let hyper = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
+        // The HTTP/2 connection stays in the pool however long it idles
+        // (its keepalive finds it dead): evicted after an idle spell, it
+        // lived on beside the new one the next request opened (the
+        // elections' connection between two waves of Services).
+        .pool_idle_timeout(None)
         .pool_max_idle_per_host(2)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .http2_keep_alive_timeout(Duration::from_secs(5))

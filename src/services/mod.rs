@@ -164,6 +164,7 @@ pub async fn run(ctx: Context, shutdown: watch::Receiver<bool>) {
         asked_before: BTreeSet::new(),
         live_before: None,
         lead_before: None,
+        gc_pass_at: None,
         retry_at: None,
     };
     info!("Services: waiting for the first lists of Services, EndpointSlices, Nodes and pools");
@@ -222,6 +223,8 @@ struct Controller {
     host_read_at: Option<Instant>,
     /// Leader: when unneeded per-address Leases were last deleted.
     gc_at: Option<Instant>,
+    /// Leader: when to pass to delete released per-address Leases.
+    gc_pass_at: Option<Instant>,
     /// Every address served Services asked for or held, as of the last pass.
     asked_before: BTreeSet<IpAddr>,
     /// With placement: the live nodes as of the last pass.
@@ -270,7 +273,17 @@ impl Controller {
                 _ = sleep_until(lapse) => self.live_moved(),
                 _ = self.informers.leases_changed.notified() => {
                     self.address_leases.feed(&self.informers.address_leases);
+                    // The leader deletes released per-address Leases in a
+                    // pass, at most every GC_EVERY.
+                    if self.leader_grant().is_some() {
+                        let due = self.gc_at.map_or(Instant::now(), |t| t + GC_EVERY);
+                        self.gc_pass_at.get_or_insert(due);
+                    }
                     false
+                }
+                _ = sleep_until(self.gc_pass_at) => {
+                    self.gc_pass_at = None;
+                    true
                 }
                 _ = retry.notified() => {
                     self.retry_at.get_or_insert(Instant::now() + RETRY_AFTER);

@@ -155,7 +155,11 @@ impl Owner {
                         self.since.insert(addr, SystemTime::now());
                         self.start_announcer(link, addr, yielding.contains(&addr));
                     }
-                    Err(e) => error!(%addr, interface = %iface, error = %e, "cannot add address"),
+                    Err(e) => {
+                        error!(%addr, interface = %iface, error = %e, "cannot add address");
+                        self.retry_at
+                            .get_or_insert(Instant::now() + super::owner::ADD_RETRY);
+                    }
                 }
             }
             self.take_extensions();

@@ -348,6 +348,7 @@ pub async fn start(netlink: Netlink, config: OwnerConfig) -> Result<VipHandle, N
         drops_stale: true,
         probe_tx,
         senders: HashMap::new(),
+        retry_at: None,
         commands: rx,
         deferred: Default::default(),
     };

@@ -9,6 +9,9 @@ use super::*;
 /// its event stream missed one.
 const RESYNC: Duration = Duration::from_secs(5);
 
+/// How soon an add the kernel refused is tried again.
+pub(super) const ADD_RETRY: Duration = Duration::from_millis(500);
+
 pub(super) struct Owner {
     pub(super) guardian: Option<Guardian>,
     pub(super) netlink: Netlink,
@@ -43,6 +46,9 @@ pub(super) struct Owner {
     /// at vipd's death.
     pub(super) drops_stale: bool,
     pub(super) probe_tx: mpsc::UnboundedSender<IpAddr>,
+    /// When to converge again because an add failed (the interface
+    /// refused it: IPv6 off, the link gone), however the kernel's events go.
+    pub(super) retry_at: Option<Instant>,
     /// The sources' commands.
     pub(super) commands: mpsc::UnboundedReceiver<Command>,
     /// Commands read while working through kernel requests, behind one
@@ -107,6 +113,13 @@ impl Owner {
                     self.track_lifetimes();
                 }
                 _ = refresh.tick(), if refreshing => self.refresh_lifetimes().await,
+                _ = sleep_until(self.retry_at) => {
+                    self.retry_at = None;
+                    if let Err(e) = self.refresh_kernel_view().await {
+                        warn!(error = %e, "cannot read addresses");
+                    }
+                    self.converge().await;
+                }
                 _ = sleep_until(deadline) => {
                     // Commands already queued first: an extension sent in
                     // time may have waited behind a long converge (a
